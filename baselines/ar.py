@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from harness.models import NLL, Generation, LanguageModel
 from harness.nn import masks
+from harness.nn.steps import static_steps
 from harness.sampling import sample_tokens
 from harness.schedules import SamplingSchedule
 
@@ -46,9 +47,14 @@ class AR(LanguageModel):
         device = self.device
         tokens = torch.full((n, length), self.special.bos, dtype=torch.long, device=device)
         tokens_computed = 0
-        cache = self.net.new_cache(n, length) if use_cache else None
+        steps = static_steps(self, n, length) if use_cache else None
+        cache = self.net.new_cache(n, length) if use_cache and steps is None else None
+        positions = torch.arange(length, device=device).expand(n, length)
         for i in range(1, length):
-            if use_cache:
+            if steps is not None:  # the same step at a fixed shape (a CUDA graph on a GPU)
+                window = tokens[:, i - 1 : i]
+                logits = steps.step(window, positions[:, i - 1 : i], start=i - 1)
+            elif use_cache:
                 # Feed only the newest token; its keys/values join the cache.
                 window = tokens[:, i - 1 : i]
                 logits = self.net(window, torch.tensor([i - 1], device=device), masks.cached_causal(1, i - 1, device),

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from baselines.mdlm import ancestral_denoise, per_sequence_times
 from harness.models import NLL, Generation, LanguageModel
 from harness.nn import masks
+from harness.nn.steps import static_steps
 from harness.nn.transformer import KVCache
 from harness.schedules import LogLinear, SamplingSchedule, antithetic_times
 
@@ -136,7 +137,9 @@ class BD3LM(LanguageModel):
         device = self.device
         x = torch.full((n, length), self.special.mask, dtype=torch.long, device=device)
         positions = torch.arange(length, device=device)
-        cache = self.net.new_cache(n, length) if use_cache else None
+        # Fixed-shape steps pad a block to a power of two: scratch slots past the end.
+        steps = static_steps(self, n, length + Lb) if use_cache else None
+        cache = self.net.new_cache(n, length) if use_cache and steps is None else None
         nfe = tokens_computed = cache_writes = 0
         per_row = torch.zeros(n, dtype=torch.long, device=device)
         for b in range(nb):
@@ -144,7 +147,11 @@ class BD3LM(LanguageModel):
             block = x[:, lo:hi]  # a view: the sampler fills x in place
             attend = block_causal(hi, Lb, device)  # uncached: whole prefix; cached: its last L' rows
 
-            if use_cache:
+            if steps is not None:  # every row at a fixed shape (a CUDA graph on a GPU)
+                def denoiser(rows, block=block, lo=lo, hi=hi):
+                    logits = steps.step(block, positions[lo:hi].expand(n, Lb), start=lo, floor=hi)
+                    return logits if rows is None else logits[rows]
+            elif use_cache:
                 def denoiser(rows, block=block, lo=lo, hi=hi, attend=attend):
                     c, toks = (cache, block) if rows is None else (rows_of(cache, rows, hi, self.net.cfg), block[rows])
                     return self.net(toks, positions[lo:hi], attend[lo:], c, commit=0)
@@ -155,14 +162,17 @@ class BD3LM(LanguageModel):
             forwards, rows_run, run = ancestral_denoise(
                 block, denoiser, mask_id=self.special.mask, noise=self.noise, steps=schedule.steps,
                 generator=generator, top_p=schedule.top_p, every_row=not use_cache,
-                first_hitting=schedule.first_hitting,
+                first_hitting=schedule.first_hitting, all_rows=steps is not None,
             )
             nfe += forwards
             per_row += run
             tokens_computed += rows_run * (Lb if use_cache else hi)
             if use_cache and b < nb - 1:
                 # The finished block, clean, writes its keys/values: one more forward.
-                self.net(block, positions[lo:hi], attend[lo:], cache, commit=Lb)
+                if steps is not None:
+                    steps.step(block, positions[lo:hi].expand(n, Lb), start=lo, floor=hi)
+                else:
+                    self.net(block, positions[lo:hi], attend[lo:], cache, commit=Lb)
                 cache_writes += 1
                 nfe += 1
                 per_row += 1

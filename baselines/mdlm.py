@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from harness.models import NLL, Generation, LanguageModel
 from harness.nn import masks
+from harness.nn.steps import static_steps
 from harness.sampling import sample_tokens
 from harness.schedules import LogLinear, SamplingSchedule, antithetic_times
 
@@ -70,6 +71,7 @@ def ancestral_denoise(
     top_p: float,
     every_row: bool,
     first_hitting: bool = False,
+    all_rows: bool = False,
 ) -> tuple[int, int, torch.Tensor]:
     """Denoise z (n, W), all [MASK] on entry, in place — the MDLM sampler on a window.
 
@@ -87,6 +89,10 @@ def ancestral_denoise(
     uniforms for all (n, W) positions every step, then Gumbel noise for the revealed positions
     in row-major order — so they produce the same tokens.
 
+    With ``all_rows`` (fixed-shape steps, harness.nn.steps) a step where any row reveals runs
+    every row, and is counted so.  First-hitting steps read nothing back to the host: every
+    row reveals exactly one position per step, so every row runs and the draw is a gather.
+
     Returns (forwards run, Σ rows over forwards, forwards per row).
     """
     n, width = z.shape
@@ -97,14 +103,20 @@ def ancestral_denoise(
         masked = z == mask_id
         u = torch.rand((n, width), generator=generator, device=z.device, dtype=torch.float64)
         if first_hitting:
+            # Each row still has width − k masked positions: all rows run.  nonzero() of the
+            # one-hot reveal would list (row, first[row]) row by row — the same draws as this.
             first = u.masked_fill(~masked, -1.0).argmax(dim=1, keepdim=True)
-            reveal = torch.zeros_like(masked).scatter_(1, first, True) & masked
-        else:
-            t, s = 1 - k / steps, 1 - (k + 1) / steps
-            p = 1.0 if k == steps - 1 else (noise.alpha(s) - noise.alpha(t)) / (1 - noise.alpha(t))
-            reveal = masked & (u < p)
+            logits = denoiser(None)
+            forwards, rows_run = forwards + 1, rows_run + n
+            per_row += 1
+            rows = torch.arange(n, device=z.device)
+            z.scatter_(1, first, draw_tokens(logits, rows, first[:, 0], mask_id, generator, top_p)[:, None])
+            continue
+        t, s = 1 - k / steps, 1 - (k + 1) / steps
+        p = 1.0 if k == steps - 1 else (noise.alpha(s) - noise.alpha(t)) / (1 - noise.alpha(t))
+        reveal = masked & (u < p)
         need = reveal.any(dim=1)
-        if every_row or bool(need.all()):
+        if every_row or bool(need.all()) or (all_rows and bool(need.any())):
             rows, run = None, torch.ones_like(need)
         elif bool(need.any()):
             rows, run = need.nonzero().squeeze(1), need
@@ -189,11 +201,16 @@ class MDLM(LanguageModel):
         positions = torch.arange(length, device=device)
         attend = masks.bidirectional(length, device)
 
+        steps = static_steps(self, n, 0) if use_cache else None
+
         def denoiser(rows):
+            if steps is not None:  # every row at a fixed shape (a CUDA graph on a GPU)
+                logits = steps.full(z, positions.expand(n, length))
+                return logits if rows is None else logits[rows]
             return self.net(z if rows is None else z[rows], positions, attend)
 
         forwards, rows_run, per_row = ancestral_denoise(
             z, denoiser, mask_id=self.special.mask, noise=self.noise, steps=schedule.steps,
-            generator=generator, top_p=schedule.top_p, every_row=not use_cache,
+            generator=generator, top_p=schedule.top_p, every_row=not use_cache, all_rows=steps is not None,
         )
         return Generation(z, nfe=forwards, tokens_computed=rows_run * length, nfe_per_sample=per_row)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from harness.models import NLL, Generation, LanguageModel
 from harness.nn import masks
+from harness.nn.steps import static_steps
 from harness.sampling import sample_tokens
 from harness.schedules import LogLinear, SamplingSchedule, antithetic_times
 
@@ -260,7 +261,9 @@ class EsoLM(LanguageModel):
         """
         n, L = order.shape
         x = torch.full((n, L), self.special.mask, dtype=torch.long, device=self.device)
-        cache = self.net.new_cache(n, L) if use_cache else None
+        # Fixed-shape steps pad the window to a power of two (< 2L): scratch slots up to 2L.
+        steps = static_steps(self, n, 2 * L) if use_cache else None
+        cache = self.net.new_cache(n, L) if use_cache and steps is None else None
         revealed = committed = computed = 0  # sorted indices [0, committed) hold K/V in the cache
         for k in counts:
             stop = revealed + k
@@ -271,9 +274,13 @@ class EsoLM(LanguageModel):
             else:
                 cached = self.caches_diffusion_phase or not diffusion
                 start = committed if cached else 0
-                mask = self._window_mask(stop - start, start, revealed - start)
-                logits = self.net(x[:, start:stop], order[:, start:stop], mask,
-                                  cache if cached else None, commit=revealed - start)
+                if cached and steps is not None:  # the same window at a fixed shape (a CUDA graph on a GPU)
+                    floor = 0 if self.variant == "B" else revealed  # (A): the clean prefix is bidirectional
+                    logits = steps.step(x[:, start:stop], order[:, start:stop], start, floor)
+                else:
+                    mask = self._window_mask(stop - start, start, revealed - start)
+                    logits = self.net(x[:, start:stop], order[:, start:stop], mask,
+                                      cache if cached else None, commit=revealed - start)
                 logits = self.subs_logits(logits[:, revealed - start:])  # the k [MASK] queries
                 committed = revealed if cached else committed
                 computed += n * (stop - start)

@@ -72,6 +72,9 @@ class LanguageModel(nn.Module):
 
     name: str = "model"
     exact_loss: bool = False  # True when loss() is the exact per-token NLL (AR), not a bound
+    # How the cached samplers run their steps (harness.nn.steps): None/"auto" = CUDA graphs
+    # on a GPU, plain eager steps elsewhere; "dynamic", "static" or "graph" to force one.
+    step_mode: str | None = None
 
     def __init__(self, backbone: BackboneConfig, special: SpecialTokens):
         super().__init__()

@@ -41,6 +41,8 @@ Schedules are :class:`harness.schedules.SamplingSchedule` fields; a model entry 
 
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import itertools
 import json
@@ -504,6 +506,7 @@ class LoadedEntry:
     checkpoint: str | None
     meta: dict
     model_name: str
+    sampler: Any = None  # the bf16 copy that samples on CUDA (Context.sampler)
 
 
 @dataclass
@@ -519,16 +522,40 @@ class Context:
     _evaluator: Any = None
 
     @property
+    def bf16(self) -> bool:
+        return self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.device.type == "cuda")
+
+    @property
+    def cast_for_sampling(self) -> bool:
+        """bf16 on CUDA samples from a bf16 copy of the weights instead of under autocast:
+        the samplers' steps are CUDA graphs (harness.nn.steps), and autocast would re-cast
+        every weight inside every replayed step."""
+        return self.bf16 and self.device.type == "cuda"
+
+    @property
     def autocast(self):
-        bf16 = self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.device.type == "cuda")
-        if bf16:
+        if self.bf16:
             return lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext
 
     @property
+    def sampling_autocast(self):
+        return nullcontext if self.cast_for_sampling else self.autocast
+
+    def sampler(self, loaded: "LoadedEntry"):
+        """The model samples are drawn from (see :attr:`cast_for_sampling`)."""
+        if not self.cast_for_sampling:
+            return loaded.model
+        if loaded.sampler is None:
+            loaded.sampler = copy.deepcopy(loaded.model).to(torch.bfloat16)
+        return loaded.sampler
+
+    @property
     def dtype(self) -> str:
-        bf16 = self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.device.type == "cuda")
-        return "bf16-autocast" if bf16 else "fp32"
+        """How samples are computed (test perplexity runs under bf16 autocast whenever bf16)."""
+        if self.cast_for_sampling:
+            return "bf16"
+        return "bf16-autocast" if self.bf16 else "fp32"
 
     def entry(self, name: str) -> ModelEntry:
         return next(m for m in self.cfg.models if m.name == name)
@@ -605,6 +632,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     entry = ctx.entry(point.entry)
     loaded = ctx.load(point.entry)
     model, tok = loaded.model, loaded.tokenizer
+    sampler = ctx.sampler(loaded)
     model.check_length(point.length)
     schedule = SamplingSchedule(**point.schedule)
     options = model.options() if hasattr(model, "options") else {}
@@ -619,8 +647,8 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     done = 0
     while done < cfg.num_samples:
         n = min(cfg.batch_size, cfg.num_samples - done)
-        with torch.no_grad(), ctx.autocast():
-            gen = model.sample(n, point.length, schedule, generator)
+        with torch.no_grad(), ctx.sampling_autocast():
+            gen = sampler.sample(n, point.length, schedule, generator)
         rows.append(gen.tokens.cpu())
         nfe_batches.append(int(gen.nfe))
         tokens_computed += int(gen.tokens_computed)
@@ -672,11 +700,12 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     if "speed" in cfg.metrics:
         from harness.metrics.speed import time_sampling
 
-        timing_gen = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key) + 1)
-
         def one_batch():
-            with torch.no_grad(), ctx.autocast():
-                return model.sample(cfg.batch_size, point.length, schedule, timing_gen)
+            # The samples' own seed: the timed runs take the shapes the sampling pass took, so
+            # the CUDA graphs they replay were captured before the clock started.
+            timing_gen = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
+            with torch.no_grad(), ctx.sampling_autocast():
+                return sampler.sample(cfg.batch_size, point.length, schedule, timing_gen)
 
         sp = time_sampling(one_batch, warmup=cfg.speed.warmup, repeats=cfg.speed.repeats, device=ctx.device,
                            dtype=ctx.dtype)

@@ -104,7 +104,9 @@ class Block(nn.Module):
         # shift/scale/gate, zero-initialised so every block starts as the identity.
         self.modulation = nn.Parameter(torch.zeros(6, d)) if cfg.adaln else None
 
-    def forward(self, h, cos, sin, mask, cache: KVCache | None, layer: int):
+    def forward(self, h, cos, sin, mask, cache: KVCache | None, layer: int, slots=None, keys: int = 0):
+        """``slots`` (N,) long: the static-shape path writes K/V at these cache slots and
+        attends over the first ``keys`` slots (see :meth:`Transformer.forward_static`)."""
         if self.modulation is not None:
             shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation
         else:
@@ -114,12 +116,18 @@ class Block(nn.Module):
         x = self.norm1(h) * (1 + scale1) + shift1
         q, k, v = self.qkv(x).view(B, N, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
+        if cache is not None and slots is not None:
+            cache.k[layer].index_copy_(2, slots, k)
+            cache.v[layer].index_copy_(2, slots, v)
+            k, v = cache.k[layer, :, :, :keys], cache.v[layer, :, :, :keys]
+        elif cache is not None:
             start = cache.length
             cache.k[layer, :, :, start : start + N] = k
             cache.v[layer, :, :, start : start + N] = v
             k, v = cache.k[layer, :, :, : start + N], cache.v[layer, :, :, : start + N]
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None] if mask.dim() == 3 else mask)
+        if mask is not None and mask.dim() == 3:
+            mask = mask[:, None]
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         h = h + gate1 * self.dropout(self.proj(attn.transpose(1, 2).reshape(B, N, D)))
         x = self.norm2(h) * (1 + scale2) + shift2
         return h + gate2 * self.dropout(self.mlp(x))
@@ -154,25 +162,51 @@ class Transformer(nn.Module):
         return KVCache(self.cfg, batch, capacity, p.device, p.dtype)
 
     def forward(self, tokens, positions, mask, cache: KVCache | None = None, commit: int = 0):
-        """tokens, positions: (B, N) ints; mask: bool (Nq, Nk) or (B, Nq, Nk). Returns float32 logits (float64 for a float64 model)."""
+        """tokens, positions: (B, N) ints; mask: bool (Nq, Nk) or (B, Nq, Nk), or None for full
+        attention without a cache. Returns float32 logits (float64 for a float64 model)."""
         B, N = tokens.shape
-        if positions.dim() == 1:
-            positions = positions.expand(B, N)
         n_keys = N + (cache.length if cache is not None else 0)
-        if mask.shape[-2:] != (N, n_keys):
+        if mask is None and cache is not None:
+            raise ValueError("a cached forward needs an explicit mask")
+        if mask is not None and mask.shape[-2:] != (N, n_keys):
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match {N} queries x {n_keys} keys")
         if cache is not None and cache.length + N > cache.capacity:
             raise ValueError(f"KV cache overflow: {cache.length} + {N} > capacity {cache.capacity}")
+        logits = self._run(tokens, positions, mask, cache)
+        if cache is not None:
+            cache.length += commit
+        return logits
+
+    def forward_static(self, tokens, positions, cache: KVCache, start: torch.Tensor, floor: torch.Tensor, keys: int):
+        """The cached forward with every shape fixed and no Python value read from the device,
+        so one call can be captured as a CUDA graph and replayed (harness.nn.steps).
+
+        start, floor: 1-element long tensors.  The N tokens' K/V go to cache slots
+        start + [0, N); query j attends to slots [0, max(start + j + 1, floor)) within the
+        first ``keys`` slots — causal over the slots, with a bidirectional prefix up to
+        ``floor`` (0: plain causal; start + N: a whole block; the clean prefix: prefix-LM).
+        ``cache.length`` is not used: the caller tracks what is committed.
+        """
+        N = tokens.shape[1]
+        if keys > cache.capacity:
+            raise ValueError(f"keys {keys} > cache capacity {cache.capacity}")
+        slots = start + torch.arange(N, device=tokens.device)
+        limit = torch.maximum(slots + 1, floor)
+        mask = torch.arange(keys, device=tokens.device) < limit[:, None]
+        return self._run(tokens, positions, mask, cache, slots, keys)
+
+    def _run(self, tokens, positions, mask, cache, slots=None, keys: int = 0):
+        B, N = tokens.shape
+        if positions.dim() == 1:
+            positions = positions.expand(B, N)
         h = self.embed(tokens)
         cos, sin = rotary_cos_sin(positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base, h.dtype)
         for layer, block in enumerate(self.blocks):
-            h = block(h, cos, sin, mask, cache, layer)
+            h = block(h, cos, sin, mask, cache, layer, slots, keys)
         h = self.norm(h)
         if self.final_modulation is not None:
             shift, scale = self.final_modulation
             h = h * (1 + scale) + shift
-        if cache is not None:
-            cache.length += commit
         logits = self.head(h)
         return logits if logits.dtype == torch.float64 else logits.float()
 

@@ -1,0 +1,151 @@
+"""Fixed-shape sampler steps, replayed as CUDA graphs on a GPU (PERF.md).
+
+At batch 1 every sampler is launch-bound: an eager decode step of the 12-layer trunk costs
+~4 ms of kernel launches against a ~0.1 ms weight-read floor.  A CUDA graph replays the
+whole step as one launch, but only if nothing in it changes shape or is read back to the
+host.  So the samplers' cached steps go through :class:`StaticSteps`:
+
+- one pre-allocated KV cache, kept across ``sample`` calls (graphs hold its address);
+- a step is ``Transformer.forward_static``: the window is padded to a power-of-two width
+  and attends over a power-of-two number of cache slots, so a whole sample touches a
+  handful of shapes; the window's offset and the mask's prefix are device scalars;
+- each (width, keys) shape is captured once and replayed afterwards.
+
+Modes (``LanguageModel.step_mode``): ``"dynamic"`` is the plain eager path with exact
+shapes (the CPU default); ``"static"`` runs the fixed-shape step eagerly (what the graph
+replays: tests check it gives the dynamic path's tokens exactly); ``"graph"`` captures and
+replays (the CUDA default).  Sampling (Gumbel noise, argmax) stays outside the graph, so
+the random streams and therefore the tokens are the same in every mode.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+import torch
+
+MODES = ("dynamic", "static", "graph")
+
+
+def resolve_mode(mode: str | None, device: torch.device) -> str:
+    """``None``/"auto": $ESOLM_STEP_MODE if set, else "graph" on CUDA and "dynamic" elsewhere."""
+    mode = mode if mode not in (None, "auto") else os.environ.get("ESOLM_STEP_MODE") or None
+    if mode is None:
+        return "graph" if device.type == "cuda" else "dynamic"
+    if mode not in MODES:
+        raise ValueError(f"step_mode must be one of {MODES} or 'auto', got {mode!r}")
+    if mode == "graph" and device.type != "cuda":
+        return "static"  # CUDA graphs need a CUDA device; the same steps run eagerly
+    return mode
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """Smallest power of two >= max(n, minimum)."""
+    n = max(n, minimum, 1)
+    return 1 << (n - 1).bit_length()
+
+
+def _autocast_without_cache(device: torch.device):
+    """Keep the caller's autocast state, but without its weight-cast cache: casts made during
+    a capture would otherwise be served later from the graph's private memory."""
+    if device.type != "cuda" or not torch.is_autocast_enabled("cuda"):
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+
+
+class Replay:
+    """``fn(*buffers)`` on static input buffers; captured as a CUDA graph when ``graph``."""
+
+    def __init__(self, fn, buffers: list[torch.Tensor], graph: bool, pool=None):
+        self.fn, self.buffers, self.graph, self.pool = fn, buffers, graph, pool
+        self._graph = self._out = None
+
+    def __call__(self, *inputs) -> torch.Tensor:
+        for buf, value in zip(self.buffers, inputs):
+            if isinstance(value, torch.Tensor):
+                buf.copy_(value)
+            else:
+                buf.fill_(value)  # a Python int becomes a kernel argument: no host->device copy
+        if not self.graph:
+            return self.fn(*self.buffers)
+        if self._graph is None:
+            self._capture()
+        self._graph.replay()
+        return self._out
+
+    def _capture(self) -> None:
+        device = self.buffers[0].device
+        with _autocast_without_cache(device):
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):  # warm-up off the capture (cuBLAS handles, workspaces)
+                for _ in range(2):
+                    self.fn(*self.buffers)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph, pool=self.pool):
+                self._out = self.fn(*self.buffers)
+
+
+class StaticSteps:
+    """The fixed-shape cached steps of one trunk for one (batch, capacity)."""
+
+    def __init__(self, net, batch: int, capacity: int, graph: bool):
+        self.net, self.batch, self.capacity, self.graph = net, batch, capacity, graph
+        p = net.head.weight
+        self.key = (batch, capacity, p.device, p.dtype, graph)
+        self.cache = net.new_cache(batch, capacity)
+        self.pool = torch.cuda.graph_pool_handle() if graph else None
+        self._steps: dict[tuple[int, int], Replay] = {}
+        self._full: Replay | None = None
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, start: int, floor: int = 0,
+             min_width: int = 1) -> torch.Tensor:
+        """Logits (B, N, V) of the window ``tokens`` (B, N) written at cache slots
+        [start, start + N) — see ``Transformer.forward_static`` for ``floor``.  The window is
+        padded with its last token to a power-of-two width; padded rows only write scratch
+        slots past the window, which no real query attends to and later steps overwrite."""
+        B, N = tokens.shape
+        width = bucket(N, min_width)
+        keys = min(bucket(start + N, 64), self.capacity)
+        if start + width > self.capacity:
+            raise ValueError(f"KV cache overflow: window [{start}, {start + width}) > capacity {self.capacity}")
+        replay = self._steps.get((width, keys))
+        if replay is None:
+            buffers = [torch.zeros(B, width, dtype=torch.long, device=tokens.device),
+                       torch.zeros(B, width, dtype=torch.long, device=tokens.device),
+                       torch.zeros(1, dtype=torch.long, device=tokens.device),
+                       torch.zeros(1, dtype=torch.long, device=tokens.device)]
+
+            def run(tok, pos, start_, floor_, keys=keys):
+                return self.net.forward_static(tok, pos, self.cache, start_, floor_, keys)
+
+            replay = self._steps[(width, keys)] = Replay(run, buffers, self.graph, self.pool)
+        if width > N:
+            pad = width - N
+            tokens = torch.cat([tokens, tokens[:, -1:].expand(B, pad)], 1)
+            positions = torch.cat([positions, positions[:, -1:].expand(B, pad)], 1)
+        return replay(tokens, positions, start, floor)[:, :N]
+
+    def full(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits of a full-attention forward without cache (MDLM's denoiser), fixed (B, L)."""
+        if self._full is None:
+            buffers = [torch.zeros_like(tokens), torch.zeros_like(positions)]
+            self._full = Replay(lambda tok, pos: self.net(tok, pos, None), buffers, self.graph, self.pool)
+        return self._full(tokens, positions)
+
+
+def static_steps(model, batch: int, capacity: int) -> StaticSteps | None:
+    """The model's StaticSteps for this batch and capacity (kept across calls, so graphs are
+    captured once per shape), or None in "dynamic" mode."""
+    mode = resolve_mode(getattr(model, "step_mode", None), model.device)
+    if mode == "dynamic":
+        return None
+    p = model.net.head.weight
+    key = (batch, capacity, p.device, p.dtype, mode == "graph")
+    current = getattr(model, "_static_steps", None)
+    if current is None or current.key != key:
+        model._static_steps = None  # free the old cache and graphs first
+        model._static_steps = StaticSteps(model.net, batch, capacity, graph=mode == "graph")
+    return model._static_steps

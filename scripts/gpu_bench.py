@@ -1,0 +1,150 @@
+"""GPU bench for issue #6: ceilings, sampler step modes against their floors, training-step cost.
+
+    python scripts/gpu_bench.py --out bench.json
+
+1. Ceilings of this GPU: a bf16 8192^3 matmul (FLOP/s) and a 2 GiB device-to-device copy
+   (bytes read + written per second), as in PERF.md.
+2. The papers' trunk ("small", random bf16 weights, GPT-2 vocabulary) at L = 1024, batch 1:
+   one sample per sampler in "dynamic" (plain eager) and "graph" (fixed-shape CUDA-graph)
+   step modes, with the floor max(NFE x weight bytes / copy rate, 2 x params x tokens / matmul rate)
+   and the graph mode's token agreement with eager (bf16: rare near-ties may flip).
+3. ms per optimizer step of the quality trunk ("medium", batch 64 x 512) for each model family,
+   to size configs/paper_quality.yaml to a lease.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from harness.models import SpecialTokens, build_model
+from harness.nn.transformer import BackboneConfig
+from harness.schedules import SamplingSchedule
+
+VOCAB = 50258
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def ceilings() -> dict:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    a @ b
+    t = statistics.median(timed(lambda: a @ b, 10))
+    src = torch.randn(2 ** 30, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    c = statistics.median(timed(lambda: dst.copy_(src), 10))
+    return {"matmul_flops": 2 * 8192 ** 3 / t, "copy_bytes_per_s": 2 * src.numel() * 2 / c}
+
+
+def weight_bytes_and_params(model) -> tuple[int, int]:
+    """Bytes a forward must read (every weight but the embedding table) and its matmul parameters."""
+    net = model.net
+    params = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("embed"))
+    return params * 2, params
+
+
+SAMPLERS = [
+    ("ar", {}, SamplingSchedule()),
+    ("esolm-b", {"alpha_0": 0.25}, SamplingSchedule(alpha_0=0.25, steps=128)),
+    ("esolm-b", {"alpha_0": 0.25}, SamplingSchedule(alpha_0=1.0, steps=128)),
+    ("bd3lm", {"block_size": 4}, SamplingSchedule(first_hitting=True)),
+    ("mdlm", {}, SamplingSchedule(steps=128)),
+]
+
+
+def sampler_modes(ceil: dict, length: int) -> list[dict]:
+    special = SpecialTokens(bos=VOCAB - 2, eos=VOCAB - 2, mask=VOCAB - 1)
+    cfg = BackboneConfig.from_preset("small", vocab_size=VOCAB, max_len=length)
+    rows = []
+    for name, options, schedule in SAMPLERS:
+        torch.manual_seed(0)
+        model = build_model(name, cfg, special, **options).cuda().to(torch.bfloat16).eval()
+        wbytes, params = weight_bytes_and_params(model)
+        row = {"model": name, "options": options, "schedule": schedule.label(), "length": length, "batch": 1}
+        tokens = {}
+        for mode in ("dynamic", "graph"):
+            model.step_mode = mode
+
+            def once():
+                with torch.no_grad():
+                    return model.sample(1, length, schedule, torch.Generator("cuda").manual_seed(0))
+
+            gen = once()  # warm-up: captures the graphs this seed's shapes need
+            tokens[mode] = gen.tokens
+            times = timed(once, 2)
+            row[f"{mode}_s"] = statistics.median(times)
+            row["nfe"], row["tokens_computed"] = gen.nfe, gen.tokens_computed
+        row["floor_s"] = max(row["nfe"] * wbytes / ceil["copy_bytes_per_s"],
+                             2 * params * row["tokens_computed"] / ceil["matmul_flops"])
+        row["graph_over_floor"] = row["graph_s"] / row["floor_s"]
+        row["speedup_graph_vs_eager"] = row["dynamic_s"] / row["graph_s"]
+        row["tokens_agree"] = float((tokens["dynamic"] == tokens["graph"]).float().mean())
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        del model
+        torch.cuda.empty_cache()
+    return rows
+
+
+def training_steps(batch: int, length: int) -> list[dict]:
+    special = SpecialTokens(bos=VOCAB - 2, eos=VOCAB - 2, mask=VOCAB - 1)
+    cfg = BackboneConfig.from_preset("medium", vocab_size=VOCAB, max_len=length)
+    rows = []
+    for name, options in [("ar", {}), ("mdlm", {}), ("bd3lm", {"block_size": 4}), ("esolm-a", {"alpha_0": 0.25}),
+                          ("esolm-b", {"alpha_0": 0.25})]:
+        torch.manual_seed(0)
+        model = build_model(name, cfg, special, **options).cuda().train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        x = torch.randint(0, VOCAB - 2, (batch, length), device="cuda")
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model.loss(x)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        for _ in range(3):
+            step()
+        ms = 1000 * statistics.median(timed(step, 10))
+        row = {"model": name, "options": options, "batch": batch, "length": length, "ms_per_step": ms}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        del model, opt
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--length", type=int, default=1024)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_bench needs a CUDA device")
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    result["ceilings"] = ceil = ceilings()
+    print(json.dumps(result), flush=True)
+    result["samplers"] = sampler_modes(ceil, args.length)
+    result["training"] = training_steps(64, 512)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

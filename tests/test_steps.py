@@ -1,0 +1,124 @@
+"""Fixed-shape sampler steps (harness.nn.steps): the path a CUDA graph replays must give the
+plain eager samplers' tokens exactly, and keep its cache and graphs across calls."""
+
+import pytest
+import torch
+
+from harness.nn import masks
+from harness.nn.steps import StaticSteps, bucket, resolve_mode, static_steps
+from harness.schedules import SamplingSchedule
+from tests.helpers import SPECIAL, tiny_model
+
+CASES = [
+    ("ar", {}, SamplingSchedule(), 3),
+    ("mdlm", {}, SamplingSchedule(steps=9), 1),
+    ("mdlm", {}, SamplingSchedule(steps=9, top_p=0.9), 3),
+    ("bd3lm", {"block_size": 4}, SamplingSchedule(first_hitting=True), 3),
+    ("bd3lm", {"block_size": 5}, SamplingSchedule(first_hitting=True), 2),  # padded to 8
+    ("bd3lm", {"block_size": 4}, SamplingSchedule(steps=3), 1),
+    *[(name, {"alpha_0": 0.5}, SamplingSchedule(steps=steps, alpha_0=a), 3)
+      for name in ("esolm-a", "esolm-b") for a in (0.0, 0.25, 0.5, 1.0) for steps in (1, 7)],
+    ("esolm-b", {"alpha_0": 0.5}, SamplingSchedule(blocks=3, alpha_0=0.75), 2),
+]
+
+
+def sample(model, mode, n, L, schedule, seed=5):
+    model.step_mode = mode
+    return model.sample(n, L, schedule, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name,options,schedule,n", CASES)
+def test_static_steps_give_the_dynamic_samplers_tokens_exactly(name, options, schedule, n):
+    model = tiny_model(name, max_len=40, **options)
+    L = 40
+    dynamic = sample(model, "dynamic", n, L, schedule)
+    static = sample(model, "static", n, L, schedule)
+    assert torch.equal(static.tokens, dynamic.tokens)
+    assert (static.tokens != SPECIAL.mask).all()
+    assert static.nfe == dynamic.nfe
+    if n == 1:  # with one row nothing is run for a row that reveals nothing
+        assert static.tokens_computed == dynamic.tokens_computed
+    again = sample(model, "static", n, L, schedule)  # cache and compiled shapes are reused
+    assert torch.equal(again.tokens, dynamic.tokens)
+
+
+def test_static_mdlm_runs_every_row_when_any_reveals():
+    model = tiny_model("mdlm", max_len=40)
+    dynamic = sample(model, "dynamic", 3, 40, SamplingSchedule(steps=64))
+    static = sample(model, "static", 3, 40, SamplingSchedule(steps=64))
+    assert torch.equal(static.tokens, dynamic.tokens)
+    assert static.tokens_computed == 3 * 40 * static.nfe > dynamic.tokens_computed
+    assert (static.nfe_per_sample == static.nfe).all()
+
+
+def test_forward_static_matches_the_cached_masks():
+    """Causal, whole-block and prefix-LM windows at an offset == the dynamic cached forward."""
+    model = tiny_model("ar", max_len=40)
+    net = model.net
+    x = torch.randint(0, 48, (2, 30), generator=torch.Generator().manual_seed(1))
+    pos = torch.randperm(30, generator=torch.Generator().manual_seed(2)).expand(2, 30)
+    for start, N, floor, mask in [
+        (9, 4, 0, masks.cached_causal(4, 9)),
+        (8, 4, 12, torch.ones(4, 12, dtype=torch.bool)),
+        (0, 11, 7, masks.cached_prefix_lm(11, 0, 7)),
+    ]:
+        cache = net.new_cache(2, 30)
+        net(x[:, :start], pos[:, :start], masks.causal(start), cache, commit=start) if start else None
+        want = net(x[:, start:start + N], pos[:, start:start + N], mask, cache)
+        static = net.new_cache(2, 64)
+        if start:
+            net.forward_static(x[:, :start], pos[:, :start], static, torch.tensor([0]), torch.tensor([0]), keys=64)
+        got = net.forward_static(x[:, start:start + N], pos[:, start:start + N], static,
+                                 torch.tensor([start]), torch.tensor([floor]), keys=64)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_step_pads_to_power_of_two_and_reuses_shapes():
+    model = tiny_model("ar", max_len=40)
+    steps = StaticSteps(model.net, batch=1, capacity=80, graph=False)
+    x = torch.randint(0, 48, (1, 5))
+    out = steps.step(x, torch.arange(5).expand(1, 5), start=0)
+    assert out.shape == (1, 5, 50)
+    steps.step(x[:, :3], torch.arange(3).expand(1, 3), start=5)
+    assert sorted(steps._steps) == [(4, 64), (8, 64)]
+    with pytest.raises(ValueError, match="capacity"):
+        steps.step(x, torch.arange(5).expand(1, 5), start=75)
+
+
+def test_bucket_and_mode_resolution(monkeypatch):
+    assert [bucket(n) for n in (1, 2, 3, 4, 5, 64, 65)] == [1, 2, 4, 4, 8, 64, 128]
+    assert bucket(3, 64) == 64
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("ESOLM_STEP_MODE", raising=False)
+    assert resolve_mode(None, cpu) == "dynamic"
+    assert resolve_mode("graph", cpu) == "static"  # no CUDA: the same steps, eagerly
+    assert resolve_mode(None, torch.device("cuda")) == "graph"
+    monkeypatch.setenv("ESOLM_STEP_MODE", "static")
+    assert resolve_mode("auto", cpu) == "static"
+    with pytest.raises(ValueError, match="step_mode"):
+        resolve_mode("fast", cpu)
+
+
+def test_static_steps_are_kept_per_batch_and_capacity():
+    model = tiny_model("ar", max_len=40)
+    model.step_mode = "static"
+    a = static_steps(model, 2, 40)
+    assert static_steps(model, 2, 40) is a
+    assert static_steps(model, 3, 40) is not a
+    model.step_mode = "dynamic"
+    assert static_steps(model, 2, 40) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("name,options,schedule,n", CASES)
+def test_cuda_graph_steps_give_the_static_tokens(name, options, schedule, n):
+    model = tiny_model(name, max_len=40, dtype=torch.float32, **options).cuda()
+    L = 40
+
+    def run(mode):
+        model.step_mode = mode
+        return model.sample(n, L, schedule, torch.Generator("cuda").manual_seed(5)).tokens
+
+    static = run("static")
+    assert torch.equal(run("graph"), static)
+    assert torch.equal(run("graph"), static)  # replayed graphs
