@@ -33,6 +33,10 @@ class Loaded:
 
 
 def git_commit() -> str | None:
+    """The checkout's short commit; $ESOLM_GIT_COMMIT where the code runs from a copy
+    without its .git (a GPU machine that receives only the working tree)."""
+    if os.environ.get("ESOLM_GIT_COMMIT"):
+        return os.environ["ESOLM_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)

@@ -213,12 +213,13 @@ class EsoLM(LanguageModel):
         blocks: the n_diff diffusion positions in ``blocks`` equal chunks.
         steps T: grid t_k = 1 − k/T.  A diffusion position is clean at t = 0 by definition,
         so given it is still masked at t it is revealed by s with probability
-        (alpha_s − alpha_t) / (alpha_0 − alpha_t); the count is
-        Binomial(remaining, that), and the last step (s = 0, probability 1) reveals
-        everything left.  For the log-linear schedule this is 1/(T − k): each diffusion
-        position's step is uniform.  (With alpha_0 = 1 it is MDLM's (alpha_s − alpha_t)/
-        (1 − alpha_t).  The paper's code draws over all L masked positions, so its number of
-        diffusion positions is random; we fix it at round(alpha_0·L).)
+        (alpha_s − alpha_t) / (alpha_0 − alpha_t), which for the log-linear schedule is
+        1/(T − k) whatever eps and alpha_0: each diffusion position's step is uniform on
+        {0, …, T−1}, independently.  So the counts are one multinomial draw (one read-back to
+        the host for the whole schedule, none per step).  (With alpha_0 = 1 this is MDLM's
+        (alpha_s − alpha_t)/(1 − alpha_t).  The paper's code draws over all L masked
+        positions, so its number of diffusion positions is random; we fix it at
+        round(alpha_0·L).)
         ONE count per step is shared by all rows, so every forward has a fixed shape; each
         row's count sequence still has the right distribution, and rows keep independent
         orders and tokens — only their counts are correlated.
@@ -228,17 +229,10 @@ class EsoLM(LanguageModel):
         if schedule.blocks is not None:
             sizes = [len(chunk) for chunk in torch.arange(n_diff).tensor_split(schedule.blocks)]
             return [k for k in sizes if k]
-        T, noise = schedule.steps, LogLinear(self.eps, alpha_0)
-        remaining, counts = n_diff, []
-        for k in range(T - 1):
-            alpha_t, alpha_s = noise.alpha(1 - k / T), noise.alpha(1 - (k + 1) / T)
-            p = (alpha_s - alpha_t) / (alpha_0 - alpha_t)
-            u = torch.rand(remaining, dtype=torch.float64, generator=generator, device=self.device)
-            reveal = int((u < p).sum())  # Binomial(remaining, p)
-            if reveal:
-                counts.append(reveal)
-                remaining -= reveal
-        return counts + ([remaining] if remaining else [])
+        T = schedule.steps
+        u = torch.rand(n_diff, dtype=torch.float64, generator=generator, device=self.device)
+        step = (u * T).long().clamp_(max=T - 1)
+        return [k for k in torch.bincount(step, minlength=T).tolist() if k]
 
     def _window_mask(self, n_new: int, n_cached: int, n_clean: int) -> torch.Tensor:
         """Window of n_clean newly clean tokens + the [MASK] queries, after n_cached cached keys."""

@@ -314,20 +314,26 @@ class Point:
 
 
 def expand_points(cfg: SweepConfig) -> list[Point]:
-    """model entry -> length -> schedule -> seed, in config order (stable indices for --shard)."""
-    points = []
+    """model entry -> length -> schedule -> seed, in config order (stable indices for --shard).
+
+    A schedule written with a length expression that lands on an earlier point (T = L/8 is
+    T = 128 at L = 1024) is that point, and is skipped; a literal repeat is a config error."""
+    points, seen = [], set()
     for entry in cfg.models:
         for length in entry.lengths or cfg.lengths:
             for fields in expand_schedules(entry.schedules):
                 resolved = {k: resolve_value(v, length) for k, v in fields.items()}
                 schedule = SamplingSchedule(**resolved)
                 for seed in cfg.seeds:
-                    points.append(Point(len(points), entry.name, schedule.model_dump(exclude_defaults=True),
-                                        schedule.label(), length, seed, group_label(schedule, fields)))
-    keys = [p.key for p in points]
-    dup = sorted({k for k in keys if keys.count(k) > 1})
-    if dup:
-        raise ConfigError(f"sweep {cfg.name}: point {dup[0]} appears twice; remove the repeated schedule")
+                    point = Point(len(points), entry.name, schedule.model_dump(exclude_defaults=True),
+                                  schedule.label(), length, seed, group_label(schedule, fields))
+                    if point.key in seen:
+                        if any(isinstance(v, str) for v in fields.values()):
+                            continue
+                        raise ConfigError(f"sweep {cfg.name}: point {point.key} appears twice; "
+                                          "remove the repeated schedule")
+                    seen.add(point.key)
+                    points.append(point)
     return points
 
 

@@ -11,7 +11,7 @@ from baselines.ar import AR
 from harness.esolm import EsoLMA, EsoLMB, sort_positions
 from harness.models import SpecialTokens, build_model
 from harness.nn.transformer import BackboneConfig
-from harness.schedules import SamplingSchedule
+from harness.schedules import LogLinear, SamplingSchedule
 from tests.helpers import SPECIAL, VOCAB, random_batch, tiny_model
 
 VARIANTS = ["esolm-a", "esolm-b"]
@@ -58,6 +58,16 @@ def test_draw_order_and_reveal_counts():
     # alpha_0): with 2 positions and T = 3 they share a step with probability 3 · (1/3)² = 1/3.
     shared = sum(len(model.reveal_counts(2, SamplingSchedule(steps=3), 0.3, g)) == 1 for _ in range(3000))
     assert abs(shared / 3000 - 1 / 3) < 0.03
+
+
+@pytest.mark.parametrize("alpha_0,eps,T", [(1.0, 1e-3, 7), (0.25, 1e-3, 16), (0.5, 0.2, 5)])
+def test_reveal_probability_of_the_log_linear_schedule_is_one_over_remaining_steps(alpha_0, eps, T):
+    """Why reveal_counts may draw each position's step uniformly: the conditional reveal
+    probability (alpha_s − alpha_t) / (alpha_0 − alpha_t) on the grid is exactly 1/(T − k)."""
+    noise = LogLinear(eps, alpha_0)
+    for k in range(T):
+        alpha_t, alpha_s = noise.alpha(1 - k / T), noise.alpha(1 - (k + 1) / T)
+        assert (alpha_s - alpha_t) / (alpha_0 - alpha_t) == pytest.approx(1 / (T - k), rel=1e-12)
 
 
 # --- KV-cached sampler == full-recompute reference ----------------------------------------

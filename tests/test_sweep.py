@@ -116,6 +116,20 @@ def test_length_expressions_and_schedule_products(tmp_path, runs):
         sw.resolve_value("L+1", 16)
 
 
+@pytest.mark.skipif(not HAS_MDLM, reason="needs baselines/mdlm.py")
+def test_length_expression_landing_on_a_literal_point_is_that_point(tmp_path, runs):
+    models = [{"name": "ar", "train": {"model": "ar"}},
+              {"name": "m", "train": {"model": "mdlm", "backbone": {"max_len": 64}},
+               "schedules": [{"steps": [8, 64]}, {"steps": ["L/8", "L"]}], "lengths": [64, 32]}]
+    points = sw.expand_points(sw.load_sweep_config(write(tmp_path, base_config(runs, models=models, seeds=[0]))))
+    m = [(p.length, p.schedule["steps"]) for p in points if p.entry == "m"]
+    assert m == [(64, 8), (64, 64), (32, 8), (32, 64), (32, 4), (32, 32)]
+    literal = base_config(runs, models=[models[0], {"name": "m", "train": {"model": "mdlm"},
+                                                    "schedules": [{"steps": 4}, {"steps": 4}]}])
+    with pytest.raises(ConfigError, match="appears twice"):
+        sw.expand_points(sw.load_sweep_config(write(tmp_path, literal)))
+
+
 def test_shard_parsing():
     assert sw.parse_shard(None) == (0, 1)
     assert sw.parse_shard("1/3") == (1, 3)

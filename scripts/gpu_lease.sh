@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One GPU lease's work for issue #6, run from the repository root on the GPU machine:
+#   ESOLM_GIT_COMMIT=$(git rev-parse --short HEAD) BUDGET_S=570 OUT=/some/dir bash scripts/gpu_lease.sh STAGE...
+# Stages (in the order given):
+#   check   the CUDA-graph exactness tests (tests/test_steps.py) and nvidia-smi
+#   bench   scripts/gpu_bench.py: ceilings, eager vs graph steps against floors, training ms/step
+#   speed   esolm sweep configs/paper_speed.yaml (resumes from results/paper_speed)
+#   quality esolm sweep configs/paper_quality.yaml (trains, then samples; resumes)
+# Everything lands in $OUT (results folders as .tgz); a sweep that hits the budget stops
+# between points and the next lease resumes it.  Python packages the machine lacks travel as
+# wheels in .whl/ (see /work/.library/device/README.md).
+set -u
+OUT=${OUT:-out/gpu}
+mkdir -p "$OUT"
+end=$((SECONDS + ${BUDGET_S:-570}))
+left() { echo $((end - SECONDS)); }
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || exit 1
+fi
+export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-$PWD}
+for stage in "$@"; do
+  echo "=== $stage ($(left) s left) ==="
+  case $stage in
+    check)
+      nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.csv"
+      python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.csv"
+      timeout "$(left)" python3 -m pytest tests/test_steps.py -q -p no:cacheprovider 2>&1 | tail -4 | tee "$OUT/check.txt"
+      ;;
+    bench)
+      timeout "$(left)" python3 scripts/gpu_bench.py --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -20
+      ;;
+    speed|quality)
+      name=paper_$stage
+      timeout "$(($(left) - 15))" python3 -m harness.cli sweep "configs/$name.yaml" --no-report --quiet \
+        2>&1 | tail -15 | tee "$OUT/$name.log"
+      tar czf "$OUT/$name.tgz" "results/$name"
+      python3 -c "import json,sys; rows=[json.loads(l) for l in open('results/$name/points.jsonl')]; print(len(rows), 'points')"
+      ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
+echo "=== done ($(left) s left) ==="
