@@ -42,6 +42,7 @@ Schedules are :class:`harness.schedules.SamplingSchedule` fields; a model entry 
 from __future__ import annotations
 
 import copy
+import gc
 
 import hashlib
 import itertools
@@ -60,6 +61,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from harness.config import ConfigError, DataSpec, Strict, TrainConfig, parse, read_yaml, resolve_device
+from harness.nn.steps import FALLBACKS
 from harness.schedules import SamplingSchedule
 
 METRICS = ("test_ppl", "gen_ppl", "entropy", "mauve", "speed")
@@ -571,6 +573,9 @@ class Context:
         if self._loaded and self._loaded[0] == name:
             return self._loaded[1]
         self._loaded = None
+        if self.device.type == "cuda":  # the last entry's weights, KV caches and graph pools
+            gc.collect()
+            torch.cuda.empty_cache()
         entry = self.entry(name)
         if entry.init == "random":
             from harness.train import build, build_tokenizer
@@ -639,6 +644,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     loaded = ctx.load(point.entry)
     model, tok = loaded.model, loaded.tokenizer
     sampler = ctx.sampler(loaded)
+    fallbacks = len(FALLBACKS)
     model.check_length(point.length)
     schedule = SamplingSchedule(**point.schedule)
     options = model.options() if hasattr(model, "options") else {}
@@ -715,6 +721,8 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
 
         sp = time_sampling(one_batch, warmup=cfg.speed.warmup, repeats=cfg.speed.repeats, device=ctx.device,
                            dtype=ctx.dtype)
+        if ctx.device.type == "cuda":
+            metrics["graph_fallbacks"] = len(FALLBACKS) - fallbacks  # step shapes run eagerly, not as graphs
         metrics.update(seconds_per_sample=sp["seconds_per_sample"], tokens_per_second=sp["tokens_per_second"],
                        seconds_per_batch=sp["seconds_median"], seconds_all=sp["seconds_all"],
                        gpu_peak_memory_bytes=sp["peak_memory_bytes"], gpu_energy_per_sample_joules=sp["energy_per_sample_joules"],

@@ -21,11 +21,13 @@ the random streams and therefore the tokens are the same in every mode.
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import nullcontext
 
 import torch
 
 MODES = ("dynamic", "static", "graph")
+FALLBACKS: list[str] = []  # step shapes whose graph capture failed and that ran eagerly instead
 
 
 def resolve_mode(mode: str | None, device: torch.device) -> str:
@@ -67,25 +69,36 @@ class Replay:
                 buf.copy_(value)
             else:
                 buf.fill_(value)  # a Python int becomes a kernel argument: no host->device copy
+        if self.graph and self._graph is None:
+            self._capture()
         if not self.graph:
             return self.fn(*self.buffers)
-        if self._graph is None:
-            self._capture()
         self._graph.replay()
         return self._out
 
     def _capture(self) -> None:
+        """Capture, or on failure fall back to running this shape eagerly (same results,
+        slower), recorded in FALLBACKS so a timing can say so."""
         device = self.buffers[0].device
-        with _autocast_without_cache(device):
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):  # warm-up off the capture (cuBLAS handles, workspaces)
-                for _ in range(2):
-                    self.fn(*self.buffers)
-            torch.cuda.current_stream(device).wait_stream(side)
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph, pool=self.pool):
-                self._out = self.fn(*self.buffers)
+        try:
+            with _autocast_without_cache(device):
+                side = torch.cuda.Stream(device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):  # warm-up off the capture (cuBLAS handles, workspaces)
+                    for _ in range(2):
+                        self.fn(*self.buffers)
+                torch.cuda.current_stream(device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self.pool):
+                    out = self.fn(*self.buffers)
+            self._graph, self._out = graph, out
+        except RuntimeError as err:  # torch.AcceleratorError is a RuntimeError
+            torch.cuda.synchronize(device)
+            shapes = [tuple(b.shape) for b in self.buffers]
+            FALLBACKS.append(f"{shapes}: {str(err).splitlines()[0]}")
+            warnings.warn(f"CUDA graph capture failed for step shapes {shapes}; running them eagerly: {err}",
+                          stacklevel=2)
+            self.graph = False
 
 
 class StaticSteps:
