@@ -637,6 +637,17 @@ def reference_texts(ctx: Context, loaded: LoadedEntry, length: int, n: int) -> l
     return [loaded.tokenizer.decode(row[1:].tolist()) for row in data]
 
 
+def forward_cost(model) -> dict:
+    """What one forward must at least do, for the report's floors (PERF.md): read every
+    weight but the embedding table (only looked up), and 2 FLOPs per such weight per token."""
+    net = getattr(model, "net", None)
+    if net is None:
+        return {}
+    weights = [p for name, p in net.named_parameters() if not name.startswith("embed.")]
+    return {"matmul_parameters": sum(p.numel() for p in weights),
+            "weight_bytes": sum(p.numel() * p.element_size() for p in weights)}
+
+
 def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     """Run one point: sample, score, time. Returns (row, sample records)."""
     cfg = ctx.cfg
@@ -739,6 +750,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "init": entry.init if entry.train is not None else "checkpoint",
         "checkpoint": loaded.checkpoint,
         "parameters": loaded.meta.get("parameters"),
+        **forward_cost(sampler),
         "train_step": loaded.meta.get("step"),
         "schedule": point.label,
         "schedule_group": point.group,
