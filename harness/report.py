@@ -10,7 +10,14 @@ schedule, length) are averaged.  Plots:
   faster and better) is a dashed step line;
 - ``alpha0.png``: Eso-LM test / generative perplexity against alpha_0 at evaluation, with
   AR and MDLM as horizontal reference lines;
-- ``speed_vs_length.png`` (sweeps over several lengths): seconds per sample against L.
+- ``speed_vs_length.png`` (sweeps over several lengths): seconds per sample against L;
+- ``speed_headline.png`` (CUDA sweeps): the paper's sampler settings, seconds per sample
+  against L on one log-log panel.
+
+On GPU rows that carry ``weight_bytes`` / ``matmul_parameters`` each point also gets a
+floor (the time one could not beat on this GPU, PERF.md) and its measured / floor; with
+Eso-LM (B) and MDLM / BD3-LM rows, a "Speed ratios" table (also ``speed_ratios.csv``)
+next to the paper's figures.
 
 ``report.md`` embeds them, names the protocol (evaluator, estimator, device, dtype, batch
 size, commit) and quotes a few samples.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 FAMILY_COLORS = {"ar": "#333333", "mdlm": "#1f77b4", "bd3lm": "#2ca02c", "esolm-a": "#ff7f0e",
@@ -49,10 +57,17 @@ def load_frame(results_dir: str | Path):
         flat.append(item)
     df = pd.DataFrame(flat)
     for col in ("gen_ppl", "gen_ppl_mean", "entropy", "test_ppl", "mauve", "seconds_per_sample", "tokens_per_second",
-                "nfe_per_sample", "nfe", "tokens_computed_per_sample", "degenerate", "alpha_0", "alpha_0_train"):
+                "nfe_per_sample", "nfe", "tokens_computed_per_sample", "degenerate", "alpha_0", "alpha_0_train",
+                "batch_size", "weight_bytes", "matmul_parameters"):
         if col not in df:
             df[col] = float("nan")
         df[col] = pd.to_numeric(df[col], errors="coerce")
+    options = df["model_options"] if "model_options" in df else [None] * len(df)
+    fields = df["schedule_fields"] if "schedule_fields" in df else [None] * len(df)
+    df["block_size"] = [o.get("block_size") if isinstance(o, dict) else None for o in options]
+    df["first_hitting"] = [bool(f.get("first_hitting")) if isinstance(f, dict) else False for f in fields]
+    if "device" not in df:
+        df["device"] = ""
     return df
 
 
@@ -61,9 +76,15 @@ def aggregate(df):
     keys = ["model_entry", "family", "schedule", "length"]
     numeric = [c for c in ("gen_ppl", "gen_ppl_mean", "entropy", "degenerate", "mauve", "test_ppl", "nfe",
                            "nfe_per_sample", "tokens_computed_per_sample", "seconds_per_sample", "tokens_per_second",
-                           "alpha_0", "alpha_0_train") if c in df]
+                           "alpha_0", "alpha_0_train", "floor_seconds_per_sample") if c in df]
     agg = df.groupby(keys, sort=False, dropna=False)[numeric].mean().reset_index()
     agg["seeds"] = df.groupby(keys, sort=False, dropna=False)["seed"].nunique().values
+    for col in ("device", "block_size", "first_hitting"):
+        if col in df:
+            agg[col] = df.groupby(keys, sort=False, dropna=False)[col].first().values
+    if "floor_seconds_per_sample" not in agg:
+        agg["floor_seconds_per_sample"] = float("nan")
+    agg["x_floor"] = agg["seconds_per_sample"] / agg["floor_seconds_per_sample"]
     steps = df.groupby(keys, sort=False, dropna=False)["schedule_fields"].first().values
     agg["steps"] = [s.get("steps") if isinstance(s, dict) else None for s in steps]
     if "schedule_group" in df:
@@ -349,7 +370,7 @@ def _reference_lines(ax, ref, col) -> list[float]:
     return drawn
 
 
-def plot_speed_vs_length(agg, path: Path) -> bool:
+def plot_speed_vs_length(agg, path: Path, measured: str = "") -> bool:
     """Seconds per sample vs L: one panel per family (AR drawn in every panel for reference),
     one colour per schedule within a panel."""
     plt = _plt()
@@ -401,7 +422,8 @@ def plot_speed_vs_length(agg, path: Path) -> bool:
         ax.legend(fontsize=7.5, ncol=2 if len(curves) > 6 else 1, loc="upper left", framealpha=0.9)
     for ax in list(axes.flat)[len(families):]:
         ax.set_visible(False)
-    fig.suptitle("Sampling time per sample vs length (log-log; lower is better)", fontsize=12)
+    fig.suptitle("Sampling time per sample vs length (log-log; lower is better)"
+                 + (f"\n{measured.rstrip('.')}" if measured else ""), fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -416,6 +438,268 @@ def speed_by_length_table(agg) -> str:
     for (entry, fam, group), g in data.groupby(["model_entry", "family", "group"], sort=False):
         by_len = dict(zip(g["length"], g["seconds_per_sample"]))
         rows.append([entry, FAMILY_NAMES.get(fam, fam), group] + [fmt(float(by_len[L]), 4) if L in by_len else "–"
+                                                                  for L in lengths])
+    return md_table(["model entry", "family", "schedule"] + [f"L = {L}" for L in lengths], rows,
+                    ["l", "l", "l"] + ["r"] * len(lengths))
+
+
+# ======================================================================================
+# GPU speed: floors, paper ratios, headline plot
+# ======================================================================================
+# PERF.md's ceilings on the lent H100 (bf16 matmul 8192^3; device-to-device copy).
+PERF_H100 = {"matmul_flops": 759e12, "copy_bytes_per_s": 2.9e12, "source": "PERF.md (H100, bf16 matmul / copy)"}
+# Eso-LM paper (Sahoo et al.), sampling-speed figure: Eso-LM (B) against MDLM and KV-cached BD3-LM.
+PAPER_MDLM = "14–65×"
+PAPER_BD3LM = "3–4×"
+
+
+def floor_seconds(nfe: float, tokens_computed_per_sample: float, batch_size: float, weight_bytes: float,
+                  matmul_parameters: float, matmul_flops: float, copy_bytes_per_s: float) -> float:
+    """Seconds per sample no implementation can beat on this GPU: per batch, every forward reads
+    all weights (``nfe`` is forwards per batch) and every computed token costs 2 FLOPs per
+    matmul parameter; whichever is slower, shared by the batch's samples."""
+    read = nfe * weight_bytes / copy_bytes_per_s
+    compute = 2 * matmul_parameters * tokens_computed_per_sample * batch_size / matmul_flops
+    return max(read, compute) / batch_size
+
+
+def file_ceilings(results_dir: Path) -> dict | None:
+    """Ceilings measured for this sweep: ``ceilings.json``, else ``gpu_bench.json``'s "ceilings"."""
+    path = results_dir / "ceilings.json"
+    if path.is_file():
+        ceil = json.loads(path.read_text())
+        return {**ceil, "source": ceil.get("source") or str(path), "any_device": True}
+    path = results_dir / "gpu_bench.json"
+    if path.is_file():
+        bench = json.loads(path.read_text())
+        if isinstance(bench.get("ceilings"), dict):
+            device = f" on {bench['device']}" if bench.get("device") else ""
+            return {**bench["ceilings"], "source": f"measured by scripts/gpu_bench.py{device}, {path}",
+                    "any_device": False}
+    return None
+
+
+def add_floors(df, results_dir: Path) -> list[dict]:
+    """Column ``floor_seconds_per_sample`` (NaN where no ceilings apply or the row lacks the
+    forward's cost); returns the ceilings used.  ceilings.json applies to every row,
+    gpu_bench.json to CUDA rows, PERF.md's figures to H100 rows; CPU rows get no floor."""
+    measured = file_ceilings(results_dir)
+    used, floors = {}, []
+    for _, r in df.iterrows():
+        cuda = str(r.get("device", "")).startswith("cuda")
+        if measured and (measured["any_device"] or cuda):
+            ceil = measured
+        elif cuda and "H100" in str(r.get("device_name", "")):
+            ceil = PERF_H100
+        else:
+            ceil = None
+        values = [r.get(c) for c in ("nfe", "tokens_computed_per_sample", "batch_size", "weight_bytes",
+                                     "matmul_parameters")]
+        if ceil is None or not all(_finite(v) for v in values):
+            floors.append(float("nan"))
+            continue
+        floors.append(floor_seconds(*(float(v) for v in values), float(ceil["matmul_flops"]),
+                                    float(ceil["copy_bytes_per_s"])))
+        used[ceil["source"]] = ceil
+    df["floor_seconds_per_sample"] = floors
+    return list(used.values())
+
+
+def floor_text(ceilings: list[dict]) -> str:
+    """The floor's formula, the ceilings and their source, and what it leaves out."""
+    parts = [f"{c['matmul_flops'] / 1e12:.0f} TFLOP/s matmul and {c['copy_bytes_per_s'] / 1e12:.2f} TB/s memory "
+             f"copy ({c['source']})" for c in ceilings]
+    return ("Floor (floor_s, seconds per sample) = max(NFE per batch × weight bytes / copy rate, "
+            "2 × matmul parameters × tokens computed per sample × batch size / matmul rate) / batch size, "
+            "with the weights of every layer but the embedding table in the sampling dtype; ceilings: "
+            + "; ".join(parts) + ". The floor ignores attention (its FLOPs and KV-cache reads), the "
+            "embedding lookup and sampling (the work between forwards), so it is a lower bound; "
+            "x floor = measured / floor.")
+
+
+def measured_on(df) -> str:
+    """One line naming what every figure and table here was measured with."""
+    def join(col):
+        return ", ".join(_values(df, col)) or "unknown"
+
+    batch = ", ".join(str(int(v)) for v in sorted(df["batch_size"].dropna().unique())) or "unknown"
+    commits = _values(df, "git_commit")
+    return (f"Measured on {join('device_name')}, batch size {batch}, {join('dtype')}, "
+            f"commit{'s' if len(commits) > 1 else ''} {', '.join(commits) or 'unknown'}.")
+
+
+def _cuda(agg):
+    return agg[agg["device"].astype(str).str.startswith("cuda") & agg["seconds_per_sample"].map(_finite)]
+
+
+def _steps_is(r, steps) -> bool:
+    return _finite(r["steps"]) and int(r["steps"]) == int(steps)
+
+
+def _pick(rows, test):
+    """First row (config order) passing ``test``, or None."""
+    for _, r in rows.iterrows():
+        if test(r):
+            return r
+    return None
+
+
+def _eso_a1(rows, steps):
+    return _pick(rows, lambda r: r["family"] == "esolm-b" and _finite(r["alpha_0"]) and float(r["alpha_0"]) == 1.0
+                 and _steps_is(r, steps))
+
+
+def _t_name(group: str, steps) -> str:
+    """'T=L/8' when the schedule was written with a length expression, else 'T=<steps>'."""
+    m = re.search(r"(?:^|,)T=([^,]+)", str(group))
+    return f"T={m.group(1)}" if m and "L" in m.group(1) else f"T={int(steps)}"
+
+
+def speed_ratios(agg) -> dict | None:
+    """Per length: MDLM / Eso-LM (B) alpha_0 = 1 at the same T, and BD3-LM (first hitting) /
+    Eso-LM (B) alpha_0 = 1, T = L; with the seconds per sample of every compared point.
+    None unless the CUDA rows hold Eso-LM (B) and MDLM or BD3-LM."""
+    data = _cuda(agg)
+    fams = set(data["family"])
+    if "esolm-b" not in fams or not fams & {"mdlm", "bd3lm"}:
+        return None
+    lengths = sorted(int(v) for v in data["length"].unique())
+    mdlm_cols, bd3_cols = {}, []  # T name -> [steps/length ...]; block sizes
+    for _, r in data.iterrows():
+        rows = data[data["length"] == r["length"]]
+        if r["family"] == "mdlm" and _finite(r["steps"]) and _eso_a1(rows, r["steps"]) is not None:
+            mdlm_cols.setdefault(_t_name(r["group"], r["steps"]), []).append(float(r["steps"]) / r["length"])
+        if (r["family"] == "bd3lm" and r["first_hitting"] and _finite(r["block_size"])
+                and int(r["block_size"]) not in bd3_cols):
+            bd3_cols.append(int(r["block_size"]))
+    t_names = sorted(mdlm_cols, key=lambda k: sum(mdlm_cols[k]) / len(mdlm_cols[k]))
+    bd3_cols.sort()
+    table = []
+    for L in lengths:
+        rows = data[data["length"] == L]
+        line = {"length": L}
+        for name in t_names:
+            mdlm = _pick(rows, lambda r: r["family"] == "mdlm" and _finite(r["steps"])
+                         and _t_name(r["group"], r["steps"]) == name)
+            eso = _eso_a1(rows, mdlm["steps"]) if mdlm is not None else None
+            line[f"MDLM {name} s"] = float(mdlm["seconds_per_sample"]) if mdlm is not None else None
+            line[f"Eso-LM (B) a0=1 {name} s"] = float(eso["seconds_per_sample"]) if eso is not None else None
+        eso_l = _eso_a1(rows, L)
+        if bd3_cols:
+            line["Eso-LM (B) a0=1 T=L s"] = float(eso_l["seconds_per_sample"]) if eso_l is not None else None
+        for b in bd3_cols:
+            bd3 = _pick(rows, lambda r: r["family"] == "bd3lm" and r["first_hitting"] and _finite(r["block_size"])
+                        and int(r["block_size"]) == b)
+            line[f"BD3-LM L'={b} s"] = float(bd3["seconds_per_sample"]) if bd3 is not None else None
+        for name in t_names:
+            line[f"MDLM / Eso-LM {name}"] = _ratio(line[f"MDLM {name} s"], line[f"Eso-LM (B) a0=1 {name} s"])
+        for b in bd3_cols:
+            line[f"BD3-LM L'={b} / Eso-LM T=L"] = _ratio(line[f"BD3-LM L'={b} s"], line["Eso-LM (B) a0=1 T=L s"])
+        table.append(line)
+    return {"t_names": t_names, "block_sizes": bd3_cols, "rows": table}
+
+
+def _ratio(num, den):
+    return num / den if _finite(num) and _finite(den) and den > 0 else None
+
+
+def times(v) -> str:
+    """A ratio as '12.3×'; '—' when a point is missing."""
+    return f"{v:.1f}×" if _finite(v) else "—"
+
+
+def ratio_tables(ratios: dict) -> str:
+    """The ratios with the paper's figures as a last row, then the compared points' seconds."""
+    rcols = [k for k in ratios["rows"][0] if " / " in k]
+    scols = [k for k in ratios["rows"][0] if k.endswith(" s")]
+    rows = [[f"L = {r['length']}"] + [times(r[k]) for k in rcols] for r in ratios["rows"]]
+    rows.append(["paper (Eso-LM (B), L up to 8192)"] + [PAPER_MDLM if k.startswith("MDLM") else PAPER_BD3LM
+                                                         for k in rcols])
+    seconds = [[f"L = {r['length']}"] + [fmt(r[k], 4) if _finite(r[k]) else "—" for k in scols]
+               for r in ratios["rows"]]
+    return (md_table(["length"] + rcols, rows, ["l"] + ["r"] * len(rcols)) + "\n\n"
+            + "Seconds per sample of the compared points:\n\n"
+            + md_table(["length"] + [k[:-2] for k in scols], seconds, ["l"] + ["r"] * len(scols)))
+
+
+def write_ratios_csv(ratios: dict, path: Path) -> None:
+    """The same table, numbers unformatted (empty where a point is missing)."""
+    import csv
+
+    cols = list(ratios["rows"][0])
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(cols)
+        for r in ratios["rows"]:
+            writer.writerow(["" if r[c] is None else r[c] for c in cols])
+
+
+# (label, family, line style, marker, test(row)): the paper's sampler settings, by resolved steps
+HEADLINE = [
+    ("AR", "ar", "-", "s", lambda r: True),
+    ("MDLM T=L/8", "mdlm", "-", "o", lambda r: _steps_is(r, r["length"] // 8)),
+    ("MDLM T=L", "mdlm", "--", "o", lambda r: _steps_is(r, r["length"])),
+    ("BD3-LM L'=4", "bd3lm", "-", "^", lambda r: r["first_hitting"] and r["block_size"] == 4),
+    ("BD3-LM L'=16", "bd3lm", "--", "v", lambda r: r["first_hitting"] and r["block_size"] == 16),
+    ("Eso-LM (B) a0=1 T=L/8", "esolm-b", "-", "D", lambda r: r["alpha_0"] == 1.0 and _steps_is(r, r["length"] // 8)),
+    ("Eso-LM (B) a0=1 T=L", "esolm-b", "--", "D", lambda r: r["alpha_0"] == 1.0 and _steps_is(r, r["length"])),
+    ("Eso-LM (B) a0=0.25 T=128", "esolm-b", ":", "P", lambda r: r["alpha_0"] == 0.25 and _steps_is(r, 128)),
+]
+
+
+def plot_speed_headline(agg, df, path: Path) -> bool:
+    """Seconds per sample vs L for the paper's settings (CUDA rows), one line each."""
+    data = _cuda(agg)
+    if data.empty:
+        return False
+    curves = []
+    for label, fam, style, marker, test in HEADLINE:
+        pts = []
+        for L in sorted(data["length"].unique()):
+            r = _pick(data[(data["length"] == L) & (data["family"] == fam)], test)
+            if r is not None:
+                pts.append((int(L), float(r["seconds_per_sample"])))
+        if pts:
+            curves.append((label, fam, style, marker, pts))
+    if not curves:
+        return False
+    plt = _plt()
+    cuda = df[df["device"].astype(str).str.startswith("cuda")]
+    fig, ax = plt.subplots(figsize=(10, 6), dpi=130)
+    for label, fam, style, marker, pts in curves:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=FAMILY_COLORS[fam], linestyle=style, marker=marker,
+                linewidth=2, markersize=7, label=label)
+    lengths = sorted({p[0] for c in curves for p in c[4]})
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(lengths)
+    ax.set_xticklabels([str(v) for v in lengths])
+    ax.minorticks_off()
+    _plain_ticks(ax, "y")
+    if len(lengths) > 1:
+        ax.set_xlim(lengths[0] / 1.25, lengths[-1] * 1.25)
+    ys = [p[1] for c in curves for p in c[4]]
+    ax.set_ylim(min(ys) / 1.3, max(ys) * 1.3)
+    ax.set_xlabel("sequence length L (tokens, log scale)", fontsize=11)
+    ax.set_ylabel("seconds per sample (log scale, lower is better)", fontsize=11)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=9.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9, title="sampler",
+              title_fontsize=10)
+    ax.set_title("Sampling time per sample vs length\n" + measured_on(cuda).rstrip("."), fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
+def floor_by_length_table(agg) -> str:
+    """Measured / floor, one column per length (the speed-by-length table's curves)."""
+    data = agg[agg["x_floor"].map(_finite)]
+    lengths = sorted(data["length"].unique())
+    rows = []
+    for (entry, fam, group), g in data.groupby(["model_entry", "family", "group"], sort=False):
+        by_len = dict(zip(g["length"], g["x_floor"]))
+        rows.append([entry, FAMILY_NAMES.get(fam, fam), group] + [times(by_len[L]) if L in by_len else "–"
                                                                   for L in lengths])
     return md_table(["model entry", "family", "schedule"] + [f"L = {L}" for L in lengths], rows,
                     ["l", "l", "l"] + ["r"] * len(lengths))
@@ -448,7 +732,8 @@ RESULT_COLUMNS = [  # (column, header, digits)
     ("test_ppl", "test PPL", 2), ("gen_ppl", "gen PPL", 2), ("gen_ppl_mean", "gen PPL (mean/sample)", 2),
     ("entropy", "entropy", 3), ("degenerate", "degenerate", 1), ("mauve", "MAUVE", 3),
     ("nfe_per_sample", "NFE/sample", 1), ("tokens_computed_per_sample", "tokens computed/sample", 1),
-    ("seconds_per_sample", "s/sample", 4), ("tokens_per_second", "tokens/s", 0),
+    ("seconds_per_sample", "s/sample", 4), ("floor_seconds_per_sample", "floor_s", 4), ("x_floor", "x floor", 1),
+    ("tokens_per_second", "tokens/s", 0),
 ]
 
 
@@ -459,7 +744,7 @@ def results_table(agg) -> str:
     for _, r in agg.iterrows():
         rows.append([r["model_entry"], FAMILY_NAMES.get(r["family"], r["family"]), r["schedule"],
                      fmt(r["alpha_0"], 4) if _finite(r["alpha_0"]) else "–"]
-                    + [fmt(float(r[c]), d) for c, _, d in cols])
+                    + [times(r[c]) if c == "x_floor" else fmt(float(r[c]), d) for c, _, d in cols])
     return md_table(headers, rows, ["l", "l", "l"] + ["r"] * (len(headers) - 3))
 
 
@@ -552,13 +837,16 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     sweep = str(df["sweep"].iloc[0])
     out = Path(out_dir) if out_dir is not None else Path("reports") / sweep
     out.mkdir(parents=True, exist_ok=True)
+    ceilings = add_floors(df, results_dir)
     agg = aggregate(df)
 
-    md = [f"# Sweep `{sweep}`", ""]
+    md = [f"# Sweep `{sweep}`", "", measured_on(df), ""]
     desc = _description(results_dir)
     if desc:
         md += [desc.strip(), ""]
     md += ["## Protocol", "", protocol_table(df, results_dir), ""]
+    if ceilings:
+        md += [floor_text(ceilings), ""]
     for length in sorted(agg["length"].unique()):
         sub = agg[agg["length"] == length]
         md += [f"## Results at L = {length}", "", f"Means over {int(sub['seeds'].max())} seed(s); "
@@ -581,9 +869,28 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
         md += ["## Eso-LM: perplexity vs alpha_0", "", "![perplexity vs alpha_0](alpha0.png)", ""]
     else:
         (out / "alpha0.png").unlink(missing_ok=True)
-    if plot_speed_vs_length(agg, out / "speed_vs_length.png"):
+    if plot_speed_headline(agg, df, out / "speed_headline.png"):
+        md += ["## Sampling speed (headline)", "", measured_on(df[df["device"].astype(str).str.startswith("cuda")]),
+               "", "![seconds per sample vs L, paper settings](speed_headline.png)", ""]
+    else:
+        (out / "speed_headline.png").unlink(missing_ok=True)
+    ratios = speed_ratios(agg)
+    if ratios:
+        md += ["## Speed ratios", "", measured_on(df[df["device"].astype(str).str.startswith("cuda")]), "",
+               "Seconds per sample of the slower sampler over Eso-LM (B) at alpha_0 = 1 (pure diffusion): MDLM at "
+               "the same number of steps T, and BD3-LM (first hitting, block size L') against Eso-LM (B) with T = L "
+               f"(both about one token per forward). The paper reports Eso-LM (B) {PAPER_MDLM} faster than MDLM and "
+               f"{PAPER_BD3LM} faster than KV-cached BD3-LM, the ratios growing with L up to 8192. "
+               "— = a point not measured (yet).", "", ratio_tables(ratios), "",
+               "The same table as CSV: [speed_ratios.csv](speed_ratios.csv).", ""]
+        write_ratios_csv(ratios, out / "speed_ratios.csv")
+    else:
+        (out / "speed_ratios.csv").unlink(missing_ok=True)
+    if plot_speed_vs_length(agg, out / "speed_vs_length.png", measured_on(df)):
         md += ["## Speed vs length", "", "![seconds per sample vs L](speed_vs_length.png)", "",
                "Seconds per sample (median):", "", speed_by_length_table(agg), ""]
+        if agg["x_floor"].map(_finite).any():
+            md += ["Measured / floor (x floor; floor as above):", "", floor_by_length_table(agg), ""]
     else:
         (out / "speed_vs_length.png").unlink(missing_ok=True)
     md += ["## Samples", "", sample_section(df, agg, results_dir), "## Notes", "", *notes(df), ""]

@@ -159,3 +159,132 @@ def test_committed_smoke_report_is_consistent():
 
     keys = latest_rows(read_points(points))
     assert {r["family"] for r in keys.values()} == {"ar", "mdlm", "bd3lm", "esolm-a", "esolm-b"}
+
+
+# ======================================================================================
+# GPU speed sweeps: floors, paper ratios, headline plot
+# ======================================================================================
+def gpu_row(entry, family, schedule, length, seconds, *, nfe, tokens, steps=None, alpha_0=None, block_size=None,
+            group=None, batch_size=1, device="cuda", device_name="NVIDIA H100 80GB HBM3", commit="824a2d1"):
+    """A speed-only row shaped like results/paper_speed/points.jsonl."""
+    fields = {}
+    if steps is not None:
+        fields["steps"] = steps
+    if alpha_0 is not None:
+        fields["alpha_0"] = alpha_0
+    if block_size is not None:
+        fields["first_hitting"] = True
+    return {"sweep": "gpu", "key": f"{entry}/{schedule}/L{length}/s0", "config_hash": "0" * 16, "model_entry": entry,
+            "family": family, "model": family, "model_options": {"block_size": block_size} if block_size else {},
+            "init": "random", "checkpoint": None, "parameters": 162233856, "train_step": None, "schedule": schedule,
+            "schedule_group": group or schedule, "schedule_fields": fields, "alpha_0": alpha_0,
+            "alpha_0_train": 0.25 if family == "esolm-b" else None, "length": length, "seed": 0,
+            "num_samples": batch_size, "batch_size": batch_size,
+            "metrics": {"nfe": float(nfe), "nfe_per_batch": [nfe], "nfe_per_sample": float(nfe) / batch_size,
+                        "tokens_computed_per_sample": float(tokens), "seconds_per_sample": seconds,
+                        "tokens_per_second": length / seconds, "seconds_per_batch": seconds * batch_size,
+                        "telemetry_note": None},
+            "device": device, "device_name": device_name, "dtype": "bf16", "git_commit": commit, "torch": "2.11.0",
+            "python": "3.12.3", "timestamp": "2026-11-23T04:28:35+00:00", "matmul_parameters": 123635712,
+            "weight_bytes": 247271424}
+
+
+def gpu_rows(**kw):
+    """L = 1024 and 2048: AR, MDLM T = L/8 and T = L (mdlm-TL), BD3-LM L' = 4 / 16, Eso-LM (B);
+    at L = 2048 BD3-LM L' = 16 and Eso-LM T = L are missing."""
+    rows = []
+    for L in (1024, 2048):
+        k = L // 1024
+        rows += [gpu_row("ar", "ar", "default", L, 1.0 * k, nfe=L - 1, tokens=L - 1, **kw),
+                 gpu_row("mdlm", "mdlm", f"T={L // 8}", L, 10.0 * k, nfe=L // 8, tokens=L // 8 * L, steps=L // 8,
+                         group="T=L/8", **kw),
+                 gpu_row("mdlm-TL", "mdlm", f"T={L}", L, 60.0 * k, nfe=L, tokens=L * L, steps=L, group="T=L", **kw),
+                 gpu_row("bd3lm-4", "bd3lm", "fh=True", L, 2.0 * k, nfe=L + L // 4, tokens=5 * L, block_size=4, **kw),
+                 gpu_row("esolm-b", "esolm-b", f"T={L // 8},a0=1", L, 0.5 * k, nfe=L // 8, tokens=2 * L,
+                         steps=L // 8, alpha_0=1.0, group="T=L/8,a0=1", **kw),
+                 gpu_row("esolm-b", "esolm-b", "T=128,a0=0.25", L, 1.5 * k, nfe=800, tokens=2 * L, steps=128,
+                         alpha_0=0.25, **kw)]
+        if L == 1024:
+            rows += [gpu_row("bd3lm-16", "bd3lm", "fh=True", L, 3.0, nfe=L + 64, tokens=17 * L, block_size=16, **kw),
+                     gpu_row("esolm-b", "esolm-b", f"T={L},a0=1", L, 0.8, nfe=L, tokens=2 * L, steps=L, alpha_0=1.0,
+                             group="T=L,a0=1", **kw)]
+    return rows
+
+
+def write_gpu_results(tmp_path: Path, rows, ceilings=None) -> Path:
+    out = tmp_path / "results" / "gpu"
+    out.mkdir(parents=True)
+    for r in rows:
+        append_row(out / "points.jsonl", r)
+    if ceilings is not None:
+        (out / "ceilings.json").write_text(json.dumps(ceilings))
+    return out
+
+
+def test_floor_arithmetic():
+    # read: 100 forwards x 1 GB / 1 TB/s = 0.1 s per batch; compute: 2 x 5e8 x 2000 x 4 / 1e14 = 0.08 s
+    assert math.isclose(rp.floor_seconds(100, 2000, 4, 1e9, 5e8, 1e14, 1e12), 0.1 / 4, rel_tol=1e-12)
+    # twice the tokens: compute-bound, 0.16 s per batch
+    assert math.isclose(rp.floor_seconds(100, 4000, 4, 1e9, 5e8, 1e14, 1e12), 0.16 / 4, rel_tol=1e-12)
+
+
+def test_floor_columns_and_ceiling_sources(tmp_path):
+    rows = [gpu_row("ar", "ar", "default", 1024, 0.5, nfe=100, tokens=2000, batch_size=4)]
+    rows[0].update(weight_bytes=1e9, matmul_parameters=5e8)
+    ceil = {"matmul_flops": 1e14, "copy_bytes_per_s": 1e12, "source": "hand-made test ceilings"}
+    results = write_gpu_results(tmp_path, rows, ceil)
+    (results / "gpu_bench.json").write_text(json.dumps({"ceilings": {"matmul_flops": 1.0, "copy_bytes_per_s": 1.0}}))
+    md = rp.write_report(results, out_dir=tmp_path / "r").read_text()
+    assert "| floor_s | x floor |" in md and "| 0.5000 | 0.0250 | 20.0× |" in md  # ceilings.json wins
+    assert "hand-made test ceilings" in md and "ignores attention" in md
+    assert "Measured on NVIDIA H100 80GB HBM3, batch size 4, bf16, commit 824a2d1." in md
+    (results / "ceilings.json").unlink()  # then gpu_bench.json
+    md = rp.write_report(results, out_dir=tmp_path / "r").read_text()
+    assert "gpu_bench.json" in md and "| 0.5000 | 2.000e+12 |" in md
+    (results / "gpu_bench.json").unlink()  # then PERF.md's H100 figures
+    df = rp.load_frame(results)
+    used = rp.add_floors(df, results)
+    assert used == [rp.PERF_H100]
+    assert math.isclose(df["floor_seconds_per_sample"][0], max(100 * 1e9 / 2.9e12, 2 * 5e8 * 2000 * 4 / 759e12) / 4)
+
+
+def test_speed_ratios_headline_and_csv(tmp_path):
+    results = write_gpu_results(tmp_path, gpu_rows())
+    md = rp.write_report(results, out_dir=tmp_path / "r").read_text()
+    png = (tmp_path / "r" / "speed_headline.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert "![seconds per sample vs L, paper settings](speed_headline.png)" in md
+    section = md.split("## Speed ratios")[1].split("\n## ")[0]
+    lines = section.splitlines()
+    header = next(l for l in lines if l.startswith("| length"))
+    assert header == ("| length | MDLM / Eso-LM T=L/8 | MDLM / Eso-LM T=L | BD3-LM L'=4 / Eso-LM T=L | "
+                      "BD3-LM L'=16 / Eso-LM T=L |")
+    # L = 1024: MDLM 10 s / Eso 0.5 s = 20; mdlm-TL 60 / 0.8 = 75; BD3-LM 2 / 0.8 = 2.5 and 3 / 0.8 = 3.75
+    assert "| L = 1024 | 20.0× | 75.0× | 2.5× | 3.8× |" in lines
+    # L = 2048: Eso-LM T = L and BD3-LM L' = 16 missing
+    assert "| L = 2048 | 20.0× | — | — | — |" in lines
+    assert "| paper (Eso-LM (B), L up to 8192) | 14–65× | 14–65× | 3–4× | 3–4× |" in lines
+    assert "| L = 1024 | 10.0000 | 0.5000 | 60.0000 | 0.8000 | 2.0000 | 3.0000 |" in lines
+    assert "| L = 2048 | 20.0000 | 1.0000 | 120.0000 | — | 4.0000 | — |" in lines
+    assert "Measured on NVIDIA H100 80GB HBM3, batch size 1, bf16, commit 824a2d1." in section
+    import csv
+
+    table = list(csv.DictReader((tmp_path / "r" / "speed_ratios.csv").open()))
+    assert [r["length"] for r in table] == ["1024", "2048"]
+    assert float(table[0]["MDLM / Eso-LM T=L/8"]) == 20.0 and table[1]["MDLM / Eso-LM T=L"] == ""
+
+
+def test_speed_ratios_need_eso_lm(tmp_path):
+    rows = [r for r in gpu_rows() if r["family"] != "esolm-b"]
+    md = rp.write_report(write_gpu_results(tmp_path, rows), out_dir=tmp_path / "r").read_text()
+    assert "## Speed ratios" not in md and not (tmp_path / "r" / "speed_ratios.csv").exists()
+    assert (tmp_path / "r" / "speed_headline.png").is_file() and "x floor" in md
+
+
+def test_cpu_rows_get_no_floor_ratios_or_headline(tmp_path):
+    rows = gpu_rows(device="cpu", device_name="x86_64 CPU (2 threads)")
+    md = rp.write_report(write_gpu_results(tmp_path, rows), out_dir=tmp_path / "r").read_text()
+    assert "floor_s" not in md and "x floor" not in md and "Floor (" not in md and "## Speed ratios" not in md and "speed_headline" not in md
+    assert not (tmp_path / "r" / "speed_headline.png").exists()
+    assert not (tmp_path / "r" / "speed_ratios.csv").exists()
+    assert (tmp_path / "r" / "speed_vs_length.png").is_file()
