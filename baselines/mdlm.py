@@ -201,7 +201,7 @@ class MDLM(LanguageModel):
         positions = torch.arange(length, device=device)
         attend = masks.bidirectional(length, device)
 
-        steps = static_steps(self, n, 0) if use_cache else None
+        steps = static_steps(self, n, length) if use_cache else None  # keyed by length; no cache is allocated
 
         def denoiser(rows):
             if steps is not None:  # every row at a fixed shape (a CUDA graph on a GPU)

@@ -122,3 +122,12 @@ def test_cuda_graph_steps_give_the_static_tokens(name, options, schedule, n):
     static = run("static")
     assert torch.equal(run("graph"), static)
     assert torch.equal(run("graph"), static)  # replayed graphs
+
+
+def test_static_mdlm_across_lengths_and_no_cache_allocated():
+    model = tiny_model("mdlm", max_len=40)
+    for L in (16, 32, 16):
+        dynamic = sample(model, "dynamic", 2, L, SamplingSchedule(steps=5))
+        static = sample(model, "static", 2, L, SamplingSchedule(steps=5))
+        assert torch.equal(static.tokens, dynamic.tokens)
+    assert model._static_steps._cache is None

@@ -108,10 +108,16 @@ class StaticSteps:
         self.net, self.batch, self.capacity, self.graph = net, batch, capacity, graph
         p = net.head.weight
         self.key = (batch, capacity, p.device, p.dtype, graph)
-        self.cache = net.new_cache(batch, capacity)
+        self._cache = None  # allocated on the first cached step (MDLM's full forwards need none)
         self.pool = torch.cuda.graph_pool_handle() if graph else None
         self._steps: dict[tuple[int, int], Replay] = {}
         self._full: Replay | None = None
+
+    @property
+    def cache(self):
+        if self._cache is None:
+            self._cache = self.net.new_cache(self.batch, self.capacity)
+        return self._cache
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, start: int, floor: int = 0,
              min_width: int = 1) -> torch.Tensor:
@@ -143,6 +149,9 @@ class StaticSteps:
 
     def full(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits of a full-attention forward without cache (MDLM's denoiser), fixed (B, L)."""
+        if self._full is not None and self._full.buffers[0].shape != tokens.shape:
+            raise ValueError(f"full-forward shape {tuple(tokens.shape)} != captured "
+                             f"{tuple(self._full.buffers[0].shape)}: key StaticSteps by the length")
         if self._full is None:
             buffers = [torch.zeros_like(tokens), torch.zeros_like(positions)]
             self._full = Replay(lambda tok, pos: self.net(tok, pos, None), buffers, self.graph, self.pool)
