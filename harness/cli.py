@@ -106,6 +106,14 @@ def cmd_report(args) -> None:
     print(f"report: {out}")
 
 
+def cmd_rescore(args) -> None:
+    from harness.rescore import rescore
+
+    out = rescore(args.results_dir, args.evaluator, out_dir=args.out, mauve=args.mauve,
+                  reference_samples=args.reference_samples, device=args.device, progress=not args.quiet)
+    print(f"results: {out}")
+
+
 def cmd_compare(args) -> None:
     from harness.compare import compare_files
 
@@ -170,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results_dir")
     p.add_argument("--out", help="output folder (default: reports/<sweep>)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("rescore", help="re-score a results folder's saved samples with another evaluator")
+    p.add_argument("results_dir")
+    p.add_argument("--evaluator", required=True, help="'smollm2', 'hf:/path/to/folder' or 'ar:/path/to/checkpoint'")
+    p.add_argument("--out", help="output folder (default: RESULTS_DIR_<evaluator>); RESULTS_DIR is never modified")
+    p.add_argument("--mauve", action="store_true", help="also compute MAUVE against the held-out test split")
+    p.add_argument("--reference-samples", type=int, help="MAUVE reference texts (default: config, else samples)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_rescore)
 
     p = sub.add_parser("compare", help="CI gate: exit 1 when CANDIDATE regresses against REFERENCE")
     p.add_argument("reference")
