@@ -685,9 +685,12 @@ def plot_speed_headline(agg, df, path: Path) -> bool:
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=9.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9, title="sampler",
               title_fontsize=10)
-    ax.set_title("Sampling time per sample vs length\n" + measured_on(cuda).rstrip("."), fontsize=11)
+    import textwrap
+
+    ax.set_title("Sampling time per sample vs length\n" + textwrap.fill(measured_on(cuda).rstrip("."), 80),
+                 fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return True
 
