@@ -94,7 +94,8 @@ def cmd_sample(args) -> None:
 def cmd_sweep(args) -> None:
     from harness.sweep import run_sweep
 
-    out = run_sweep(args.config, shard=args.shard, results_root=args.results, report=not args.no_report,
+    out = run_sweep(args.config, shard=args.shard, entries=args.entries, results_root=args.results,
+                    report=not args.no_report,
                     progress=not args.quiet, reports_root=args.reports)
     print(f"results: {out}")
 
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a sweep config; finished points are kept and skipped on re-run")
     p.add_argument("config")
     p.add_argument("--shard", help="i/n: run only every n-th point starting at i (e.g. for SLURM arrays)")
+    p.add_argument("--entries", help="a,b,...: run only these model entries (and train only what they need)")
     p.add_argument("--results", default="results", help="root folder for results/<sweep>/points.jsonl")
     p.add_argument("--reports", default="reports", help="root folder for the report (reports/<sweep>/)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")

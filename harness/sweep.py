@@ -803,11 +803,26 @@ def train_entries(cfg: SweepConfig, names: set[str], progress: bool) -> dict[str
     return paths
 
 
+def parse_entries(cfg: SweepConfig, entries: str | list[str] | None) -> set[str] | None:
+    """--entries a,b: run only these model entries (e.g. one GPU lease trains half the models)."""
+    if entries is None:
+        return None
+    names = [e.strip() for e in (entries.split(",") if isinstance(entries, str) else entries) if e.strip()]
+    known = [m.name for m in cfg.models]
+    unknown = [e for e in names if e not in known]
+    if unknown or not names:
+        raise ConfigError(f"--entries {entries!r}: {unknown[0] if unknown else 'nothing'} is not a model entry "
+                          f"of sweep {cfg.name}; use a comma-separated subset of {known}")
+    return set(names)
+
+
 def run_sweep(config_path: str | Path, shard: str | None = None, results_root: str | Path = "results",
-              report: bool = True, progress: bool = True, reports_root: str | Path = "reports") -> Path:
+              report: bool = True, progress: bool = True, reports_root: str | Path = "reports",
+              entries: str | list[str] | None = None) -> Path:
     """Run (or resume) a sweep; returns the results folder ``<results_root>/<name>``."""
     cfg = load_sweep_config(config_path)
     shard_i, shard_n = parse_shard(shard)
+    only = parse_entries(cfg, entries)
     if cfg.backend == "ray":
         try:
             import ray  # noqa: F401
@@ -817,7 +832,7 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    points = [p for p in expand_points(cfg) if p.index % shard_n == shard_i]
+    points = [p for p in expand_points(cfg) if p.index % shard_n == shard_i and (only is None or p.entry in only)]
     results_dir = Path(results_root) / cfg.name
     results_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(results_dir / "config.yaml", Path(config_path).read_text())

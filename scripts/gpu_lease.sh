@@ -5,7 +5,7 @@
 #   check   the CUDA-graph exactness tests (tests/test_steps.py) and nvidia-smi
 #   bench   scripts/gpu_bench.py: ceilings, eager vs graph steps against floors, training ms/step
 #   speed   esolm sweep configs/paper_speed.yaml (resumes from results/paper_speed)
-#   quality esolm sweep configs/paper_quality.yaml (trains, then samples; resumes)
+#   quality[=a,b]  esolm sweep configs/paper_quality.yaml [--entries a,b] (trains, then samples; resumes)
 # Everything lands in $OUT (results folders as .tgz); a sweep that hits the budget stops
 # between points and the next lease resumes it.  Python packages the machine lacks travel as
 # wheels in .whl/ (see /work/.library/device/README.md).
@@ -30,9 +30,11 @@ for stage in "$@"; do
     bench)
       timeout "$(left)" python3 scripts/gpu_bench.py --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -20
       ;;
-    speed|quality)
-      name=paper_$stage
-      timeout "$(($(left) - 15))" python3 -m harness.cli sweep "configs/$name.yaml" --no-report --quiet \
+    speed|quality|quality=*)
+      name=paper_${stage%%=*}
+      entries=()
+      [[ $stage == *=* ]] && entries=(--entries "${stage#*=}")
+      timeout "$(($(left) - 15))" python3 -m harness.cli sweep "configs/$name.yaml" "${entries[@]}" --no-report --quiet \
         2>&1 | tail -15 | tee "$OUT/$name.log"
       tar czf "$OUT/$name.tgz" "results/$name"
       python3 -c "import json,sys; rows=[json.loads(l) for l in open('results/$name/points.jsonl')]; print(len(rows), 'points')"

@@ -241,6 +241,20 @@ def test_changed_config_recomputes_and_newest_row_wins(tmp_path, runs, monkeypat
     assert calls == []
 
 
+def test_entries_run_only_the_named_model_entries(tmp_path, runs):
+    cfg = base_config(runs, seeds=[0], metrics=["entropy"], models=[
+        {"name": "ar", "train": {"model": "ar"}}, {"name": "ar-b", "train": {"model": "ar", "train": {"seed": 3}}}])
+    cfg.pop("evaluator")
+    path = write(tmp_path, cfg)
+    results = tmp_path / "results"
+    run(path, results, entries="ar-b")
+    assert [r["key"] for r in rows_of(results / "t")] == ["ar-b/default/L16/s0"]
+    run(path, results, entries=["ar", "ar-b"])
+    assert sorted(r["key"] for r in rows_of(results / "t")) == ["ar-b/default/L16/s0", "ar/default/L16/s0"]
+    with pytest.raises(ConfigError, match=r"--entries 'ar,mdlm': mdlm is not a model entry.*\['ar', 'ar-b'\]"):
+        run(path, results, entries="ar,mdlm")
+
+
 def test_shards_partition_the_points(tmp_path, runs):
     cfg = base_config(runs, seeds=[0, 1, 2], metrics=["entropy"])
     cfg.pop("evaluator")
