@@ -64,3 +64,37 @@ def test_adaln_zero_blocks_start_as_identity():
         torch.arange(8).expand(2, 8), 16, 10_000.0, h.dtype)
     for layer, block in enumerate(net.blocks):
         torch.testing.assert_close(block(h, *cos_sin, masks.causal(8), None, layer), h)
+
+
+def test_rotary_is_the_half_rotation_exactly_and_preserves_norms():
+    from harness.nn.transformer import apply_rotary, rotary_cos_sin
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 16, generator=g, dtype=torch.float64)
+    positions = torch.randint(0, 100, (2, 5), generator=g)
+    cos, sin = rotary_cos_sin(positions, 16, 10_000.0, torch.float64)
+    inv_freq = 1.0 / (10_000.0 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))
+    angle = (positions.float()[..., None] * inv_freq)[:, None]  # float32 angles, tables cast to x's dtype
+    c, s = angle.cos().double(), angle.sin().double()
+    x1, x2 = x.chunk(2, dim=-1)
+    want = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+    assert torch.equal(apply_rotary(x, cos, sin), want)
+    torch.testing.assert_close(apply_rotary(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
+
+
+def test_additive_mask_gives_sdpa_the_same_attention_as_the_boolean_mask():
+    import torch.nn.functional as F
+
+    from harness.nn.transformer import additive_mask
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 6, 8, generator=g) for _ in range(3))
+    mask = masks.cached_prefix_lm(6, 4, 2)
+    assert torch.equal(F.scaled_dot_product_attention(q, k[:, :, :1].expand(2, 3, 10, 8).contiguous(), v[:, :, :1]
+                                                      .expand(2, 3, 10, 8).contiguous(), attn_mask=mask),
+                       F.scaled_dot_product_attention(q, k[:, :, :1].expand(2, 3, 10, 8).contiguous(), v[:, :, :1]
+                                                      .expand(2, 3, 10, 8).contiguous(),
+                                                      attn_mask=additive_mask(mask, q.dtype)))
+    add = additive_mask(mask, torch.bfloat16)
+    assert add.dtype == torch.bfloat16 and torch.equal(add == 0, mask) and (add[~mask] == float("-inf")).all()
+    assert additive_mask(None, torch.float32) is None

@@ -76,15 +76,26 @@ class KVCache:
 
 
 def rotary_cos_sin(positions: torch.Tensor, head_dim: int, base: float, dtype):
-    """cos/sin tables for explicit integer positions (B, N) -> (B, 1, N, head_dim/2)."""
+    """Rotary tables for explicit integer positions (B, N) -> (B, 1, N, head_dim), laid out
+    for :func:`apply_rotary`: cos = [cos, cos], sin = [−sin, sin]."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
     angles = positions.to(torch.float32)[..., None] * inv_freq
-    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+    cos, sin = angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the halves (x1, x2) by the angle: (x1·cos − x2·sin, x2·cos + x1·sin), as
+    x·cos + (x2, x1)·sin — four kernels instead of seven, the same numbers."""
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    return x * cos + torch.cat([x2, x1], dim=-1) * sin
+
+
+def additive_mask(mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
+    """Boolean mask -> 0 / −inf in ``dtype``, what SDPA would build from it in every layer."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
 class Block(nn.Module):
@@ -114,8 +125,9 @@ class Block(nn.Module):
             gate1 = gate2 = 1.0
         B, N, D = h.shape
         x = self.norm1(h) * (1 + scale1) + shift1
-        q, k, v = self.qkv(x).view(B, N, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = self.qkv(x).view(B, N, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(qkv[:2], cos, sin)  # q and k rotated together
+        v = qkv[2]
         if cache is not None and slots is not None:
             cache.k[layer].index_copy_(2, slots, k)
             cache.v[layer].index_copy_(2, slots, v)
@@ -127,6 +139,8 @@ class Block(nn.Module):
             k, v = cache.k[layer, :, :, : start + N], cache.v[layer, :, :, : start + N]
         if mask is not None and mask.dim() == 3:
             mask = mask[:, None]
+        if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)  # -inf and 0 are exact in every float dtype
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         h = h + gate1 * self.dropout(self.proj(attn.transpose(1, 2).reshape(B, N, D)))
         x = self.norm2(h) * (1 + scale2) + shift2
@@ -201,6 +215,7 @@ class Transformer(nn.Module):
             positions = positions.expand(B, N)
         h = self.embed(tokens)
         cos, sin = rotary_cos_sin(positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base, h.dtype)
+        mask = additive_mask(mask, self._attention_dtype(h))  # once, not in every layer
         for layer, block in enumerate(self.blocks):
             h = block(h, cos, sin, mask, cache, layer, slots, keys)
         h = self.norm(h)
@@ -209,6 +224,13 @@ class Transformer(nn.Module):
             h = h * (1 + scale) + shift
         logits = self.head(h)
         return logits if logits.dtype == torch.float64 else logits.float()
+
+    def _attention_dtype(self, h: torch.Tensor):
+        """The dtype q will have: autocast's for float32 weights under autocast, else the weights'."""
+        weight = self.blocks[0].qkv.weight if len(self.blocks) else h
+        if weight.dtype == torch.float32 and torch.is_autocast_enabled(h.device.type):
+            return torch.get_autocast_dtype(h.device.type)
+        return weight.dtype
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
