@@ -15,7 +15,9 @@ Modes (``LanguageModel.step_mode``): ``"dynamic"`` is the plain eager path with 
 shapes (the CPU default); ``"static"`` runs the fixed-shape step eagerly (what the graph
 replays: tests check it gives the dynamic path's tokens exactly); ``"graph"`` captures and
 replays (the CUDA default).  Sampling (Gumbel noise, argmax) stays outside the graph, so
-the random streams and therefore the tokens are the same in every mode.
+the random streams and therefore the tokens are the same in every mode.  The work counters
+(NFE, tokens computed) count the algorithm's windows, not the padding: they stay
+hardware-independent and equal across modes.
 """
 
 from __future__ import annotations
