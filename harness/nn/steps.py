@@ -16,8 +16,9 @@ shapes (the CPU default); ``"static"`` runs the fixed-shape step eagerly (what t
 replays: tests check it gives the dynamic path's tokens exactly); ``"graph"`` captures and
 replays (the CUDA default).  Sampling (Gumbel noise, argmax) stays outside the graph, so
 the random streams and therefore the tokens are the same in every mode.  The work counters
-(NFE, tokens computed) count the algorithm's windows, not the padding: they stay
-hardware-independent and equal across modes.
+(NFE, tokens computed) count the algorithm's windows, not the padding, so they stay
+hardware-independent; fixed-shape MDLM/BD3-LM steps run (and count) every row of a batch
+where the dynamic path runs only the rows that reveal a token.
 """
 
 from __future__ import annotations
