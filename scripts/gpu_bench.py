@@ -10,6 +10,8 @@
    and the graph mode's token agreement with eager (bf16: rare near-ties may flip).
 3. ms per optimizer step of the quality trunk ("medium", batch 64 x 512) for each model family,
    to size configs/paper_quality.yaml to a lease.
+``--only steps``: one step's cost by window width (AR 1, Eso-LM 2, BD3-LM 4/16) at short and
+long cache ranges, with the top kernels of an eager step (where the time goes).
 """
 
 from __future__ import annotations
@@ -101,6 +103,59 @@ def sampler_modes(ceil: dict, length: int) -> list[dict]:
     return rows
 
 
+def step_costs(length: int, device: str = "cuda") -> list[dict]:
+    """One fixed-shape step of the papers' trunk (bf16 on CUDA) by window width N and cache
+    range: AR decodes N = 1, Eso-LM (B)'s sequential phase N = 2, BD3-LM blocks N = 4 / 16.
+    Replayed graphs timed with CUDA events (median of 50), plus the top kernels of one eager
+    step at the longest range — to see where a step's time goes beyond the weight-read floor."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from harness.nn.steps import StaticSteps
+
+    cuda = device == "cuda"
+    cfg = BackboneConfig.from_preset("small" if cuda else "tiny", vocab_size=VOCAB, max_len=2 * length)
+    torch.manual_seed(0)
+    net = build_model("ar", cfg, SpecialTokens(bos=VOCAB - 2, eos=VOCAB - 2, mask=VOCAB - 1)).net
+    net = net.to(device).to(torch.bfloat16 if cuda else torch.float32).eval()
+    rows = []
+    for n in (1, 2, 4, 16):
+        for start in (32, length - n - 1):
+            steps = StaticSteps(net, batch=1, capacity=2 * length, graph=cuda)
+            tokens = torch.randint(0, VOCAB - 2, (1, n), device=device)
+            positions = torch.arange(start, start + n, device=device)[None]
+            with torch.no_grad():
+                steps.step(tokens, positions, start)  # capture
+                if cuda:
+                    times = []
+                    for _ in range(50):
+                        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                        a.record()
+                        steps.step(tokens, positions, start)
+                        b.record()
+                        b.synchronize()
+                        times.append(a.elapsed_time(b))
+                    ms = statistics.median(times)
+                else:
+                    t0 = time.perf_counter()
+                    steps.step(tokens, positions, start)
+                    ms = 1000 * (time.perf_counter() - t0)
+            row = {"width": n, "start": start, "keys": min(1 << (start + n - 1).bit_length(), 2 * length),
+                   "ms_per_step": ms}
+            if start > 32 and n <= 2:
+                eager = StaticSteps(net, batch=1, capacity=2 * length, graph=False)
+                acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+                with torch.no_grad():
+                    eager.step(tokens, positions, start)
+                    with profile(activities=acts) as prof:
+                        eager.step(tokens, positions, start)
+                key = "device_time_total" if cuda else "cpu_time_total"
+                events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
+                row["top_ops"] = [(e.key, e.count, round(getattr(e, key, 0), 1)) for e in events[:12]]
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
 def training_steps(batch: int, length: int) -> list[dict]:
     special = SpecialTokens(bos=VOCAB - 2, eos=VOCAB - 2, mask=VOCAB - 1)
     cfg = BackboneConfig.from_preset("medium", vocab_size=VOCAB, max_len=length)
@@ -134,10 +189,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--length", type=int, default=1024)
+    ap.add_argument("--only", choices=["all", "steps"], default="all",
+                    help="steps: only the per-step costs by window width and cache range (L = 8192)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_bench needs a CUDA device")
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    if args.only == "steps":
+        result["step_costs"] = step_costs(8192)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        return
     result["ceilings"] = ceil = ceilings()
     print(json.dumps(result), flush=True)
     result["samplers"] = sampler_modes(ceil, args.length)

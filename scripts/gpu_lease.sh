@@ -4,6 +4,7 @@
 # Stages (in the order given):
 #   check   the CUDA-graph exactness tests (tests/test_steps.py) and nvidia-smi
 #   bench   scripts/gpu_bench.py: ceilings, eager vs graph steps against floors, training ms/step
+#   steps   scripts/gpu_bench.py --only steps: one step's cost by window width and cache range
 #   speed   esolm sweep configs/paper_speed.yaml (resumes from results/paper_speed)
 #   quality[=a,b]  esolm sweep configs/paper_quality.yaml [--entries a,b] (trains, then samples; resumes)
 # Everything lands in $OUT (results folders as .tgz); a sweep that hits the budget stops
@@ -29,6 +30,9 @@ for stage in "$@"; do
       ;;
     bench)
       timeout "$(left)" python3 scripts/gpu_bench.py --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -20
+      ;;
+    steps)
+      timeout "$(left)" python3 scripts/gpu_bench.py --only steps --out "$OUT/steps.json" 2>&1 | tail -12
       ;;
     speed|quality|quality=*)
       name=paper_${stage%%=*}
