@@ -430,14 +430,15 @@ def plot_speed_vs_length(agg, path: Path, measured: str = "") -> bool:
     return True
 
 
-def speed_by_length_table(agg) -> str:
-    """Seconds per sample, one column per length (curves keyed by their length-free schedule)."""
-    data = agg[agg["seconds_per_sample"].map(_finite)]
+def by_length_table(agg, column: str, show) -> str:
+    """``column`` (shown by ``show``), one table column per length; rows are the curves keyed
+    by their length-free schedule (seconds per sample, or measured / floor)."""
+    data = agg[agg[column].map(_finite)]
     lengths = sorted(data["length"].unique())
     rows = []
     for (entry, fam, group), g in data.groupby(["model_entry", "family", "group"], sort=False):
-        by_len = dict(zip(g["length"], g["seconds_per_sample"]))
-        rows.append([entry, FAMILY_NAMES.get(fam, fam), group] + [fmt(float(by_len[L]), 4) if L in by_len else "–"
+        by_len = dict(zip(g["length"], g[column]))
+        rows.append([entry, FAMILY_NAMES.get(fam, fam), group] + [show(by_len[L]) if L in by_len else "–"
                                                                   for L in lengths])
     return md_table(["model entry", "family", "schedule"] + [f"L = {L}" for L in lengths], rows,
                     ["l", "l", "l"] + ["r"] * len(lengths))
@@ -695,19 +696,6 @@ def plot_speed_headline(agg, df, path: Path) -> bool:
     return True
 
 
-def floor_by_length_table(agg) -> str:
-    """Measured / floor, one column per length (the speed-by-length table's curves)."""
-    data = agg[agg["x_floor"].map(_finite)]
-    lengths = sorted(data["length"].unique())
-    rows = []
-    for (entry, fam, group), g in data.groupby(["model_entry", "family", "group"], sort=False):
-        by_len = dict(zip(g["length"], g["x_floor"]))
-        rows.append([entry, FAMILY_NAMES.get(fam, fam), group] + [times(by_len[L]) if L in by_len else "–"
-                                                                  for L in lengths])
-    return md_table(["model entry", "family", "schedule"] + [f"L = {L}" for L in lengths], rows,
-                    ["l", "l", "l"] + ["r"] * len(lengths))
-
-
 # ======================================================================================
 # markdown
 # ======================================================================================
@@ -891,9 +879,9 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
         (out / "speed_ratios.csv").unlink(missing_ok=True)
     if plot_speed_vs_length(agg, out / "speed_vs_length.png", measured_on(df)):
         md += ["## Speed vs length", "", "![seconds per sample vs L](speed_vs_length.png)", "",
-               "Seconds per sample (median):", "", speed_by_length_table(agg), ""]
+               "Seconds per sample (median):", "", by_length_table(agg, "seconds_per_sample", lambda v: fmt(float(v), 4)), ""]
         if agg["x_floor"].map(_finite).any():
-            md += ["Measured / floor (x floor; floor as above):", "", floor_by_length_table(agg), ""]
+            md += ["Measured / floor (x floor; floor as above):", "", by_length_table(agg, "x_floor", times), ""]
     else:
         (out / "speed_vs_length.png").unlink(missing_ok=True)
     md += ["## Samples", "", sample_section(df, agg, results_dir), "## Notes", "", *notes(df), ""]
