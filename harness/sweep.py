@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import copy
 import gc
-
 import hashlib
 import itertools
 import json
