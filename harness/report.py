@@ -820,13 +820,15 @@ def notes(df) -> list[str]:
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write plots and report.md; returns the report.md path."""
+    """Write plots and report.md; returns the report.md path.  Default folder: reports/ + the
+    results folder's name (results/x -> reports/x), so a re-scored copy such as
+    results/x_smollm2 never overwrites the report of results/x."""
     results_dir = Path(results_dir)
     if results_dir.is_file():
         results_dir = results_dir.parent
     df = load_frame(results_dir)
     sweep = str(df["sweep"].iloc[0])
-    out = Path(out_dir) if out_dir is not None else Path("reports") / sweep
+    out = Path(out_dir) if out_dir is not None else Path("reports") / results_dir.name
     out.mkdir(parents=True, exist_ok=True)
     ceilings = add_floors(df, results_dir)
     agg = aggregate(df)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,14 @@ def test_cpu_rows_get_no_floor_ratios_or_headline(tmp_path):
     assert not (tmp_path / "r" / "speed_headline.png").exists()
     assert not (tmp_path / "r" / "speed_ratios.csv").exists()
     assert (tmp_path / "r" / "speed_vs_length.png").is_file()
+
+
+def test_default_report_folder_follows_the_results_folder(tmp_path, monkeypatch):
+    """A re-scored copy (results/demo_smollm2, same sweep name) gets its own report folder."""
+    results = write_results(tmp_path, [row("ar", "ar", "default", 100.0, 0.01, 63)])
+    copy = results.with_name("demo_smollm2")
+    shutil.copytree(results, copy)
+    monkeypatch.chdir(tmp_path)
+    assert rp.write_report(results) == Path("reports/demo/report.md")
+    assert rp.write_report(copy) == Path("reports/demo_smollm2/report.md")
+    assert (tmp_path / "reports" / "demo" / "report.md").is_file()
