@@ -845,7 +845,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
         md += [f"## Results at L = {length}", "", f"Means over {int(sub['seeds'].max())} seed(s); "
                "lower is better for perplexities, NFE, tokens computed and seconds.", "", results_table(sub), ""]
 
-    md += ["## Speed vs quality", ""]
+    pareto = ["## Speed vs quality", ""]
     for x, xlabel, title, name in (
         ("seconds_per_sample", "seconds per sample (median, log scale)", "gen PPL vs time", "pareto_time.png"),
         ("nfe_per_sample", "network function evaluations per sample (log scale)", "gen PPL vs NFE", "pareto_nfe.png"),
@@ -854,10 +854,12 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
         if front is None:
             (out / name).unlink(missing_ok=True)
             continue
-        md += [f"![{title}]({name})", ""]
-        md += [f"Pareto frontier ({title}): " + ", ".join(
+        pareto += [f"![{title}]({name})", ""]
+        pareto += [f"Pareto frontier ({title}): " + ", ".join(
             f"{r['model_entry']} {_short(r['schedule'])} (L={r['length']}, {fmt(float(r[x]), 3)}, "
             f"{fmt(float(r['gen_ppl']), 1)})".replace("  ", " ") for r in front), ""]
+    if len(pareto) > 2:  # a speed-only sweep has no quality axis: no empty section
+        md += pareto
     if plot_alpha0(agg, out / "alpha0.png"):
         md += ["## Eso-LM: perplexity vs alpha_0", "", "![perplexity vs alpha_0](alpha0.png)", ""]
     else:
