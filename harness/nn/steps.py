@@ -104,13 +104,18 @@ class Replay:
             self.graph = False
 
 
+def steps_key(net, batch: int, capacity: int, graph: bool) -> tuple:
+    """What a StaticSteps is bound to: its cache's shape and dtype, and graphs or not."""
+    p = net.head.weight
+    return (batch, capacity, p.device, p.dtype, graph)
+
+
 class StaticSteps:
     """The fixed-shape cached steps of one trunk for one (batch, capacity)."""
 
     def __init__(self, net, batch: int, capacity: int, graph: bool):
         self.net, self.batch, self.capacity, self.graph = net, batch, capacity, graph
-        p = net.head.weight
-        self.key = (batch, capacity, p.device, p.dtype, graph)
+        self.key = steps_key(net, batch, capacity, graph)
         self._cache = None  # allocated on the first cached step (MDLM's full forwards need none)
         self.pool = torch.cuda.graph_pool_handle() if graph else None
         self._steps: dict[tuple[int, int], Replay] = {}
@@ -122,14 +127,13 @@ class StaticSteps:
             self._cache = self.net.new_cache(self.batch, self.capacity)
         return self._cache
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor, start: int, floor: int = 0,
-             min_width: int = 1) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, start: int, floor: int = 0) -> torch.Tensor:
         """Logits (B, N, V) of the window ``tokens`` (B, N) written at cache slots
         [start, start + N) — see ``Transformer.forward_static`` for ``floor``.  The window is
         padded with its last token to a power-of-two width; padded rows only write scratch
         slots past the window, which no real query attends to and later steps overwrite."""
         B, N = tokens.shape
-        width = bucket(N, min_width)
+        width = bucket(N)
         keys = min(bucket(start + N, 64), self.capacity)
         if start + width > self.capacity:
             raise ValueError(f"KV cache overflow: window [{start}, {start + width}) > capacity {self.capacity}")
@@ -167,10 +171,8 @@ def static_steps(model, batch: int, capacity: int) -> StaticSteps | None:
     mode = resolve_mode(getattr(model, "step_mode", None), model.device)
     if mode == "dynamic":
         return None
-    p = model.net.head.weight
-    key = (batch, capacity, p.device, p.dtype, mode == "graph")
     current = getattr(model, "_static_steps", None)
-    if current is None or current.key != key:
+    if current is None or current.key != steps_key(model.net, batch, capacity, mode == "graph"):
         model._static_steps = None  # free the old cache and graphs first
         model._static_steps = StaticSteps(model.net, batch, capacity, graph=mode == "graph")
     return model._static_steps
