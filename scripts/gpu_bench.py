@@ -26,6 +26,7 @@ import torch
 from harness.models import SpecialTokens, build_model
 from harness.nn.transformer import BackboneConfig
 from harness.schedules import SamplingSchedule
+from harness.sweep import forward_cost
 
 VOCAB = 50258
 
@@ -53,13 +54,6 @@ def ceilings() -> dict:
     return {"matmul_flops": 2 * 8192 ** 3 / t, "copy_bytes_per_s": 2 * src.numel() * 2 / c}
 
 
-def weight_bytes_and_params(model) -> tuple[int, int]:
-    """Bytes a forward must read (every weight but the embedding table) and its matmul parameters."""
-    net = model.net
-    params = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("embed"))
-    return params * 2, params
-
-
 SAMPLERS = [
     ("ar", {}, SamplingSchedule()),
     ("esolm-b", {"alpha_0": 0.25}, SamplingSchedule(alpha_0=0.25, steps=128)),
@@ -76,7 +70,8 @@ def sampler_modes(ceil: dict, length: int) -> list[dict]:
     for name, options, schedule in SAMPLERS:
         torch.manual_seed(0)
         model = build_model(name, cfg, special, **options).cuda().to(torch.bfloat16).eval()
-        wbytes, params = weight_bytes_and_params(model)
+        cost = forward_cost(model)  # the sweep rows' floor inputs
+        wbytes, params = cost["weight_bytes"], cost["matmul_parameters"]
         row = {"model": name, "options": options, "schedule": schedule.label(), "length": length, "batch": 1}
         tokens = {}
         for mode in ("dynamic", "graph"):
