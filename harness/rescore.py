@@ -82,11 +82,7 @@ class References:
 
     def texts(self, name: str, length: int, n: int) -> list[str]:
         """Same texts as :func:`harness.sweep.reference_texts` for that entry."""
-        from harness.train import load_splits
-
-        spec, tok = self._entry_data(name)
-        data = load_splits(spec, tok, seq_len=length)["test"][:n]
-        return [tok.decode(row[1:].tolist()) for row in data]
+        return sw.test_texts(*self._entry_data(name), length, n)
 
 
 def _command(results_dir, spec, out_dir, mauve, reference_samples) -> str:

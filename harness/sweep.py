@@ -630,10 +630,15 @@ def compute_test_ppl(ctx: Context, entry: ModelEntry, loaded: LoadedEntry, lengt
 
 
 def reference_texts(ctx: Context, loaded: LoadedEntry, length: int, n: int) -> list[str]:
+    return test_texts(loaded.data, loaded.tokenizer, length, n)
+
+
+def test_texts(data: DataSpec, tokenizer, length: int, n: int) -> list[str]:
+    """The first n held-out test sequences of ``length`` tokens as text (MAUVE's references)."""
     from harness.train import load_splits
 
-    data = load_splits(loaded.data, loaded.tokenizer, seq_len=length)["test"][:n]
-    return [loaded.tokenizer.decode(row[1:].tolist()) for row in data]
+    rows = load_splits(data, tokenizer, seq_len=length)["test"][:n]
+    return [tokenizer.decode(row[1:].tolist()) for row in rows]
 
 
 def forward_cost(model) -> dict:
