@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from pathlib import Path
 
 FAMILY_COLORS = {"ar": "#333333", "mdlm": "#1f77b4", "bd3lm": "#2ca02c", "esolm-a": "#ff7f0e",
@@ -529,8 +530,17 @@ def measured_on(df) -> str:
             f"commit{'s' if len(commits) > 1 else ''} {', '.join(commits) or 'unknown'}.")
 
 
+def _on_cuda(frame):
+    return frame["device"].astype(str).str.startswith("cuda")
+
+
+def _cuda_rows(frame):
+    return frame[_on_cuda(frame)]
+
+
 def _cuda(agg):
-    return agg[agg["device"].astype(str).str.startswith("cuda") & agg["seconds_per_sample"].map(_finite)]
+    """Timed CUDA rows."""
+    return agg[_on_cuda(agg) & agg["seconds_per_sample"].map(_finite)]
 
 
 def _steps_is(r, steps) -> bool:
@@ -665,7 +675,7 @@ def plot_speed_headline(agg, df, path: Path) -> bool:
     if not curves:
         return False
     plt = _plt()
-    cuda = df[df["device"].astype(str).str.startswith("cuda")]
+    cuda = _cuda_rows(df)
     fig, ax = plt.subplots(figsize=(10, 6), dpi=130)
     for label, fam, style, marker, pts in curves:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color=FAMILY_COLORS[fam], linestyle=style, marker=marker,
@@ -686,8 +696,6 @@ def plot_speed_headline(agg, df, path: Path) -> bool:
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=9.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9, title="sampler",
               title_fontsize=10)
-    import textwrap
-
     ax.set_title("Sampling time per sample vs length\n" + textwrap.fill(measured_on(cuda).rstrip("."), 80),
                  fontsize=10)
     fig.tight_layout()
@@ -865,13 +873,13 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     else:
         (out / "alpha0.png").unlink(missing_ok=True)
     if plot_speed_headline(agg, df, out / "speed_headline.png"):
-        md += ["## Sampling speed (headline)", "", measured_on(df[df["device"].astype(str).str.startswith("cuda")]),
+        md += ["## Sampling speed (headline)", "", measured_on(_cuda_rows(df)),
                "", "![seconds per sample vs L, paper settings](speed_headline.png)", ""]
     else:
         (out / "speed_headline.png").unlink(missing_ok=True)
     ratios = speed_ratios(agg)
     if ratios:
-        md += ["## Speed ratios", "", measured_on(df[df["device"].astype(str).str.startswith("cuda")]), "",
+        md += ["## Speed ratios", "", measured_on(_cuda_rows(df)), "",
                "Seconds per sample of the slower sampler over Eso-LM (B) at alpha_0 = 1 (pure diffusion): MDLM at "
                "the same number of steps T, and BD3-LM (first hitting, block size L') against Eso-LM (B) with T = L "
                f"(both about one token per forward). The paper reports Eso-LM (B) {PAPER_MDLM} faster than MDLM and "
