@@ -49,9 +49,10 @@ def rows_of(cache: KVCache, rows: torch.Tensor, keys: int, cfg) -> KVCache:
     Denoising forwards commit nothing, so they may run on a copy; the shared cache keeps
     its rows aligned with the batch.
     """
-    sub = KVCache(cfg, rows.numel(), keys, cache.k.device, cache.k.dtype)
-    sub.k.copy_(cache.k[:, rows, :, :keys])
-    sub.v.copy_(cache.v[:, rows, :, :keys])
+    sub = KVCache(cfg, rows.numel(), keys, cache.k[0].device, cache.k[0].dtype)
+    for layer in range(cfg.n_layers):
+        sub.k[layer].copy_(cache.k[layer][rows, :, :keys])
+        sub.v[layer].copy_(cache.v[layer][rows, :, :keys])
     sub.length = cache.length
     return sub
 

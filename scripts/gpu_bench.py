@@ -5,13 +5,15 @@
 1. Ceilings of this GPU: a bf16 8192^3 matmul (FLOP/s) and a 2 GiB device-to-device copy
    (bytes read + written per second), as in PERF.md.
 2. The papers' trunk ("small", random bf16 weights, GPT-2 vocabulary) at L = 1024, batch 1:
-   one sample per sampler in "dynamic" (plain eager) and "graph" (fixed-shape CUDA-graph)
-   step modes, with the floor max(NFE x weight bytes / copy rate, 2 x params x tokens / matmul rate)
-   and the graph mode's token agreement with eager (bf16: rare near-ties may flip).
+   one sample per sampler in "dynamic" (plain eager), "graph" (fixed-shape CUDA-graph) and
+   "compiled" (torch.compile-fused, then CUDA-graph) step modes (``--modes``), with the floor
+   max(NFE x weight bytes / copy rate, 2 x params x tokens / matmul rate) and each mode's
+   token agreement with eager (bf16: rare near-ties may flip).  A mode's time excludes its
+   warm-up sample (captures and compilation), reported as ``<mode>_warmup_s``.
 3. ms per optimizer step of the quality trunk ("medium", batch 64 x 512) for each model family,
    to size configs/paper_quality.yaml to a lease.
 ``--only steps``: one step's cost by window width (AR 1, Eso-LM 2, BD3-LM 4/16) at short and
-long cache ranges, with the top kernels of an eager step (where the time goes).
+long cache ranges, graph and compiled, with the top kernels of an eager step (where the time goes).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ SAMPLERS = [
 ]
 
 
-def sampler_modes(ceil: dict, length: int) -> list[dict]:
+def sampler_modes(ceil: dict, length: int, modes: list[str]) -> list[dict]:
     special = SpecialTokens(bos=VOCAB - 2, eos=VOCAB - 2, mask=VOCAB - 1)
     cfg = BackboneConfig.from_preset("small", vocab_size=VOCAB, max_len=length)
     rows = []
@@ -74,23 +76,29 @@ def sampler_modes(ceil: dict, length: int) -> list[dict]:
         wbytes, params = cost["weight_bytes"], cost["matmul_parameters"]
         row = {"model": name, "options": options, "schedule": schedule.label(), "length": length, "batch": 1}
         tokens = {}
-        for mode in ("dynamic", "graph"):
+        for mode in modes:
             model.step_mode = mode
 
             def once():
                 with torch.no_grad():
                     return model.sample(1, length, schedule, torch.Generator("cuda").manual_seed(0))
 
-            gen = once()  # warm-up: captures the graphs this seed's shapes need
+            t0 = time.perf_counter()
+            gen = once()  # warm-up: captures the graphs (and compiles the steps) this seed's shapes need
+            torch.cuda.synchronize()
+            row[f"{mode}_warmup_s"] = time.perf_counter() - t0
             tokens[mode] = gen.tokens
             times = timed(once, 2)
             row[f"{mode}_s"] = statistics.median(times)
             row["nfe"], row["tokens_computed"] = gen.nfe, gen.tokens_computed
         row["floor_s"] = max(row["nfe"] * wbytes / ceil["copy_bytes_per_s"],
                              2 * params * row["tokens_computed"] / ceil["matmul_flops"])
-        row["graph_over_floor"] = row["graph_s"] / row["floor_s"]
-        row["speedup_graph_vs_eager"] = row["dynamic_s"] / row["graph_s"]
-        row["tokens_agree"] = float((tokens["dynamic"] == tokens["graph"]).float().mean())
+        for mode in modes:
+            if mode != "dynamic":
+                row[f"{mode}_over_floor"] = row[f"{mode}_s"] / row["floor_s"]
+                if "dynamic" in modes:
+                    row[f"speedup_{mode}_vs_eager"] = row["dynamic_s"] / row[f"{mode}_s"]
+                    row[f"tokens_agree_{mode}"] = float((tokens["dynamic"] == tokens[mode]).float().mean())
         print(json.dumps(row), flush=True)
         rows.append(row)
         del model
@@ -113,41 +121,43 @@ def step_costs(length: int, device: str = "cuda") -> list[dict]:
     net = build_model("ar", cfg, SpecialTokens(bos=VOCAB - 2, eos=VOCAB - 2, mask=VOCAB - 1)).net
     net = net.to(device).to(torch.bfloat16 if cuda else torch.float32).eval()
     rows = []
-    for n in (1, 2, 4, 16):
-        for start in (32, length - n - 1):
-            steps = StaticSteps(net, batch=1, capacity=2 * length, graph=cuda)
-            tokens = torch.randint(0, VOCAB - 2, (1, n), device=device)
-            positions = torch.arange(start, start + n, device=device)[None]
-            with torch.no_grad():
-                steps.step(tokens, positions, start)  # capture
-                if cuda:
-                    times = []
-                    for _ in range(50):
-                        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                        a.record()
-                        steps.step(tokens, positions, start)
-                        b.record()
-                        b.synchronize()
-                        times.append(a.elapsed_time(b))
-                    ms = statistics.median(times)
-                else:
-                    t0 = time.perf_counter()
+    compiled_steps = StaticSteps(net, batch=1, capacity=2 * length, graph=cuda, compiled=True)
+    shapes = [(compiled, width, start) for compiled in (False, True) for width in (1, 2, 4, 16)
+              for start in (32, length - width - 1)]
+    for compiled, n, start in shapes:
+        steps = compiled_steps if compiled else StaticSteps(net, batch=1, capacity=2 * length, graph=cuda)
+        tokens = torch.randint(0, VOCAB - 2, (1, n), device=device)
+        positions = torch.arange(start, start + n, device=device)[None]
+        with torch.no_grad():
+            steps.step(tokens, positions, start)  # capture
+            if cuda:
+                times = []
+                for _ in range(50):
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record()
                     steps.step(tokens, positions, start)
-                    ms = 1000 * (time.perf_counter() - t0)
-            row = {"width": n, "start": start, "keys": min(1 << (start + n - 1).bit_length(), 2 * length),
-                   "ms_per_step": ms}
-            if start > 32 and n <= 2:
-                eager = StaticSteps(net, batch=1, capacity=2 * length, graph=False)
-                acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-                with torch.no_grad():
+                    b.record()
+                    b.synchronize()
+                    times.append(a.elapsed_time(b))
+                ms = statistics.median(times)
+            else:
+                t0 = time.perf_counter()
+                steps.step(tokens, positions, start)
+                ms = 1000 * (time.perf_counter() - t0)
+        row = {"width": n, "start": start, "keys": min(1 << (start + n - 1).bit_length(), 2 * length),
+               "compiled": compiled, "ms_per_step": ms}
+        if start > 32 and n <= 2 and not compiled:
+            eager = StaticSteps(net, batch=1, capacity=2 * length, graph=False)
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            with torch.no_grad():
+                eager.step(tokens, positions, start)
+                with profile(activities=acts) as prof:
                     eager.step(tokens, positions, start)
-                    with profile(activities=acts) as prof:
-                        eager.step(tokens, positions, start)
-                key = "device_time_total" if cuda else "cpu_time_total"
-                events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
-                row["top_ops"] = [(e.key, e.count, round(getattr(e, key, 0), 1)) for e in events[:12]]
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            key = "device_time_total" if cuda else "cpu_time_total"
+            events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
+            row["top_ops"] = [(e.key, e.count, round(getattr(e, key, 0), 1)) for e in events[:12]]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     return rows
 
 
@@ -184,8 +194,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--length", type=int, default=1024)
-    ap.add_argument("--only", choices=["all", "steps"], default="all",
-                    help="steps: only the per-step costs by window width and cache range (L = 8192)")
+    ap.add_argument("--only", choices=["all", "steps", "samplers"], default="all",
+                    help="steps: only the per-step costs by window width and cache range (L = 8192); "
+                         "samplers: only ceilings and the samplers' step modes")
+    ap.add_argument("--modes", default="dynamic,graph,compiled",
+                    help="sampler step modes to time (comma-separated; see harness/nn/steps.py)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_bench needs a CUDA device")
@@ -197,7 +210,11 @@ def main() -> None:
         return
     result["ceilings"] = ceil = ceilings()
     print(json.dumps(result), flush=True)
-    result["samplers"] = sampler_modes(ceil, args.length)
+    result["samplers"] = sampler_modes(ceil, args.length, args.modes.split(","))
+    if args.only == "samplers":
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        return
     result["training"] = training_steps(64, 512)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

@@ -3,7 +3,8 @@
 #   ESOLM_GIT_COMMIT=$(git rev-parse --short HEAD) BUDGET_S=570 OUT=/some/dir bash scripts/gpu_lease.sh STAGE...
 # Stages (in the order given):
 #   check   the CUDA-graph exactness tests (tests/test_steps.py) and nvidia-smi
-#   bench   scripts/gpu_bench.py: ceilings, eager vs graph steps against floors, training ms/step
+#   bench   scripts/gpu_bench.py: ceilings, eager/graph/compiled steps against floors, training ms/step
+#   compiled  scripts/gpu_bench.py --only samplers --modes graph,compiled: graph vs compiled samplers
 #   steps   scripts/gpu_bench.py --only steps: one step's cost by window width and cache range
 #   speed   esolm sweep configs/paper_speed.yaml (resumes from results/paper_speed)
 #   quality[=a,b]  esolm sweep configs/paper_quality.yaml [--entries a,b] (trains, then samples; resumes)
@@ -30,6 +31,10 @@ for stage in "$@"; do
       ;;
     bench)
       timeout "$(left)" python3 scripts/gpu_bench.py --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -20
+      ;;
+    compiled)
+      timeout "$(left)" python3 scripts/gpu_bench.py --only samplers --modes graph,compiled --out "$OUT/compiled.json" \
+        2>&1 | tee "$OUT/compiled.log" | tail -8
       ;;
     steps)
       timeout "$(left)" python3 scripts/gpu_bench.py --only steps --out "$OUT/steps.json" 2>&1 | tail -12

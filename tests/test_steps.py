@@ -1,6 +1,8 @@
 """Fixed-shape sampler steps (harness.nn.steps): the path a CUDA graph replays must give the
 plain eager samplers' tokens exactly, and keep its cache and graphs across calls."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -93,10 +95,34 @@ def test_bucket_and_mode_resolution(monkeypatch):
     assert resolve_mode(None, cpu) == "dynamic"
     assert resolve_mode("graph", cpu) == "static"  # no CUDA: the same steps, eagerly
     assert resolve_mode(None, torch.device("cuda")) == "graph"
+    assert resolve_mode("compiled", cpu) == "compiled"  # fused, without graphs
     monkeypatch.setenv("ESOLM_STEP_MODE", "static")
     assert resolve_mode("auto", cpu) == "static"
     with pytest.raises(ValueError, match="step_mode"):
         resolve_mode("fast", cpu)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_steps_write_the_cache_in_place_and_give_the_static_tokens():
+    """One compiled shape (width 1, all 24 keys): the fused step's K/V land in the shared cache
+    and its logits equal the eager step's to float32 tolerance (both compute the rotary angles
+    in float32, and inductor's vectorised cos/sin differ in the last bits); an AR sample is
+    unchanged."""
+    model = tiny_model("ar", max_len=24)
+    static = sample(model, "static", 2, 24, SamplingSchedule())
+    static_cache = model._static_steps.cache
+    compiled = sample(model, "compiled", 2, 24, SamplingSchedule())
+    steps = model._static_steps
+    assert steps.key[-1] is True and sorted(steps._steps) == [(1, 24)]
+    assert torch.equal(compiled.tokens, static.tokens)
+    for layer in range(model.net.cfg.n_layers):  # written in place, not into a functional copy
+        torch.testing.assert_close(steps.cache.k[layer], static_cache.k[layer], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(steps.cache.v[layer], static_cache.v[layer], rtol=1e-5, atol=1e-5)
+    x, pos = compiled.tokens[:, 5:6], torch.full((2, 1), 5)
+    eager = StaticSteps(model.net, batch=2, capacity=24, graph=False)
+    eager._cache = static_cache
+    torch.testing.assert_close(steps.step(x, pos, start=5), eager.step(x, pos, start=5), rtol=1e-5, atol=1e-5)
 
 
 def test_static_steps_are_kept_per_batch_and_capacity():

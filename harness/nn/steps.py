@@ -14,8 +14,11 @@ host.  So the samplers' cached steps go through :class:`StaticSteps`:
 Modes (``LanguageModel.step_mode``): ``"dynamic"`` is the plain eager path with exact
 shapes (the CPU default); ``"static"`` runs the fixed-shape step eagerly (what the graph
 replays: tests check it gives the dynamic path's tokens exactly); ``"graph"`` captures and
-replays (the CUDA default).  Sampling (Gumbel noise, argmax) stays outside the graph, so
-the random streams and therefore the tokens are the same in every mode.  The work counters
+replays (the CUDA default); ``"compiled"`` first fuses the fixed-shape step with
+torch.compile (a graph replays ~25 kernels per layer, most of them small element-wise ones
+that inductor fuses into their neighbours), then captures it like ``"graph"`` on CUDA.  Fused kernels round differently, so compiled logits
+equal the eager ones to float tolerance, not bit for bit.  Sampling (Gumbel noise, argmax)
+stays outside the graph, so the random streams are the same in every mode.  The work counters
 (NFE, tokens computed) count the algorithm's windows, not the padding, so they stay
 hardware-independent; fixed-shape MDLM/BD3-LM steps run (and count) every row of a batch
 where the dynamic path runs only the rows that reveal a token.
@@ -29,12 +32,14 @@ from contextlib import nullcontext
 
 import torch
 
-MODES = ("dynamic", "static", "graph")
+MODES = ("dynamic", "static", "graph", "compiled")
+COMPILE_LIMIT = 64  # recompilations allowed per compiled step (dynamo's default is 8)
 FALLBACKS: list[str] = []  # step shapes whose graph capture failed and that ran eagerly instead
 
 
 def resolve_mode(mode: str | None, device: torch.device) -> str:
-    """``None``/"auto": $ESOLM_STEP_MODE if set, else "graph" on CUDA and "dynamic" elsewhere."""
+    """``None``/"auto": $ESOLM_STEP_MODE if set, else "graph" on CUDA and "dynamic" elsewhere.
+    "compiled" keeps its name on a CPU (compiled, no graphs)."""
     mode = mode if mode not in (None, "auto") else os.environ.get("ESOLM_STEP_MODE") or None
     if mode is None:
         return "graph" if device.type == "cuda" else "dynamic"
@@ -49,6 +54,20 @@ def bucket(n: int, minimum: int = 1) -> int:
     """Smallest power of two >= max(n, minimum)."""
     n = max(n, minimum, 1)
     return 1 << (n - 1).bit_length()
+
+
+def compile_static(fn):
+    """``fn`` compiled by torch.compile on first use (in the warm-up before a graph capture).
+    The first shape is compiled for its exact sizes; dynamo's automatic dynamic shapes then
+    recompile once with symbolic width and key range, which serves every later bucket, so a
+    whole sample costs about three compilations, not one per shape."""
+    compiled = torch.compile(fn, fullgraph=True)
+
+    def run(*args):
+        with torch._dynamo.config.patch(recompile_limit=COMPILE_LIMIT):
+            return compiled(*args)
+
+    return run
 
 
 def _autocast_without_cache(device: torch.device):
@@ -104,18 +123,20 @@ class Replay:
             self.graph = False
 
 
-def steps_key(net, batch: int, capacity: int, graph: bool) -> tuple:
-    """What a StaticSteps is bound to: its cache's shape and dtype, and graphs or not."""
+def steps_key(net, batch: int, capacity: int, graph: bool, compiled: bool = False) -> tuple:
+    """What a StaticSteps is bound to: its cache's shape and dtype, graphs or not, compiled or not."""
     p = net.head.weight
-    return (batch, capacity, p.device, p.dtype, graph)
+    return (batch, capacity, p.device, p.dtype, graph, compiled)
 
 
 class StaticSteps:
     """The fixed-shape cached steps of one trunk for one (batch, capacity)."""
 
-    def __init__(self, net, batch: int, capacity: int, graph: bool):
+    def __init__(self, net, batch: int, capacity: int, graph: bool, compiled: bool = False):
         self.net, self.batch, self.capacity, self.graph = net, batch, capacity, graph
-        self.key = steps_key(net, batch, capacity, graph)
+        self.key = steps_key(net, batch, capacity, graph, compiled)
+        self._forward_static = compile_static(net.forward_static) if compiled else net.forward_static
+        self._forward = compile_static(net.forward) if compiled else net.forward
         self._cache = None  # allocated on the first cached step (MDLM's full forwards need none)
         self.pool = torch.cuda.graph_pool_handle() if graph else None
         self._steps: dict[tuple[int, int], Replay] = {}
@@ -145,7 +166,7 @@ class StaticSteps:
                        torch.zeros(1, dtype=torch.long, device=tokens.device)]
 
             def run(tok, pos, start_, floor_, keys=keys):
-                return self.net.forward_static(tok, pos, self.cache, start_, floor_, keys)
+                return self._forward_static(tok, pos, self.cache, start_, floor_, keys)
 
             replay = self._steps[(width, keys)] = Replay(run, buffers, self.graph, self.pool)
         if width > N:
@@ -161,7 +182,7 @@ class StaticSteps:
                              f"{tuple(self._full.buffers[0].shape)}: key StaticSteps by the length")
         if self._full is None:
             buffers = [torch.zeros_like(tokens), torch.zeros_like(positions)]
-            self._full = Replay(lambda tok, pos: self.net(tok, pos, None), buffers, self.graph, self.pool)
+            self._full = Replay(lambda tok, pos: self._forward(tok, pos, None), buffers, self.graph, self.pool)
         return self._full(tokens, positions)
 
 
@@ -171,8 +192,10 @@ def static_steps(model, batch: int, capacity: int) -> StaticSteps | None:
     mode = resolve_mode(getattr(model, "step_mode", None), model.device)
     if mode == "dynamic":
         return None
+    graph = mode in ("graph", "compiled") and model.device.type == "cuda"
+    compiled = mode == "compiled"
     current = getattr(model, "_static_steps", None)
-    if current is None or current.key != steps_key(model.net, batch, capacity, mode == "graph"):
+    if current is None or current.key != steps_key(model.net, batch, capacity, graph, compiled):
         model._static_steps = None  # free the old cache and graphs first
-        model._static_steps = StaticSteps(model.net, batch, capacity, graph=mode == "graph")
+        model._static_steps = StaticSteps(model.net, batch, capacity, graph=graph, compiled=compiled)
     return model._static_steps

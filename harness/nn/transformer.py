@@ -59,13 +59,18 @@ class BackboneConfig:
 
 
 class KVCache:
-    """Pre-allocated keys/values of every layer, shape (layers, B, heads, capacity, head_dim)."""
+    """Pre-allocated keys/values: one (B, heads, capacity, head_dim) tensor per layer.
+
+    Separate tensors, not slices of one stacked tensor: a compiled step (torch.compile)
+    then writes each layer's new keys in place, where a slice of a shared tensor makes
+    it copy the whole layer's cache in every step.
+    """
 
     def __init__(self, cfg: BackboneConfig, batch: int, capacity: int, device, dtype):
         head_dim = cfg.d_model // cfg.n_heads
-        shape = (cfg.n_layers, batch, cfg.n_heads, capacity, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch, cfg.n_heads, capacity, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.capacity = capacity
         self.length = 0
 
@@ -131,12 +136,12 @@ class Block(nn.Module):
         if cache is not None and slots is not None:
             cache.k[layer].index_copy_(2, slots, k)
             cache.v[layer].index_copy_(2, slots, v)
-            k, v = cache.k[layer, :, :, :keys], cache.v[layer, :, :, :keys]
+            k, v = cache.k[layer][:, :, :keys], cache.v[layer][:, :, :keys]
         elif cache is not None:
             start = cache.length
-            cache.k[layer, :, :, start : start + N] = k
-            cache.v[layer, :, :, start : start + N] = v
-            k, v = cache.k[layer, :, :, : start + N], cache.v[layer, :, :, : start + N]
+            cache.k[layer][:, :, start : start + N] = k
+            cache.v[layer][:, :, start : start + N] = v
+            k, v = cache.k[layer][:, :, : start + N], cache.v[layer][:, :, : start + N]
         if mask is not None and mask.dim() == 3:
             mask = mask[:, None]
         if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
