@@ -763,6 +763,7 @@ def protocol_table(df, results_dir: Path) -> str:
           and df["test_ppl_sequences"].notna().any() else "")],
         ["device", ", ".join(_values(df, "device_name"))],
         ["dtype", ", ".join(_values(df, "dtype"))],
+        ["sampler step mode", ", ".join(_values(df, "step_mode")) or "not recorded"],
         ["samples per point", ", ".join(_values(df, "num_samples"))],
         ["batch size", ", ".join(_values(df, "batch_size"))],
         ["seeds", ", ".join(_values(df, "seed"))],

@@ -60,7 +60,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from harness.config import ConfigError, DataSpec, Strict, TrainConfig, parse, read_yaml, resolve_device
-from harness.nn.steps import FALLBACKS
+from harness.nn.steps import FALLBACKS, resolve_mode
 from harness.schedules import SamplingSchedule
 
 METRICS = ("test_ppl", "gen_ppl", "entropy", "mauve", "speed")
@@ -157,6 +157,9 @@ class SweepConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    step_mode: Literal["auto", "dynamic", "static", "graph", "compiled"] = Field(
+        "auto", description="how the cached samplers run their steps (harness/nn/steps.py): auto = CUDA graphs "
+                            "on a GPU and plain eager steps on a CPU, or $ESOLM_STEP_MODE")
     backend: Literal["local", "ray"] = "local"
     runs_dir: str = Field("runs", description="trained entries go to <runs_dir>/<name>/<entry>/")
     save_samples: int | None = Field(None, ge=0, description="texts kept per point in samples/ (null: all)")
@@ -489,6 +492,8 @@ def point_hash(cfg: SweepConfig, entry: ModelEntry, point: Point, device: torch.
         "num_samples": cfg.num_samples, "batch_size": cfg.batch_size, "metrics": metrics,
         "device": device.type, "precision": cfg.precision,
     }
+    if cfg.step_mode != "auto":  # "auto" is left out so results made before the field keep their hashes
+        spec["step_mode"] = cfg.step_mode
     if {"gen_ppl", "mauve"} & set(metrics):
         spec["evaluator"] = evaluator_identity(cfg)
     if "test_ppl" in metrics:
@@ -659,6 +664,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     loaded = ctx.load(point.entry)
     model, tok = loaded.model, loaded.tokenizer
     sampler = ctx.sampler(loaded)
+    sampler.step_mode = None if cfg.step_mode == "auto" else cfg.step_mode
     fallbacks = len(FALLBACKS)
     model.check_length(point.length)
     schedule = SamplingSchedule(**point.schedule)
@@ -769,6 +775,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "device": str(ctx.device),
         "device_name": _device_name(ctx.device),
         "dtype": ctx.dtype,
+        "step_mode": resolve_mode(sampler.step_mode, ctx.device),
         "git_commit": ctx.commit if ctx.commit is not None else git_commit(),
         "torch": torch.__version__,
         "python": platform.python_version(),

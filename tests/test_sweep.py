@@ -83,6 +83,7 @@ def rows_of(results_dir: Path) -> list[dict]:
     (lambda c: c["train_defaults"]["train"].update(stpes=3), "models.0.train.train.stpes': unknown key"),
     (lambda c: c.update(num_samples=0), "field 'num_samples'"),
     (lambda c: c.update(backend="spark"), "field 'backend'"),
+    (lambda c: c.update(step_mode="fast"), "field 'step_mode'"),
 ])
 def test_config_errors_name_the_key(tmp_path, runs, mutate, expect):
     cfg = base_config(runs)
@@ -253,6 +254,23 @@ def test_entries_run_only_the_named_model_entries(tmp_path, runs):
     assert sorted(r["key"] for r in rows_of(results / "t")) == ["ar-b/default/L16/s0", "ar/default/L16/s0"]
     with pytest.raises(ConfigError, match=r"--entries 'ar,mdlm': mdlm is not a model entry.*\['ar', 'ar-b'\]"):
         run(path, results, entries="ar,mdlm")
+
+
+def test_step_mode_is_applied_recorded_and_part_of_the_point(tmp_path, runs, monkeypatch):
+    """A forced step mode reaches the sampler and the row, and is a new point (its timing
+    differs) with the same tokens; "auto" rows record what auto resolved to."""
+    monkeypatch.delenv("ESOLM_STEP_MODE", raising=False)
+    cfg = base_config(runs, seeds=[0], metrics=["entropy"])
+    cfg.pop("evaluator")
+    results = tmp_path / "results"
+    run(write(tmp_path, cfg), results)
+    auto = rows_of(results / "t")
+    run(write(tmp_path, {**cfg, "step_mode": "static"}), results)
+    rows = rows_of(results / "t")
+    assert [r["step_mode"] for r in rows] == ["dynamic", "static"]
+    assert rows[0]["config_hash"] == auto[0]["config_hash"] != rows[1]["config_hash"]
+    for metric in ("entropy", "nfe", "tokens_computed_per_sample"):  # the same samples, float-exactly
+        assert rows[0]["metrics"][metric] == rows[1]["metrics"][metric]
 
 
 def test_shards_partition_the_points(tmp_path, runs):
