@@ -66,11 +66,13 @@ SAMPLERS = [
 ]
 
 
-def sampler_modes(ceil: dict, length: int, modes: list[str]) -> list[dict]:
+def sampler_modes(ceil: dict, length: int, modes: list[str], only: set[str] | None = None) -> list[dict]:
     special = SpecialTokens(bos=VOCAB - 2, eos=VOCAB - 2, mask=VOCAB - 1)
     cfg = BackboneConfig.from_preset("small", vocab_size=VOCAB, max_len=length)
     rows = []
     for name, options, schedule in SAMPLERS:
+        if only and name not in only:
+            continue
         torch.manual_seed(0)
         model = build_model(name, cfg, special, **options).cuda().to(torch.bfloat16).eval()
         cost = forward_cost(model)  # the sweep rows' floor inputs
@@ -200,6 +202,8 @@ def main() -> None:
                          "samplers: only ceilings and the samplers' step modes")
     ap.add_argument("--modes", default="dynamic,graph,compiled",
                     help="sampler step modes to time (comma-separated; see harness/nn/steps.py)")
+    ap.add_argument("--samplers", default=None,
+                    help="only these models' samplers (comma-separated: ar, esolm-b, bd3lm, mdlm)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_bench needs a CUDA device")
@@ -211,7 +215,8 @@ def main() -> None:
         return
     result["ceilings"] = ceil = ceilings()
     print(json.dumps(result), flush=True)
-    result["samplers"] = sampler_modes(ceil, args.length, args.modes.split(","))
+    only = set(args.samplers.split(",")) if args.samplers else None
+    result["samplers"] = sampler_modes(ceil, args.length, args.modes.split(","), only)
     if args.only == "samplers":
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -4,7 +4,8 @@
 # Stages (in the order given):
 #   check   the CUDA-graph exactness tests (tests/test_steps.py) and nvidia-smi
 #   bench   scripts/gpu_bench.py: ceilings, eager/graph/compiled steps against floors, training ms/step
-#   compiled  scripts/gpu_bench.py --only samplers --modes graph,compiled: graph vs compiled samplers
+#   compiled[=a,b]  scripts/gpu_bench.py --only samplers --modes graph,compiled [--samplers a,b]:
+#           graph vs compiled samplers at L = 1024 (compiling adds to each warm-up; default: all five)
 #   steps   scripts/gpu_bench.py --only steps: one step's cost by window width and cache range
 #   speed   esolm sweep configs/paper_speed.yaml (resumes from results/paper_speed)
 #   quality[=a,b]  esolm sweep configs/paper_quality.yaml [--entries a,b] (trains, then samples; resumes)
@@ -32,9 +33,11 @@ for stage in "$@"; do
     bench)
       timeout "$(left)" python3 scripts/gpu_bench.py --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -20
       ;;
-    compiled)
-      timeout "$(left)" python3 scripts/gpu_bench.py --only samplers --modes graph,compiled --out "$OUT/compiled.json" \
-        2>&1 | tee "$OUT/compiled.log" | tail -8
+    compiled|compiled=*)
+      samplers=()
+      [[ $stage == *=* ]] && samplers=(--samplers "${stage#*=}")
+      timeout "$(left)" python3 scripts/gpu_bench.py --only samplers --modes graph,compiled "${samplers[@]}" \
+        --out "$OUT/compiled.json" 2>&1 | tee "$OUT/compiled.log" | tail -8
       ;;
     steps)
       timeout "$(left)" python3 scripts/gpu_bench.py --only steps --out "$OUT/steps.json" 2>&1 | tail -12

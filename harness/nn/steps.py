@@ -62,9 +62,11 @@ def compile_static(fn):
     recompile once with symbolic width and key range, which serves every later bucket, so a
     whole sample costs about three compilations, not one per shape."""
     compiled = torch.compile(fn, fullgraph=True)
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # older torch
 
     def run(*args):
-        with torch._dynamo.config.patch(recompile_limit=COMPILE_LIMIT):
+        with config.patch(**{limit: COMPILE_LIMIT}):
             return compiled(*args)
 
     return run
