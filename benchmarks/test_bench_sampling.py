@@ -1,4 +1,5 @@
-"""pytest-benchmark: one sampling step and one full sample per model, at fixed tiny sizes.
+"""pytest-benchmark: one sampling step and one full sample per model, and the full sample
+in each step mode, at fixed tiny sizes.
 
 Not part of the normal test run (``testpaths = ["tests"]`` and ``--benchmark-disable`` in
 pyproject).  Run, save a baseline, and compare a later run against it::
@@ -92,3 +93,18 @@ def test_full_sample(benchmark, name):
         assert gen.nfe == length - 1 and gen.tokens_computed == BATCH * (length - 1)
     if name == "mdlm":
         assert gen.nfe <= min(schedule.steps, length)  # per-sequence reuse caps NFE
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static", "compiled"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_full_sample_by_step_mode(benchmark, name, mode):
+    """The full sample above with its steps run eagerly at exact shapes, at fixed shapes, and
+    fused by torch.compile (harness/nn/steps.py; compiling happens in the warm-up round).
+    The mode changes the time, not the tokens."""
+    model = _model(name)
+    length, schedule = CASES[name][2]
+    eager = model.sample(BATCH, length, schedule, torch.Generator().manual_seed(0)).tokens
+    model.step_mode = mode
+    gen = _run(benchmark, model, length, schedule)
+    benchmark.extra_info["step_mode"] = mode
+    assert torch.equal(gen.tokens, eager)
