@@ -126,8 +126,9 @@ def rescore(results_dir, evaluator_spec: str, out_dir=None, mauve: bool = False,
             and (r["metrics"].get("rescore_mauve") or not mauve or r["metrics"].get("rescore_note") == NO_SAMPLES)}
     if (results_dir / "config.yaml").is_file():
         shutil.copyfile(results_dir / "config.yaml", out_dir / "config.yaml")
-    (out_dir / "README.md").write_text(f"Re-scored copy of `{results_dir}`, written by:\n\n"
-                                       f"    {command}\n")
+    readme = out_dir / "README.md"
+    if not readme.exists():  # a README someone has written up since is kept
+        readme.write_text(f"Re-scored copy of `{results_dir}`, written by:\n\n    {command}\n")
 
     from tqdm import tqdm
 

@@ -92,6 +92,9 @@ def test_rescore_copies_rows_with_new_gen_ppl(sweep_dir, capsys):
     rescore(sweep_dir, spec, progress=False)  # resumable: a second run adds nothing
     assert tree_hash(out) == after
     assert "already in" in capsys.readouterr().err
+    (out / "README.md").write_text("notes on these results\n")
+    rescore(sweep_dir, spec, progress=False)  # and keeps a README written up since
+    assert (out / "README.md").read_text() == "notes on these results\n"
 
 
 def test_rescore_mauve_uses_the_entrys_test_split(sweep_dir, tmp_path, monkeypatch):
