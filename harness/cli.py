@@ -95,8 +95,8 @@ def cmd_sweep(args) -> None:
     from harness.sweep import run_sweep
 
     out = run_sweep(args.config, shard=args.shard, entries=args.entries, results_root=args.results,
-                    report=not args.no_report,
-                    progress=not args.quiet, reports_root=args.reports)
+                    report=not args.no_report, progress=not args.quiet, reports_root=args.reports,
+                    overrides=args.set or ())
     print(f"results: {out}")
 
 
@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", default="reports", help="root folder for the report (reports/<sweep>/)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field (dotted KEY, YAML VALUE), e.g. --set step_mode=compiled "
+                        "--set name=paper_speed_compiled; repeatable")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="write plots and report.md from a results folder")

@@ -49,6 +49,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from pydantic import Field, field_validator, model_validator
 
 from harness.config import ConfigError, DataSpec, Strict, TrainConfig, parse, read_yaml, resolve_device
@@ -255,10 +257,49 @@ def check_consistency(cfg: SweepConfig, source: str) -> None:
                               "(train: {model: ar}) or an AR checkpoint")
 
 
-def load_sweep_config(path: str | Path) -> SweepConfig:
+def load_sweep_config(path: str | Path, overrides: list[str] | tuple = ()) -> SweepConfig:
     source = str(path)
-    data = read_yaml(path)
+    data = apply_overrides(read_yaml(path), overrides)
     return parse_sweep_config(data, source)
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple) -> dict:
+    """``--set KEY=VALUE``: a copy of the raw config with VALUE (read as YAML) at the dotted
+    KEY (``step_mode=compiled``, ``speed.repeats=5``, ``models.0.schedules=[{steps: 8}]``),
+    so a variant of a shipped config needs no copy of the file.  Validation happens after."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set step_mode=compiled")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: VALUE is not valid YAML: {str(err).splitlines()[0]}") from None
+        parts = key.strip().split(".")
+        node = data
+        for depth, part in enumerate(parts):
+            if isinstance(node, list) and not (part.isdigit() and int(part) < len(node)):
+                raise ConfigError(f"--set {item!r}: field {'.'.join(parts[:depth])!r} is a list of {len(node)}; "
+                                  f"use an index 0..{len(node) - 1}")
+            if not isinstance(node, (list, dict)):
+                raise ConfigError(f"--set {item!r}: field {'.'.join(parts[:depth])!r} is not a mapping")
+            index = int(part) if isinstance(node, list) else part
+            if depth == len(parts) - 1:
+                node[index] = value
+            else:
+                node = node[index] if isinstance(node, list) else node.setdefault(part, {})
+    return data
+
+
+def effective_config_text(path: str | Path, overrides: list[str] | tuple) -> str:
+    """The config a results folder keeps: the file itself, or with --set the merged config
+    (and the command that made it), so report, rescore and Ray workers read what ran."""
+    if not overrides:
+        return Path(path).read_text()
+    data = apply_overrides(read_yaml(path), overrides)
+    sets = " ".join(f"--set {shlex.quote(o)}" for o in overrides)
+    return f"# {path} {sets}\n" + yaml.safe_dump(data, sort_keys=False)
 
 
 def parse_sweep_config(data: dict, source: str = "sweep config") -> SweepConfig:
@@ -829,9 +870,9 @@ def parse_entries(cfg: SweepConfig, entries: str | list[str] | None) -> set[str]
 
 def run_sweep(config_path: str | Path, shard: str | None = None, results_root: str | Path = "results",
               report: bool = True, progress: bool = True, reports_root: str | Path = "reports",
-              entries: str | list[str] | None = None) -> Path:
+              entries: str | list[str] | None = None, overrides: list[str] | tuple = ()) -> Path:
     """Run (or resume) a sweep; returns the results folder ``<results_root>/<name>``."""
-    cfg = load_sweep_config(config_path)
+    cfg = load_sweep_config(config_path, overrides)
     shard_i, shard_n = parse_shard(shard)
     only = parse_entries(cfg, entries)
     if cfg.backend == "ray":
@@ -846,7 +887,7 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
     points = [p for p in expand_points(cfg) if p.index % shard_n == shard_i and (only is None or p.entry in only)]
     results_dir = Path(results_root) / cfg.name
     results_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(results_dir / "config.yaml", Path(config_path).read_text())
+    write_atomic(results_dir / "config.yaml", effective_config_text(config_path, overrides))
     path = results_dir / POINTS_FILE
     repair_tail(path)
     existing = read_points(path)
@@ -876,7 +917,7 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
     bar = tqdm(total=len(todo), desc=f"sweep {cfg.name}", unit="pt", disable=not progress, dynamic_ncols=True)
     try:
         if cfg.backend == "ray" and todo:
-            _run_ray(config_path, cfg, todo, checkpoints, results_dir, bar)
+            _run_ray(results_dir / "config.yaml", cfg, todo, checkpoints, results_dir, bar)  # with any --set
         else:
             for point in todo:
                 bar.set_postfix_str(point.key)

@@ -9,6 +9,7 @@
 #   steps   scripts/gpu_bench.py --only steps: one step's cost by window width and cache range
 #   speed   esolm sweep configs/paper_speed.yaml (resumes from results/paper_speed)
 #   quality[=a,b]  esolm sweep configs/paper_quality.yaml [--entries a,b] (trains, then samples; resumes)
+#   speed_compiled[=a,b]  paper_speed with --set step_mode=compiled into results/paper_speed_compiled
 # Everything lands in $OUT (results folders as .tgz); a sweep that hits the budget stops
 # between points and the next lease resumes it.  Python packages the machine lacks travel as
 # wheels in .whl/ (see /work/.library/device/README.md).
@@ -42,11 +43,14 @@ for stage in "$@"; do
     steps)
       timeout "$(left)" python3 scripts/gpu_bench.py --only steps --out "$OUT/steps.json" 2>&1 | tail -12
       ;;
-    speed|quality|quality=*)
+    speed|quality|quality=*|speed_compiled|speed_compiled=*)
       name=paper_${stage%%=*}
-      entries=()
-      [[ $stage == *=* ]] && entries=(--entries "${stage#*=}")
-      timeout "$(($(left) - 15))" python3 -m harness.cli sweep "configs/$name.yaml" "${entries[@]}" --no-report --quiet \
+      config=configs/$name.yaml
+      args=()
+      [[ $stage == *=* ]] && args=(--entries "${stage#*=}")
+      [[ $name == paper_speed_compiled ]] && config=configs/paper_speed.yaml \
+        && args+=(--set name=$name --set step_mode=compiled)
+      timeout "$(($(left) - 15))" python3 -m harness.cli sweep "$config" "${args[@]}" --no-report --quiet \
         2>&1 | tail -15 | tee "$OUT/$name.log"
       tar czf "$OUT/$name.tgz" "results/$name"
       python3 -c "import json,sys; rows=[json.loads(l) for l in open('results/$name/points.jsonl')]; print(len(rows), 'points')"

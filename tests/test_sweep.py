@@ -427,6 +427,34 @@ def test_ray_backend(tmp_path, runs, monkeypatch):
     assert [r["key"] for r in rows_of(results / "t")] == fake.submitted
 
 
+def test_set_overrides_make_a_variant_and_its_results_keep_the_merged_config(tmp_path, runs, capsys):
+    from harness.cli import main
+
+    cfg = base_config(runs, seeds=[0], metrics=["entropy"])
+    cfg.pop("evaluator")
+    path = write(tmp_path, cfg)
+    results = tmp_path / "results"
+    main(["sweep", str(path), "--results", str(results), "--no-report", "--quiet",
+          "--set", "name=t_static", "--set", "step_mode=static", "--set", "speed.repeats=3",
+          "--set", "models.0.train.train.seed=3"])
+    assert yaml.safe_load(path.read_text()) == cfg  # the file itself is untouched
+    kept = (results / "t_static" / "config.yaml").read_text()
+    assert kept.startswith(f"# {path} --set name=t_static --set step_mode=static")
+    merged = sw.load_sweep_config(results / "t_static" / "config.yaml")
+    assert (merged.name, merged.step_mode, merged.speed.repeats) == ("t_static", "static", 3)
+    assert merged.models[0].train.train.seed == 3
+    assert [r["step_mode"] for r in rows_of(results / "t_static")] == ["static"]
+    assert not (results / "t").exists()
+
+    for bad, expect in [("step_mode", "expected KEY=VALUE"), ("step_mode=fast", "field 'step_mode'"),
+                        ("lengths.x=3", "'lengths' is a list of 1; use an index 0..0"),
+                        ("name.x=3", "field 'name' is not a mapping"), ("speed.repeat=3", "speed.repeat")]:
+        with pytest.raises(SystemExit):
+            main(["sweep", str(path), "--results", str(results), "--quiet", "--set", bad])
+        err = capsys.readouterr().err
+        assert expect in err and err.strip().count("\n") == 0, err
+
+
 def test_cli_sweep_error_is_one_line(tmp_path, runs, capsys):
     from harness.cli import main
 
