@@ -46,7 +46,7 @@ class AR(LanguageModel):
         self.check_length(length)
         device = self.device
         tokens = torch.full((n, length), self.special.bos, dtype=torch.long, device=device)
-        tokens_computed = 0
+        tokens_computed = key_reads = 0
         steps = static_steps(self, n, length) if use_cache else None
         cache = self.net.new_cache(n, length) if use_cache and steps is None else None
         positions = torch.arange(length, device=device).expand(n, length)
@@ -63,5 +63,6 @@ class AR(LanguageModel):
                 window = tokens[:, :i]
                 logits = self.net(window, torch.arange(i, device=device), masks.causal(i, device))
             tokens_computed += window.numel()
+            key_reads += n * i if use_cache else 0  # the cached step attends to slots [0, i)
             tokens[:, i] = sample_tokens(self.subs_logits(logits[:, -1]), generator, schedule.top_p)
-        return Generation(tokens, nfe=length - 1, tokens_computed=tokens_computed)
+        return Generation(tokens, nfe=length - 1, tokens_computed=tokens_computed, key_reads=key_reads)

@@ -141,7 +141,7 @@ class BD3LM(LanguageModel):
         # Fixed-shape steps pad a block to a power of two: scratch slots past the end.
         steps = static_steps(self, n, length + Lb) if use_cache else None
         cache = self.net.new_cache(n, length) if use_cache and steps is None else None
-        nfe = tokens_computed = cache_writes = 0
+        nfe = tokens_computed = cache_writes = key_reads = 0
         per_row = torch.zeros(n, dtype=torch.long, device=device)
         for b in range(nb):
             lo, hi = b * Lb, (b + 1) * Lb
@@ -168,6 +168,7 @@ class BD3LM(LanguageModel):
             nfe += forwards
             per_row += run
             tokens_computed += rows_run * (Lb if use_cache else hi)
+            key_reads += rows_run * hi if use_cache else 0  # a block's queries attend to slots [0, hi)
             if use_cache and b < nb - 1:
                 # The finished block, clean, writes its keys/values: one more forward.
                 if steps is not None:
@@ -178,5 +179,7 @@ class BD3LM(LanguageModel):
                 nfe += 1
                 per_row += 1
                 tokens_computed += n * Lb
+                key_reads += n * hi
         extra = {"cache_writes": cache_writes}
-        return Generation(x, nfe=nfe, tokens_computed=tokens_computed, nfe_per_sample=per_row, extra=extra)
+        return Generation(x, nfe=nfe, tokens_computed=tokens_computed, nfe_per_sample=per_row, extra=extra,
+                          key_reads=key_reads)

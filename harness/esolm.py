@@ -251,14 +251,14 @@ class EsoLM(LanguageModel):
         (A)'s diffusion phase runs [all clean so far] + [k queries] without a cache.
         Reference (use_cache=False): every step runs the full sorted sequence through the
         very training-time forwards (diffusion-term mask; sequential phase: z_0 ⊕ x).
-        Returns (sorted tokens, tokens computed).
+        Returns (sorted tokens, tokens computed, cache slots read).
         """
         n, L = order.shape
         x = torch.full((n, L), self.special.mask, dtype=torch.long, device=self.device)
         # Fixed-shape steps pad the window to a power of two (< 2L): scratch slots up to 2L.
         steps = static_steps(self, n, 2 * L) if use_cache else None
         cache = self.net.new_cache(n, L) if use_cache and steps is None else None
-        revealed = committed = computed = 0  # sorted indices [0, committed) hold K/V in the cache
+        revealed = committed = computed = key_reads = 0  # sorted indices [0, committed) hold K/V in the cache
         for k in counts:
             stop = revealed + k
             diffusion = revealed < n_diff
@@ -278,9 +278,10 @@ class EsoLM(LanguageModel):
                 logits = self.subs_logits(logits[:, revealed - start:])  # the k [MASK] queries
                 committed = revealed if cached else committed
                 computed += n * (stop - start)
+                key_reads += n * stop if cached else 0
             x[:, revealed:stop] = pick(logits, revealed, stop)
             revealed = stop
-        return x, computed
+        return x, computed, key_reads
 
     def _reference_logits(self, x: torch.Tensor, order: torch.Tensor, n_diff: int, revealed: int):
         """The full sorted sequence (``revealed`` clean tokens first) through the training-time
@@ -305,13 +306,14 @@ class EsoLM(LanguageModel):
         n_diff = round(a * length)
         counts = self.reveal_counts(n_diff, schedule, a, generator)
         order = self.draw_order(n, length, n_diff, generator)
-        x, computed = self.decode(order, n_diff, counts + [1] * (length - n_diff),
+        x, computed, key_reads = self.decode(order, n_diff, counts + [1] * (length - n_diff),
                                   lambda logits, start, stop: sample_tokens(logits, generator, schedule.top_p),
                                   use_cache)
         tokens = x.gather(1, order.argsort(1))
         extra = dict(alpha_0=a, diffusion_positions=n_diff, diffusion_steps=len(counts),
                      sequential_steps=length - n_diff, reveal_counts=counts)
-        return Generation(tokens, nfe=len(counts) + length - n_diff, tokens_computed=computed, extra=extra)
+        return Generation(tokens, nfe=len(counts) + length - n_diff, tokens_computed=computed, extra=extra,
+                          key_reads=key_reads)
 
 
 class EsoLMB(EsoLM):

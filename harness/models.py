@@ -47,6 +47,9 @@ class Generation:
     tokens_computed: query positions run through the network, summed over forwards and
         rows — exact and hardware-independent, so CI can assert the speed story.
     nfe_per_sample: forwards each row actually needed, where rows differ (MDLM reuse).
+    key_reads: cache slots read by attention, summed over KV-cached forwards and rows (a
+        window at slots [start, stop) reads stop slots: the cache and its own keys); the
+        KV-cache traffic a step adds to its weight reads (0 for forwards without a cache).
     extra: model-specific counters (e.g. BD3-LM's cache-writing forwards).
     """
 
@@ -55,6 +58,7 @@ class Generation:
     tokens_computed: int
     nfe_per_sample: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
+    key_reads: int = 0
 
 
 @dataclass

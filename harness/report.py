@@ -59,7 +59,7 @@ def load_frame(results_dir: str | Path):
     df = pd.DataFrame(flat)
     for col in ("gen_ppl", "gen_ppl_mean", "entropy", "test_ppl", "mauve", "seconds_per_sample", "tokens_per_second",
                 "nfe_per_sample", "nfe", "tokens_computed_per_sample", "degenerate", "alpha_0", "alpha_0_train",
-                "batch_size", "weight_bytes", "matmul_parameters"):
+                "batch_size", "weight_bytes", "matmul_parameters", "key_reads_per_sample", "kv_bytes_per_key"):
         if col not in df:
             df[col] = float("nan")
         df[col] = pd.to_numeric(df[col], errors="coerce")
@@ -456,11 +456,13 @@ PAPER_BD3LM = "3–4×"
 
 
 def floor_seconds(nfe: float, tokens_computed_per_sample: float, batch_size: float, weight_bytes: float,
-                  matmul_parameters: float, matmul_flops: float, copy_bytes_per_s: float) -> float:
+                  matmul_parameters: float, matmul_flops: float, copy_bytes_per_s: float,
+                  kv_bytes_per_sample: float = 0.0) -> float:
     """Seconds per sample no implementation can beat on this GPU: per batch, every forward reads
-    all weights (``nfe`` is forwards per batch) and every computed token costs 2 FLOPs per
-    matmul parameter; whichever is slower, shared by the batch's samples."""
-    read = nfe * weight_bytes / copy_bytes_per_s
+    all weights (``nfe`` is forwards per batch) and every cached forward its KV-cache slots,
+    and every computed token costs 2 FLOPs per matmul parameter; whichever is slower, shared
+    by the batch's samples."""
+    read = (nfe * weight_bytes + kv_bytes_per_sample * batch_size) / copy_bytes_per_s
     compute = 2 * matmul_parameters * tokens_computed_per_sample * batch_size / matmul_flops
     return max(read, compute) / batch_size
 
@@ -500,8 +502,10 @@ def add_floors(df, results_dir: Path) -> list[dict]:
         if ceil is None or not all(_finite(v) for v in values):
             floors.append(float("nan"))
             continue
+        kv = [r.get(c) for c in ("key_reads_per_sample", "kv_bytes_per_key")]
+        kv_bytes = float(kv[0]) * float(kv[1]) if all(_finite(v) for v in kv) else 0.0  # older rows: not counted
         floors.append(floor_seconds(*(float(v) for v in values), float(ceil["matmul_flops"]),
-                                    float(ceil["copy_bytes_per_s"])))
+                                    float(ceil["copy_bytes_per_s"]), kv_bytes))
         used[ceil["source"]] = ceil
     df["floor_seconds_per_sample"] = floors
     return list(used.values())
@@ -511,12 +515,12 @@ def floor_text(ceilings: list[dict]) -> str:
     """The floor's formula, the ceilings and their source, and what it leaves out."""
     parts = [f"{c['matmul_flops'] / 1e12:.0f} TFLOP/s matmul and {c['copy_bytes_per_s'] / 1e12:.2f} TB/s memory "
              f"copy ({c['source']})" for c in ceilings]
-    return ("Floor (floor_s, seconds per sample) = max(NFE per batch × weight bytes / copy rate, "
-            "2 × matmul parameters × tokens computed per sample × batch size / matmul rate) / batch size, "
-            "with the weights of every layer but the embedding table in the sampling dtype; ceilings: "
-            + "; ".join(parts) + ". The floor ignores attention (its FLOPs and KV-cache reads), the "
-            "embedding lookup and sampling (the work between forwards), so it is a lower bound; "
-            "x floor = measured / floor.")
+    return ("Floor (floor_s, seconds per sample) = max((NFE per batch × weight bytes + KV-cache slots read × "
+            "K/V bytes per slot) / copy rate, 2 × matmul parameters × tokens computed per sample × batch size / "
+            "matmul rate) / batch size, with the weights of every layer but the embedding table in the sampling "
+            "dtype; ceilings: " + "; ".join(parts) + ". Rows from before the KV-read counter (no "
+            "key_reads_per_sample) count no KV reads. The floor ignores attention FLOPs, the embedding lookup and "
+            "sampling (the work between forwards), so it is a lower bound; x floor = measured / floor.")
 
 
 def measured_on(df) -> str:

@@ -689,13 +689,17 @@ def test_texts(data: DataSpec, tokenizer, length: int, n: int) -> list[str]:
 
 def forward_cost(model) -> dict:
     """What one forward must at least do, for the report's floors (PERF.md): read every
-    weight but the embedding table (only looked up), and 2 FLOPs per such weight per token."""
+    weight but the embedding table (only looked up), 2 FLOPs per such weight per token, and
+    the K and V of every layer for each cache slot it attends to (``key_reads``)."""
     net = getattr(model, "net", None)
     if net is None:
         return {}
     weights = [p for name, p in net.named_parameters() if not name.startswith("embed.")]
+    head = net.head.weight if hasattr(net, "head") else weights[0]
+    kv = 2 * net.cfg.n_layers * net.cfg.d_model * head.element_size() if hasattr(net, "cfg") else None
     return {"matmul_parameters": sum(p.numel() for p in weights),
-            "weight_bytes": sum(p.numel() * p.element_size() for p in weights)}
+            "weight_bytes": sum(p.numel() * p.element_size() for p in weights),
+            "kv_bytes_per_key": kv}
 
 
 def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
@@ -717,7 +721,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
 
     # --- samples ---------------------------------------------------------------------
     generator = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
-    rows, nfe_batches, tokens_computed, nfe_rows, extra = [], [], 0, [], {}
+    rows, nfe_batches, tokens_computed, nfe_rows, extra, key_reads = [], [], 0, [], {}, 0
     done = 0
     while done < cfg.num_samples:
         n = min(cfg.batch_size, cfg.num_samples - done)
@@ -726,6 +730,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         rows.append(gen.tokens.cpu())
         nfe_batches.append(int(gen.nfe))
         tokens_computed += int(gen.tokens_computed)
+        key_reads += int(gen.key_reads)
         if gen.nfe_per_sample is not None:
             nfe_rows.extend(int(v) for v in torch.as_tensor(gen.nfe_per_sample).reshape(-1).tolist())
         else:
@@ -742,6 +747,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "nfe_per_batch": nfe_batches,
         "nfe_per_sample": sum(nfe_rows) / len(nfe_rows),
         "tokens_computed_per_sample": tokens_computed / cfg.num_samples,
+        "key_reads_per_sample": key_reads / cfg.num_samples,
     }
     for k, values in extra.items():
         metrics[f"extra_{k}"] = sum(values) / len(values)

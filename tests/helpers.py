@@ -29,13 +29,16 @@ def random_batch(n: int, length: int, seed: int = 0) -> torch.Tensor:
 
 
 class CountForwards:
-    """Counts the trunk's forwards and the query positions they ran (rows × tokens)."""
+    """Counts the trunk's forwards, the query positions they ran (rows × tokens) and, for
+    cached forwards, (rows, keys attended) as the mask's last dimension gives them."""
 
     def __init__(self, net: nn.Module):
-        self.calls, self.tokens, self.shapes = 0, 0, []
+        self.calls, self.tokens, self.shapes, self.rows_and_keys = 0, 0, [], []
         self.handle = net.register_forward_pre_hook(self)
 
     def __call__(self, module, args):
         self.calls += 1
         self.tokens += args[0].numel()
         self.shapes.append(tuple(args[0].shape))
+        if len(args) > 3 and args[3] is not None:
+            self.rows_and_keys.append((args[0].shape[0], args[2].shape[-1]))

@@ -21,6 +21,8 @@ def test_kv_cached_sampling_equals_full_recompute():
         # Cached: exactly one new query position per step and row.
         assert cached.tokens_computed == 4 * 23
         assert full.tokens_computed == 4 * sum(range(1, 24))
+        # Step i attends to cache slots [0, i); the uncached reference reads no cache.
+        assert cached.key_reads == 4 * sum(range(1, 24)) and full.key_reads == 0
         assert (cached.tokens[:, 0] == SPECIAL.bos).all()
         assert (cached.tokens != SPECIAL.mask).all()
 

@@ -150,6 +150,12 @@ def test_cached_sampler_equals_full_recompute_and_counts_honestly(block_size):
             assert cached.nfe == blocks * block_size + blocks - 1
             assert (cached.nfe_per_sample == cached.nfe).all()
         assert full.nfe == blocks * steps
+        # Every cached forward over block b (denoising, and its cache write) reads slots [0, (b + 1) L').
+        assert cached.key_reads == sum(rows * width for rows, width in counter.rows_and_keys) > 0
+        if schedule.first_hitting:
+            assert cached.key_reads == n * sum((block_size + (b < blocks - 1)) * (b + 1) * block_size
+                                               for b in range(blocks))
+        assert full.key_reads == 0
         assert full.tokens_computed == n * steps * sum((b + 1) * block_size for b in range(blocks))
 
 

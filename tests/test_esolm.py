@@ -100,6 +100,11 @@ def test_cached_sampler_equals_full_recompute(name, alpha_0, kind):
         assert cached.tokens_computed == n * (diffusion + sequential)
     # The reference recomputes the whole sorted sequence every step.
     assert full.tokens_computed == n * L * (len(counts) + 2 * (L - n_diff))
+    # A cached window ending at sorted index stop reads cache slots [0, stop); (A)'s diffusion
+    # phase runs without a cache.
+    stops = [sum(steps[: i + 1]) for i in range(len(steps))]
+    cached_stops = stops if name == "esolm-b" else stops[len(counts):]
+    assert cached.key_reads == n * sum(cached_stops) and full.key_reads == 0
 
 
 def test_different_rows_get_different_orders_and_tokens():
