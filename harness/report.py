@@ -431,6 +431,35 @@ def plot_speed_vs_length(agg, path: Path, measured: str = "") -> bool:
     return True
 
 
+def alpha0_table(agg, length: int) -> str:
+    """The papers' perplexity-vs-alpha_0 table at one length: per Eso-LM entry (its training
+    alpha_0 in brackets) and alpha_0 at evaluation, the test PPL (NELBO at that alpha_0) and
+    gen PPL for each number of steps T; AR (alpha_0 = 0) and MDLM (alpha_0 = 1) as the ends."""
+    at = agg[agg["length"] == length]
+    eso = at[at["family"].isin(["esolm-a", "esolm-b"]) & at["alpha_0"].map(_finite)]
+    if eso.empty:
+        return ""
+    ts = sorted({int(t) for t in eso["steps"] if _finite(t)})
+
+    def cells(g):
+        by_t = {int(t): v for t, v in zip(g["steps"], g["gen_ppl"]) if _finite(t)}
+        if g["family"].iloc[0] == "ar":
+            by_t = dict.fromkeys(ts, g["gen_ppl"].iloc[0])  # AR has no T: the same row under every T
+        return [fmt(float(g["test_ppl"].mean()))] + [fmt(float(by_t[t])) if t in by_t else "–" for t in ts]
+
+    rows = []
+    for fam, label in (("ar", "0 (AR)"),):
+        for entry, g in at[at["family"] == fam].groupby("model_entry", sort=False):
+            rows.append([entry, label] + cells(g))
+    for (entry, a0), g in eso.sort_values("alpha_0", kind="stable").groupby(["model_entry", "alpha_0"], sort=False):
+        trained = g["alpha_0_train"].iloc[0]
+        name = f"{entry} (trained a0={float(trained):g})" if _finite(trained) else entry
+        rows.append([name, f"{float(a0):g}"] + cells(g))
+    for entry, g in at[at["family"] == "mdlm"].groupby("model_entry", sort=False):
+        rows.append([entry, "1 (MDLM)"] + cells(g))
+    return md_table(["model entry", "alpha_0"] + ["test PPL"] + [f"gen PPL T={t}" for t in ts], rows)
+
+
 def by_length_table(agg, column: str, show) -> str:
     """``column`` (shown by ``show``), one table column per length; rows are the curves keyed
     by their length-free schedule (seconds per sample, or measured / floor)."""
@@ -875,6 +904,11 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
         md += pareto
     if plot_alpha0(agg, out / "alpha0.png"):
         md += ["## Eso-LM: perplexity vs alpha_0", "", "![perplexity vs alpha_0](alpha0.png)", ""]
+        for length in sorted(agg["length"].unique()):
+            table = alpha0_table(agg, length)
+            if table:
+                md += [f"At L = {length}; test PPL: exact for AR, NELBO otherwise (Eso-LM: at the row's alpha_0); "
+                       "lower is better.", "", table, ""]
     else:
         (out / "alpha0.png").unlink(missing_ok=True)
     if plot_speed_headline(agg, df, out / "speed_headline.png"):

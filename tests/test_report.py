@@ -98,6 +98,21 @@ def test_report_files_tables_protocol_and_samples(tmp_path):
     assert families == ["AR"] + ["MDLM"] * 3 + ["BD3-LM"] + ["Eso-LM (B)"] * 6
 
 
+def test_perplexity_vs_alpha_0_table(tmp_path):
+    """Rows from AR (alpha_0 = 0) through Eso-LM by alpha_0 to MDLM (alpha_0 = 1); gen PPL per
+    Eso-LM T (MDLM's T = 128 has no Eso-LM column; AR has no T and fills every column)."""
+    md = rp.write_report(write_results(tmp_path, demo_rows()), out_dir=tmp_path / "r").read_text()
+    section = md.split("## Eso-LM: perplexity vs alpha_0")[1].split("\n## ")[0]
+    lines = [l for l in section.splitlines() if l.startswith("| ")]
+    assert lines[0] == "| model entry | alpha_0 | test PPL | gen PPL T=8 | gen PPL T=32 |"
+    assert lines[2:] == ["| ar | 0 (AR) | 90.00 | 100.00 | 100.00 |",
+                         "| esolm-b (trained a0=0.25) | 0.25 | 290.00 | 600.00 | 580.00 |",
+                         "| esolm-b (trained a0=0.25) | 0.5 | 310.00 | 650.00 | 630.00 |",
+                         "| esolm-b (trained a0=0.25) | 1 | 330.00 | 750.00 | 730.00 |",
+                         "| mdlm | 1 (MDLM) | 380.00 | 900.00 | 800.00 |"]
+    assert "At L = 64; test PPL: exact for AR" in section
+
+
 def test_seeds_are_averaged_and_lengths_get_their_own_tables(tmp_path):
     rows = [row("ar", "ar", "default", 100.0, 0.01, 63, seed=0), row("ar", "ar", "default", 120.0, 0.03, 63, seed=1),
             row("ar", "ar", "default", 90.0, 0.05, 127, length=128),
