@@ -151,6 +151,22 @@ def test_cuda_graph_steps_give_the_static_tokens(name, options, schedule, n):
     assert torch.equal(run("graph"), static)  # replayed graphs
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("name,options,schedule,n", [CASES[0], CASES[3], CASES[9]])
+def test_compiled_cuda_graph_steps_give_the_static_tokens(name, options, schedule, n):
+    """torch.compile-fused steps captured as CUDA graphs (AR, BD3-LM first hitting, Eso-LM (A)):
+    the same tokens as the eager fixed-shape steps, and again when replayed."""
+    model = tiny_model(name, max_len=40, **options).cuda()
+
+    def run(mode):
+        model.step_mode = mode
+        return model.sample(n, 40, schedule, torch.Generator("cuda").manual_seed(5)).tokens
+
+    static = run("static")
+    assert torch.equal(run("compiled"), static)
+    assert torch.equal(run("compiled"), static)
+
+
 def test_static_mdlm_across_lengths_and_no_cache_allocated():
     model = tiny_model("mdlm", max_len=40)
     for L in (16, 32, 16):
