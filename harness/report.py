@@ -447,16 +447,15 @@ def alpha0_table(agg, length: int) -> str:
             by_t = dict.fromkeys(ts, g["gen_ppl"].iloc[0])  # AR has no T: the same row under every T
         return [fmt(float(g["test_ppl"].mean()))] + [fmt(float(by_t[t])) if t in by_t else "–" for t in ts]
 
-    rows = []
-    for fam, label in (("ar", "0 (AR)"),):
-        for entry, g in at[at["family"] == fam].groupby("model_entry", sort=False):
-            rows.append([entry, label] + cells(g))
+    def ends(family, label):
+        return [[entry, label] + cells(g) for entry, g in at[at["family"] == family].groupby("model_entry", sort=False)]
+
+    rows = ends("ar", "0 (AR)")
     for (entry, a0), g in eso.sort_values("alpha_0", kind="stable").groupby(["model_entry", "alpha_0"], sort=False):
         trained = g["alpha_0_train"].iloc[0]
         name = f"{entry} (trained a0={float(trained):g})" if _finite(trained) else entry
         rows.append([name, f"{float(a0):g}"] + cells(g))
-    for entry, g in at[at["family"] == "mdlm"].groupby("model_entry", sort=False):
-        rows.append([entry, "1 (MDLM)"] + cells(g))
+    rows += ends("mdlm", "1 (MDLM)")
     return md_table(["model entry", "alpha_0"] + ["test PPL"] + [f"gen PPL T={t}" for t in ts], rows)
 
 

@@ -695,8 +695,8 @@ def forward_cost(model) -> dict:
     if net is None:
         return {}
     weights = [p for name, p in net.named_parameters() if not name.startswith("embed.")]
-    head = net.head.weight if hasattr(net, "head") else weights[0]
-    kv = 2 * net.cfg.n_layers * net.cfg.d_model * head.element_size() if hasattr(net, "cfg") else None
+    cfg = getattr(net, "cfg", None)
+    kv = 2 * cfg.n_layers * cfg.d_model * weights[0].element_size() if cfg is not None else None
     return {"matmul_parameters": sum(p.numel() for p in weights),
             "weight_bytes": sum(p.numel() * p.element_size() for p in weights),
             "kv_bytes_per_key": kv}

@@ -16,9 +16,10 @@ shapes (the CPU default); ``"static"`` runs the fixed-shape step eagerly (what t
 replays: tests check it gives the dynamic path's tokens exactly); ``"graph"`` captures and
 replays (the CUDA default); ``"compiled"`` first fuses the fixed-shape step with
 torch.compile (a graph replays ~25 kernels per layer, most of them small element-wise ones
-that inductor fuses into their neighbours), then captures it like ``"graph"`` on CUDA.  Fused kernels round differently, so compiled logits
-equal the eager ones to float tolerance, not bit for bit.  Sampling (Gumbel noise, argmax)
-stays outside the graph, so the random streams are the same in every mode.  The work counters
+that inductor fuses into their neighbours), then captures it like ``"graph"`` on CUDA.
+Fused kernels round differently, so compiled logits equal the eager ones to float
+tolerance, not bit for bit.  Sampling (Gumbel noise, argmax) stays outside the graph, so
+the random streams are the same in every mode.  The work counters
 (NFE, tokens computed) count the algorithm's windows, not the padding, so they stay
 hardware-independent; fixed-shape MDLM/BD3-LM steps run (and count) every row of a batch
 where the dynamic path runs only the rows that reveal a token.
