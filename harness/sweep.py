@@ -506,6 +506,8 @@ def entry_identity(cfg: SweepConfig, entry: ModelEntry) -> dict:
     """What decides an entry's weights: its recipe (trained/random) or its checkpoint file."""
     if entry.train is not None:
         recipe = entry.train.model_dump(exclude={"name", "out_dir"})
+        if not recipe["train"]["compile"]:  # left out so results made before the field keep their hashes
+            del recipe["train"]["compile"]
         if entry.init == "random":
             recipe = {k: v for k, v in recipe.items() if k != "train"} | {"seed": entry.train.train.seed}
         return {"init": entry.init, "recipe": recipe}

@@ -119,9 +119,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             raise ConfigError(f"{ckpt_path} exists; pass --resume to continue it, or set another name/out_dir")
         state = read_state(ckpt_path)
         saved = TrainConfig.model_validate(state["config"])
-        if saved.model_dump(exclude={"train": {"steps"}}) != cfg.model_dump(exclude={"train": {"steps"}}):
+        same = {"train": {"steps", "compile"}}  # how far and how fast, not what is trained
+        if saved.model_dump(exclude=same) != cfg.model_dump(exclude=same):
             raise ConfigError(f"{ckpt_path} was trained with a different config; use the same config "
-                              "(only train.steps may change) or another out_dir")
+                              "(only train.steps and train.compile may change) or another out_dir")
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = int(os.environ.get("RANK", "0"))
@@ -161,6 +162,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if step >= o.steps:
         return ckpt_path
 
+    if o.compile:
+        # In place (state_dict keys unchanged); static shapes: Eso-LM's two forwards per loss
+        # differ in length, and a symbolic-shape recompile hit an inductor stride bug in backward.
+        model.net.compile(dynamic=False)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     blobs = tokenizer_files(tokenizer)
     log_path = run_dir / "log.jsonl"

@@ -12,7 +12,7 @@
    flip).  A mode's time excludes its warm-up sample (graph captures and compilation),
    which is reported as ``<mode>_warmup_s``.
 3. ms per optimizer step of the quality trunk ("medium", batch 64 x 512) for each model family,
-   to size configs/paper_quality.yaml to a lease.
+   to size configs/paper_quality.yaml to a lease (``--train-compile``: also compiled).
 ``--only steps``: one step's cost by window width (AR 1, Eso-LM 2, BD3-LM 4/16) at short and
 long cache ranges, graph and compiled, with the top kernels of an eager step (where the time goes).
 """
@@ -164,32 +164,38 @@ def step_costs(length: int, device: str = "cuda") -> list[dict]:
     return rows
 
 
-def training_steps(batch: int, length: int) -> list[dict]:
+def training_steps(batch: int, length: int, compiled: bool = False) -> list[dict]:
+    """ms per optimizer step (bf16 autocast), eager and, with ``compiled``, with the trunk
+    compiled as ``train.compile: true`` does (its warm-up, compilation included, reported)."""
     special = SpecialTokens(bos=VOCAB - 2, eos=VOCAB - 2, mask=VOCAB - 1)
     cfg = BackboneConfig.from_preset("medium", vocab_size=VOCAB, max_len=length)
     rows = []
     for name, options in [("ar", {}), ("mdlm", {}), ("bd3lm", {"block_size": 4}), ("esolm-a", {"alpha_0": 0.25}),
                           ("esolm-b", {"alpha_0": 0.25})]:
-        torch.manual_seed(0)
-        model = build_model(name, cfg, special, **options).cuda().train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-        x = torch.randint(0, VOCAB - 2, (batch, length), device="cuda")
+        row = {"model": name, "options": options, "batch": batch, "length": length}
+        for mode in ("eager", "compiled") if compiled else ("eager",):
+            torch.manual_seed(0)
+            model = build_model(name, cfg, special, **options).cuda().train()
+            if mode == "compiled":
+                model.net.compile(dynamic=False)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+            x = torch.randint(0, VOCAB - 2, (batch, length), device="cuda")
 
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model.loss(x)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            def step():
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = model.loss(x)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
 
-        for _ in range(3):
-            step()
-        ms = 1000 * statistics.median(timed(step, 10))
-        row = {"model": name, "options": options, "batch": batch, "length": length, "ms_per_step": ms}
+            warmup = sum(timed(step, 3))
+            ms = 1000 * statistics.median(timed(step, 10))
+            prefix = "" if mode == "eager" else "compiled_"
+            row.update({f"{prefix}ms_per_step": ms, f"{prefix}warmup_s": warmup})
+            del model, opt
+            torch.cuda.empty_cache()
         print(json.dumps(row), flush=True)
         rows.append(row)
-        del model, opt
-        torch.cuda.empty_cache()
     return rows
 
 
@@ -197,19 +203,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--length", type=int, default=1024)
-    ap.add_argument("--only", choices=["all", "steps", "samplers"], default="all",
+    ap.add_argument("--only", choices=["all", "steps", "samplers", "training"], default="all",
                     help="steps: only the per-step costs by window width and cache range (L = 8192); "
-                         "samplers: only ceilings and the samplers' step modes")
+                         "samplers: only ceilings and the samplers' step modes; training: only ms per training step")
     ap.add_argument("--modes", default="dynamic,graph,compiled",
                     help="sampler step modes to time (comma-separated; see harness/nn/steps.py)")
+    ap.add_argument("--train-compile", action="store_true",
+                    help="also time training with the trunk compiled (train.compile: true)")
     ap.add_argument("--samplers", default=None,
                     help="only these models' samplers (comma-separated: ar, esolm-b, bd3lm, mdlm)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_bench needs a CUDA device")
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    if args.only == "steps":
-        result["step_costs"] = step_costs(8192)
+    if args.only in ("steps", "training"):
+        if args.only == "steps":
+            result["step_costs"] = step_costs(8192)
+        else:
+            result["training"] = training_steps(64, 512, args.train_compile)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
         return
@@ -221,7 +232,7 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
         return
-    result["training"] = training_steps(64, 512)
+    result["training"] = training_steps(64, 512, args.train_compile)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
 

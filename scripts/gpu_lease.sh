@@ -7,6 +7,7 @@
 #   compiled[=a,b]  scripts/gpu_bench.py --only samplers --modes graph,compiled [--samplers a,b]:
 #           graph vs compiled samplers at L = 1024 (compiling adds to each warm-up; default: all five)
 #   steps   scripts/gpu_bench.py --only steps: one step's cost by window width and cache range
+#   train_compiled  scripts/gpu_bench.py --only training --train-compile: training ms/step, eager vs compiled
 #   speed   esolm sweep configs/paper_speed.yaml (resumes from results/paper_speed)
 #   quality[=a,b]  esolm sweep configs/paper_quality.yaml [--entries a,b] (trains, then samples; resumes)
 #   speed_compiled[=a,b]  paper_speed with --set step_mode=compiled into results/paper_speed_compiled
@@ -42,6 +43,10 @@ for stage in "$@"; do
       ;;
     steps)
       timeout "$(left)" python3 scripts/gpu_bench.py --only steps --out "$OUT/steps.json" 2>&1 | tail -12
+      ;;
+    train_compiled)
+      timeout "$(left)" python3 scripts/gpu_bench.py --only training --train-compile --out "$OUT/train_compiled.json" \
+        2>&1 | tail -8
       ;;
     speed|quality|quality=*|speed_compiled|speed_compiled=*)
       name=paper_${stage%%=*}

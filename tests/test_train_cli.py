@@ -76,6 +76,28 @@ def test_interrupted_training_resumes_to_identical_weights(tmp_path, corpus, mon
         load_checkpoint(straight.run_dir(), expect_model="mdlm")
 
 
+def test_compiled_training_matches_eager_and_resumes_either_way(tmp_path, corpus, monkeypatch):
+    """train.compile fuses the trunk with torch.compile: the same checkpoint keys, losses and
+    weights equal to eager's to float tolerance; a run may switch it on or off when resumed."""
+    monkeypatch.setenv("ESOLM_CACHE", str(tmp_path / "cache"))
+    eager = load_train_config(write_config(tmp_path / "a", corpus))
+    compiled = load_train_config(write_config(tmp_path / "b", corpus, compile=True))
+    compiled.train.steps = 3
+    train(eager, progress=False)
+    train(compiled, progress=False)
+    compiled.train.steps, compiled.train.compile = 6, False  # resumed eagerly
+    train(compiled, resume=True, progress=False)
+    a, b = read_state(eager.run_dir()), read_state(compiled.run_dir())
+    assert list(a["model_state"]) == list(b["model_state"])
+    for key in a["model_state"]:
+        torch.testing.assert_close(b["model_state"][key], a["model_state"][key], rtol=1e-4, atol=1e-5)
+    logs = [[json.loads(line) for line in (c.run_dir() / "log.jsonl").read_text().splitlines()]
+            for c in (eager, compiled)]
+    assert [r["step"] for r in logs[1]] == [3, 6]
+    for ra, rb in zip(*logs):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4)
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=120)
 
