@@ -292,12 +292,11 @@ def apply_overrides(data: dict, overrides: list[str] | tuple) -> dict:
     return data
 
 
-def effective_config_text(path: str | Path, overrides: list[str] | tuple) -> str:
+def effective_config_text(path: str | Path, overrides: list[str] | tuple, data: dict) -> str:
     """The config a results folder keeps: the file itself, or with --set the merged config
-    (and the command that made it), so report, rescore and Ray workers read what ran."""
+    ``data`` (and the command that made it), so report, rescore and Ray workers read what ran."""
     if not overrides:
         return Path(path).read_text()
-    data = apply_overrides(read_yaml(path), overrides)
     sets = " ".join(f"--set {shlex.quote(o)}" for o in overrides)
     return f"# {path} {sets}\n" + yaml.safe_dump(data, sort_keys=False)
 
@@ -698,7 +697,7 @@ def forward_cost(model) -> dict:
         return {}
     weights = [p for name, p in net.named_parameters() if not name.startswith("embed.")]
     cfg = getattr(net, "cfg", None)
-    kv = 2 * cfg.n_layers * cfg.d_model * weights[0].element_size() if cfg is not None else None
+    kv = 2 * cfg.n_layers * cfg.d_model * net.head.weight.element_size() if cfg is not None else None  # new_cache's dtype
     return {"matmul_parameters": sum(p.numel() for p in weights),
             "weight_bytes": sum(p.numel() * p.element_size() for p in weights),
             "kv_bytes_per_key": kv}
@@ -880,7 +879,8 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
               report: bool = True, progress: bool = True, reports_root: str | Path = "reports",
               entries: str | list[str] | None = None, overrides: list[str] | tuple = ()) -> Path:
     """Run (or resume) a sweep; returns the results folder ``<results_root>/<name>``."""
-    cfg = load_sweep_config(config_path, overrides)
+    data = apply_overrides(read_yaml(config_path), overrides)  # read and merged once, kept below
+    cfg = parse_sweep_config(data, str(config_path))
     shard_i, shard_n = parse_shard(shard)
     only = parse_entries(cfg, entries)
     if cfg.backend == "ray":
@@ -895,7 +895,7 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
     points = [p for p in expand_points(cfg) if p.index % shard_n == shard_i and (only is None or p.entry in only)]
     results_dir = Path(results_root) / cfg.name
     results_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(results_dir / "config.yaml", effective_config_text(config_path, overrides))
+    write_atomic(results_dir / "config.yaml", effective_config_text(config_path, overrides, data))
     path = results_dir / POINTS_FILE
     repair_tail(path)
     existing = read_points(path)
