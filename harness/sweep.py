@@ -697,7 +697,8 @@ def forward_cost(model) -> dict:
         return {}
     weights = [p for name, p in net.named_parameters() if not name.startswith("embed.")]
     cfg = getattr(net, "cfg", None)
-    kv = 2 * cfg.n_layers * cfg.d_model * net.head.weight.element_size() if cfg is not None else None  # new_cache's dtype
+    # K and V of every layer, in the dtype new_cache allocates (the head's)
+    kv = 2 * cfg.n_layers * cfg.d_model * net.head.weight.element_size() if cfg is not None else None
     return {"matmul_parameters": sum(p.numel() for p in weights),
             "weight_bytes": sum(p.numel() * p.element_size() for p in weights),
             "kv_bytes_per_key": kv}
