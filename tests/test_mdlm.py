@@ -1,5 +1,6 @@
 """MDLM: NELBO values we can derive exactly, the bound on a known distribution, the
-cached sampler against full recomputation, honest work counters, and the float64 tail."""
+sampler's output distribution in closed form, the cached sampler against full
+recomputation, honest work counters, and the float64 tail."""
 
 import math
 
@@ -8,11 +9,11 @@ import torch
 from torch import nn
 
 import baselines.mdlm as mdlm_module
-from baselines.mdlm import MDLM
+from baselines.mdlm import MDLM, ancestral_denoise
 from harness.models import SpecialTokens
 from harness.nn.transformer import BackboneConfig
 from harness.sampling import top_p_filter
-from harness.schedules import SamplingSchedule
+from harness.schedules import LogLinear, SamplingSchedule
 from tests.helpers import CountForwards, SPECIAL, VOCAB, random_batch, tiny_model
 
 EPS = 1e-3
@@ -112,6 +113,72 @@ def test_nelbo_bounds_the_entropy_of_a_known_distribution():
     assert ideal >= entropy
     assert (weights * expected).sum().item() >= (1 - EPS) * (1 - EPS**2) * entropy
     assert ideal - entropy < 0.1, (ideal, entropy)
+
+
+# A stand-in denoiser at L = 2 over 3 tokens ([MASK] = 3) whose conditionals are set by
+# hand: p(x_i | other masked) = MARGINAL[i], p(x_i | other = v) = GIVEN[i][v].  They need
+# not come from one joint distribution: the test is about the sampler's mechanics.
+MARGINAL = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]], dtype=torch.float64)
+GIVEN = torch.tensor([[[0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.8, 0.1, 0.1]],   # x0 given x1 = v
+                      [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]]],  # x1 given x0 = v
+                     dtype=torch.float64)
+
+
+def table_denoiser(z: torch.Tensor):
+    def denoiser(rows):
+        window = z if rows is None else z[rows]
+        columns = []
+        for i in (0, 1):
+            other = window[:, 1 - i]
+            probs = torch.where((other == 3)[:, None], MARGINAL[i], GIVEN[i][other.clamp_max(2)])
+            columns.append(probs.log())
+        return torch.nn.functional.pad(torch.stack(columns, 1), (0, 1))  # + the [MASK] column
+    return denoiser
+
+
+def pair_distribution(same_step: float) -> torch.Tensor:
+    """q(x0, x1) of a sampler that reveals both positions at one step with probability
+    ``same_step`` (each from its all-[MASK] marginal) and otherwise one first, in a uniformly
+    random order, then the other given it."""
+    both = MARGINAL[0][:, None] * MARGINAL[1][None, :]
+    first0 = MARGINAL[0][:, None] * GIVEN[1]
+    first1 = MARGINAL[1][None, :] * GIVEN[0].T
+    return same_step * both + (1 - same_step) / 2 * (first0 + first1)
+
+
+@pytest.mark.parametrize("steps,first_hitting", [(1, False), (2, False), (5, False), (None, True)])
+def test_ancestral_sampler_draws_the_closed_form_pair_distribution(steps, first_hitting):
+    """With the log-linear schedule a position is first revealed at step k with probability
+    (alpha_s - alpha_t)/(1 - alpha_1) = 1/T for every k (eps cancels), so two positions share a
+    step with probability 1/T; first hitting never reveals two at once.  40,000 samples at
+    L = 2 must match pair_distribution(1/T) in every cell within 5 standard errors, and the
+    alternatives (all at once, one at a time) must be far outside that band, so the test can
+    tell a wrong reveal schedule or a stale conditional from the right one."""
+    n = 40_000
+    same = 0.0 if first_hitting else 1 / steps
+    z = torch.full((n, 2), 3, dtype=torch.long)
+    ancestral_denoise(z, table_denoiser(z), mask_id=3, noise=LogLinear(EPS), steps=steps,
+                      generator=torch.Generator().manual_seed(7), top_p=1.0, every_row=False,
+                      first_hitting=first_hitting)
+    freq = torch.bincount(z[:, 0] * 3 + z[:, 1], minlength=9).double().view(3, 3) / n
+    expected = pair_distribution(same)
+    band = 5 * (expected * (1 - expected) / n).sqrt()
+    assert ((freq - expected).abs() < band).all(), (freq, expected)
+    for wrong in {0.0, 1.0, 0.5} - {same}:
+        assert ((pair_distribution(wrong) - expected).abs() > 3 * band).any()
+
+
+def test_ancestral_sampler_gives_the_same_tokens_whichever_rows_it_runs():
+    """Running every row at every step, every row at steps where any reveals (fixed-shape
+    steps), or only the revealing rows consumes the generator identically."""
+    outs = []
+    for every_row, all_rows in [(False, False), (True, False), (False, True)]:
+        z = torch.full((64, 2), 3, dtype=torch.long)
+        ancestral_denoise(z, table_denoiser(z), mask_id=3, noise=LogLinear(EPS), steps=4,
+                          generator=torch.Generator().manual_seed(3), top_p=1.0, every_row=every_row,
+                          all_rows=all_rows)
+        outs.append(z)
+    assert (outs[0] != 3).all() and all(torch.equal(outs[0], o) for o in outs[1:])
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.8])
