@@ -60,6 +60,26 @@ def draw_tokens(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ma
     return torch.cat(out)
 
 
+def reveal_steps(n: int, width: int, *, noise: LogLinear, steps: int | None, first_hitting: bool,
+                 generator, device) -> torch.Tensor:
+    """(n, width): the step at which each position of an all-[MASK] window is revealed.
+
+    Ancestral step k (t = 1 − k/T → s = 1 − (k+1)/T) reveals each still-masked position with
+    probability (alpha_s − alpha_t) / (1 − alpha_t), whatever the tokens and the other
+    positions do.  So a position is first revealed by step k with probability
+    (alpha_{s_k} − alpha_1) / (1 − alpha_1) (the last step, s = 0, takes the rest), and one
+    inverse-CDF draw per position gives the same process as a coin per position per step.
+    (For the log-linear schedule that CDF is (k+1)/T: the step is uniform.)  First hitting
+    reveals one uniformly chosen still-masked position per row per step: a random order.
+    """
+    u = torch.rand((n, width), generator=generator, device=device, dtype=torch.float64)
+    if first_hitting:
+        return u.argsort(dim=1).argsort(dim=1)  # each position's rank in a uniform random order
+    a1 = noise.alpha(1.0)
+    cdf = [(noise.alpha(1 - (k + 1) / steps) - a1) / (1 - a1) for k in range(steps - 1)] + [1.0]
+    return torch.searchsorted(torch.tensor(cdf, dtype=torch.float64, device=device), u, right=True)
+
+
 def ancestral_denoise(
     z: torch.Tensor,
     denoiser: Callable[[torch.Tensor | None], torch.Tensor],
@@ -75,67 +95,63 @@ def ancestral_denoise(
 ) -> tuple[int, int, torch.Tensor]:
     """Denoise z (n, W), all [MASK] on entry, in place — the MDLM sampler on a window.
 
-    Step k goes from t = 1 − k/T to s = 1 − (k+1)/T and reveals each still-masked position
-    with probability (alpha_s − alpha_t) / (1 − alpha_t); the last step (s = 0) reveals all
-    that remain.  ``first_hitting`` instead reveals exactly one position per step, uniformly
-    among the still-masked ones (W steps).  The positions are chosen first; only the revealed
-    rows' logits are gathered and sampled.
+    T steps on t_k = 1 − k/T (``first_hitting``: W steps, one position per row each).  When
+    each position is revealed is drawn up front (:func:`reveal_steps`); at step k the denoiser
+    runs and the positions due at k take Gumbel-max draws from its logits, in (row, position)
+    order.  The plan is read back to the host once, before the loop, so the loop itself never
+    waits on the device: which rows run at a step, and how many draws it takes, are known.
+    (First hitting reads nothing back: every row reveals exactly one position per step.)
 
     ``denoiser(rows)`` returns raw logits (len(rows), W, V) for z[rows] (rows=None: all rows).
     With ``every_row`` it is called for every row at every step (no reuse).  Otherwise a row is
     run only at a step where it reveals something: since the denoiser is time-agnostic and the
     row changed at its previous reveal, that is exactly "reuse p_θ while nothing changed", and
-    no stale logits need storing.  Both modes consume ``generator`` identically — reveal
-    uniforms for all (n, W) positions every step, then Gumbel noise for the revealed positions
-    in row-major order — so they produce the same tokens.
-
-    With ``all_rows`` (fixed-shape steps, harness.nn.steps) a step where any row reveals runs
-    every row, and is counted so.  First-hitting steps read nothing back to the host: every
-    row reveals exactly one position per step, so every row runs and the draw is a gather.
+    no stale logits need storing.  With ``all_rows`` (fixed-shape steps, harness.nn.steps) a
+    step where any row reveals runs every row, and is counted so.  All modes consume
+    ``generator`` identically — the plan's uniforms, then Gumbel noise for each step's reveals —
+    so they produce the same tokens.
 
     Returns (forwards run, Σ rows over forwards, forwards per row).
     """
     n, width = z.shape
-    per_row = torch.zeros(n, dtype=torch.long, device=z.device)
-    forwards = rows_run = 0
     n_steps = width if first_hitting else steps
+    when = reveal_steps(n, width, noise=noise, steps=steps, first_hitting=first_hitting,
+                        generator=generator, device=z.device)
+    # One stable sort lists the reveals in (step, row, position) order: step k's are a slice.
+    order = when.flatten().argsort(stable=True)
+    reveal_rows, reveal_cols = order // width, order % width
+    if first_hitting:
+        due = [[1] * n] * n_steps
+    else:  # due[k][r]: positions row r reveals at step k — the one read-back
+        due = torch.zeros(n, n_steps, dtype=torch.long, device=z.device).scatter_add_(
+            1, when, torch.ones_like(when)).T.tolist()
+    per_row = [0] * n
+    forwards = rows_run = offset = 0
     for k in range(n_steps):
-        masked = z == mask_id
-        u = torch.rand((n, width), generator=generator, device=z.device, dtype=torch.float64)
-        if first_hitting:
-            # Each row still has width − k masked positions: all rows run.  nonzero() of the
-            # one-hot reveal would list (row, first[row]) row by row — the same draws as this.
-            first = u.masked_fill(~masked, -1.0).argmax(dim=1, keepdim=True)
-            logits = denoiser(None)
-            forwards, rows_run = forwards + 1, rows_run + n
-            per_row += 1
-            rows = torch.arange(n, device=z.device)
-            z.scatter_(1, first, draw_tokens(logits, rows, first[:, 0], mask_id, generator, top_p)[:, None])
-            continue
-        t, s = 1 - k / steps, 1 - (k + 1) / steps
-        p = 1.0 if k == steps - 1 else (noise.alpha(s) - noise.alpha(t)) / (1 - noise.alpha(t))
-        reveal = masked & (u < p)
-        need = reveal.any(dim=1)
-        if every_row or bool(need.all()) or (all_rows and bool(need.any())):
-            rows, run = None, torch.ones_like(need)
-        elif bool(need.any()):
-            rows, run = need.nonzero().squeeze(1), need
+        need = [r for r, count in enumerate(due[k]) if count]
+        if every_row or len(need) == n or (all_rows and need):
+            rows, ran = None, range(n)
+        elif need:
+            rows, ran = torch.tensor(need, device=z.device), need
         else:
             continue  # nobody reveals anything: no forward
         logits = denoiser(rows)
-        forwards += 1
-        rows_run += int(run.sum())
-        per_row += run
-        r, c = reveal.nonzero(as_tuple=True)  # row-major: the fixed order of Gumbel draws
-        if r.numel() == 0:
+        forwards, rows_run = forwards + 1, rows_run + len(ran)
+        for r in ran:
+            per_row[r] += 1
+        total = sum(due[k])
+        if total == 0:
             continue
+        r, c = reveal_rows[offset : offset + total], reveal_cols[offset : offset + total]
+        offset += total
         if rows is not None:  # batch row -> its index among the rows that were run
             slot = torch.zeros(n, dtype=torch.long, device=z.device)
-            slot[rows] = torch.arange(rows.numel(), device=z.device)
-            z[r, c] = draw_tokens(logits, slot[r], c, mask_id, generator, top_p)
+            slot[rows] = torch.arange(len(need), device=z.device)
+            r_in_logits = slot[r]
         else:
-            z[r, c] = draw_tokens(logits, r, c, mask_id, generator, top_p)
-    return forwards, rows_run, per_row
+            r_in_logits = r
+        z[r, c] = draw_tokens(logits, r_in_logits, c, mask_id, generator, top_p)
+    return forwards, rows_run, torch.tensor(per_row, dtype=torch.long, device=z.device)
 
 
 class MDLM(LanguageModel):
