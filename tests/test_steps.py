@@ -1,10 +1,12 @@
 """Fixed-shape sampler steps (harness.nn.steps): the path a CUDA graph replays must give the
-plain eager samplers' tokens exactly, and keep its cache and graphs across calls."""
+plain eager samplers' tokens exactly, keep its cache and graphs across calls, and never read
+a value back to the host inside a step loop."""
 
 import shutil
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from harness.nn import masks
 from harness.nn.steps import StaticSteps, bucket, resolve_mode, static_steps
@@ -174,3 +176,56 @@ def test_static_mdlm_across_lengths_and_no_cache_allocated():
         static = sample(model, "static", 2, L, SamplingSchedule(steps=5))
         assert torch.equal(static.tokens, dynamic.tokens)
     assert model._static_steps._cache is None
+
+
+aten = torch.ops.aten
+HOST_READS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
+              aten._unique2.default, aten.unique_consecutive.default, aten.repeat_interleave.Tensor}
+
+
+class ReadBacks(TorchDispatchMode):
+    """Records every op that needs a tensor's values on the host — a scalar read (item, bool,
+    int), a data-dependent shape (nonzero, boolean-mask indexing, masked_select, unique) — and
+    every tolist().  On a GPU each one waits for the queued work, so one per step serialises
+    the loop; on CPU they are invisible to a clock but not to the dispatcher."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.reads = []
+        tolist = torch.Tensor.tolist
+
+        def counted_tolist(t):
+            self.reads.append("tolist")
+            return tolist(t)
+
+        monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        bool_index = func is aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1])
+        if func in HOST_READS or bool_index:
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+@pytest.mark.parametrize("name,options,schedule,reads", [
+    ("ar", {}, lambda L: SamplingSchedule(), lambda L: 0),
+    ("mdlm", {}, lambda L: SamplingSchedule(steps=L // 2), lambda L: 1),  # the reveal plan
+    ("bd3lm", {"block_size": 4}, lambda L: SamplingSchedule(first_hitting=True), lambda L: 0),
+    ("bd3lm", {"block_size": 4}, lambda L: SamplingSchedule(steps=3), lambda L: L // 4),  # a plan per block
+    ("esolm-a", {"alpha_0": 0.5}, lambda L: SamplingSchedule(steps=L // 2, alpha_0=0.25), lambda L: 1),
+    ("esolm-b", {"alpha_0": 0.5}, lambda L: SamplingSchedule(steps=L // 2, alpha_0=1.0), lambda L: 1),
+    ("esolm-b", {"alpha_0": 0.5}, lambda L: SamplingSchedule(blocks=3, alpha_0=0.75), lambda L: 0),
+], ids=["ar", "mdlm", "bd3lm-first-hitting", "bd3lm-steps", "esolm-a", "esolm-b", "esolm-b-blocks"])
+def test_step_loops_read_nothing_back_to_the_host(monkeypatch, mode, name, options, schedule, reads):
+    """Host read-backs come once per sample (MDLM's reveal plan, Eso-LM's reveal counts) or
+    once per block (BD3-LM's plan with T steps), never once per step: the counts are exact
+    and do not grow with the number of steps."""
+    model = tiny_model(name, max_len=32, **options)
+    model.step_mode = mode
+    seen = ReadBacks(monkeypatch)
+    for L in (16, 32):
+        seen.reads.clear()
+        with seen:
+            model.sample(2, L, schedule(L), torch.Generator().manual_seed(0))
+        assert len(seen.reads) == reads(L), seen.reads
