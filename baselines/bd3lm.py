@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from baselines.mdlm import ancestral_denoise, per_sequence_times
+from baselines.mdlm import ancestral_denoise, per_sequence_times, plan_reveals
 from harness.models import NLL, Generation, LanguageModel
 from harness.nn import masks
 from harness.nn.steps import static_steps
@@ -143,6 +143,8 @@ class BD3LM(LanguageModel):
         cache = self.net.new_cache(n, length) if use_cache and steps is None else None
         nfe = tokens_computed = cache_writes = key_reads = 0
         per_row = torch.zeros(n, dtype=torch.long, device=device)
+        plans = plan_reveals(n, Lb, noise=self.noise, steps=schedule.steps, first_hitting=schedule.first_hitting,
+                             generator=generator, device=device, windows=nb)  # every block's, up front
         for b in range(nb):
             lo, hi = b * Lb, (b + 1) * Lb
             block = x[:, lo:hi]  # a view: the sampler fills x in place
@@ -161,9 +163,8 @@ class BD3LM(LanguageModel):
                     return self.net(x[:, :hi], positions[:hi], attend)[:, lo:]
 
             forwards, rows_run, run = ancestral_denoise(
-                block, denoiser, mask_id=self.special.mask, noise=self.noise, steps=schedule.steps,
-                generator=generator, top_p=schedule.top_p, every_row=not use_cache,
-                first_hitting=schedule.first_hitting, all_rows=steps is not None,
+                block, denoiser, plans[b], mask_id=self.special.mask, generator=generator,
+                top_p=schedule.top_p, every_row=not use_cache, all_rows=steps is not None,
             )
             nfe += forwards
             per_row += run

@@ -16,6 +16,7 @@ sample            ancestral, T steps on t_k = 1 − k/T.  Every position starts 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -60,9 +61,20 @@ def draw_tokens(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ma
     return torch.cat(out)
 
 
-def reveal_steps(n: int, width: int, *, noise: LogLinear, steps: int | None, first_hitting: bool,
-                 generator, device) -> torch.Tensor:
-    """(n, width): the step at which each position of an all-[MASK] window is revealed.
+@dataclass
+class RevealPlan:
+    """When each position of one all-[MASK] window (n, W) is revealed.  ``due[k][r]`` (on the
+    host) counts the positions row r reveals at step k; ``rows``/``cols`` list every reveal in
+    (step, row, position) order, so step k's reveals are one contiguous slice."""
+
+    due: list[list[int]]
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+
+def plan_reveals(n: int, width: int, *, noise: LogLinear, steps: int | None, first_hitting: bool,
+                 generator, device, windows: int = 1) -> list[RevealPlan]:
+    """One :class:`RevealPlan` per window (MDLM: the sequence; BD3-LM: each block), drawn up front.
 
     Ancestral step k (t = 1 − k/T → s = 1 − (k+1)/T) reveals each still-masked position with
     probability (alpha_s − alpha_t) / (1 − alpha_t), whatever the tokens and the other
@@ -71,64 +83,61 @@ def reveal_steps(n: int, width: int, *, noise: LogLinear, steps: int | None, fir
     inverse-CDF draw per position gives the same process as a coin per position per step.
     (For the log-linear schedule that CDF is (k+1)/T: the step is uniform.)  First hitting
     reveals one uniformly chosen still-masked position per row per step: a random order.
+    The counts are read back to the host once for all windows (none for first hitting).
     """
-    u = torch.rand((n, width), generator=generator, device=device, dtype=torch.float64)
+    u = torch.rand((n, windows, width), generator=generator, device=device, dtype=torch.float64)
     if first_hitting:
-        return u.argsort(dim=1).argsort(dim=1)  # each position's rank in a uniform random order
-    a1 = noise.alpha(1.0)
-    cdf = [(noise.alpha(1 - (k + 1) / steps) - a1) / (1 - a1) for k in range(steps - 1)] + [1.0]
-    return torch.searchsorted(torch.tensor(cdf, dtype=torch.float64, device=device), u, right=True)
+        n_steps = width
+        when = u.argsort(dim=2).argsort(dim=2)  # each position's rank in a uniform random order
+    else:
+        n_steps = steps
+        a1 = noise.alpha(1.0)
+        cdf = [(noise.alpha(1 - (k + 1) / steps) - a1) / (1 - a1) for k in range(steps - 1)] + [1.0]
+        when = torch.searchsorted(torch.tensor(cdf, dtype=torch.float64, device=device), u, right=True)
+    when = when.transpose(0, 1).reshape(windows, n * width)  # window-major, then row, then position
+    order = when.argsort(dim=1, stable=True)
+    if first_hitting:
+        due = [[[1] * n] * n_steps] * windows
+    else:  # due[w][k][r] — the one read-back
+        counts = torch.zeros(windows, n, n_steps, dtype=torch.long, device=device)
+        due = counts.scatter_add_(2, when.view(windows, n, width), torch.ones_like(when).view(windows, n, width))
+        due = due.transpose(1, 2).tolist()
+    return [RevealPlan(due[w], order[w] // width, order[w] % width) for w in range(windows)]
 
 
 def ancestral_denoise(
     z: torch.Tensor,
     denoiser: Callable[[torch.Tensor | None], torch.Tensor],
+    plan: RevealPlan,
     *,
     mask_id: int,
-    noise: LogLinear,
-    steps: int | None,
     generator,
     top_p: float,
     every_row: bool,
-    first_hitting: bool = False,
     all_rows: bool = False,
 ) -> tuple[int, int, torch.Tensor]:
     """Denoise z (n, W), all [MASK] on entry, in place — the MDLM sampler on a window.
 
-    T steps on t_k = 1 − k/T (``first_hitting``: W steps, one position per row each).  When
-    each position is revealed is drawn up front (:func:`reveal_steps`); at step k the denoiser
-    runs and the positions due at k take Gumbel-max draws from its logits, in (row, position)
-    order.  The plan is read back to the host once, before the loop, so the loop itself never
-    waits on the device: which rows run at a step, and how many draws it takes, are known.
-    (First hitting reads nothing back: every row reveals exactly one position per step.)
+    ``plan`` (:func:`plan_reveals`) says which positions each step reveals: at step k the
+    denoiser runs and those positions take Gumbel-max draws from its logits, in (row,
+    position) order.  The plan's counts are already on the host, so the loop never waits on
+    the device: which rows run at a step, and how many draws it takes, are known.
 
     ``denoiser(rows)`` returns raw logits (len(rows), W, V) for z[rows] (rows=None: all rows).
     With ``every_row`` it is called for every row at every step (no reuse).  Otherwise a row is
     run only at a step where it reveals something: since the denoiser is time-agnostic and the
     row changed at its previous reveal, that is exactly "reuse p_θ while nothing changed", and
     no stale logits need storing.  With ``all_rows`` (fixed-shape steps, harness.nn.steps) a
-    step where any row reveals runs every row, and is counted so.  All modes consume
-    ``generator`` identically — the plan's uniforms, then Gumbel noise for each step's reveals —
-    so they produce the same tokens.
+    step where any row reveals runs every row, and is counted so.  All modes draw the same
+    Gumbel noise for the same reveals, so they produce the same tokens.
 
     Returns (forwards run, Σ rows over forwards, forwards per row).
     """
-    n, width = z.shape
-    n_steps = width if first_hitting else steps
-    when = reveal_steps(n, width, noise=noise, steps=steps, first_hitting=first_hitting,
-                        generator=generator, device=z.device)
-    # One stable sort lists the reveals in (step, row, position) order: step k's are a slice.
-    order = when.flatten().argsort(stable=True)
-    reveal_rows, reveal_cols = order // width, order % width
-    if first_hitting:
-        due = [[1] * n] * n_steps
-    else:  # due[k][r]: positions row r reveals at step k — the one read-back
-        due = torch.zeros(n, n_steps, dtype=torch.long, device=z.device).scatter_add_(
-            1, when, torch.ones_like(when)).T.tolist()
+    n = z.shape[0]
     per_row = [0] * n
     forwards = rows_run = offset = 0
-    for k in range(n_steps):
-        need = [r for r, count in enumerate(due[k]) if count]
+    for due in plan.due:  # one step: due[r] positions of row r
+        need = [r for r, count in enumerate(due) if count]
         if every_row or len(need) == n or (all_rows and need):
             rows, ran = None, range(n)
         elif need:
@@ -139,10 +148,10 @@ def ancestral_denoise(
         forwards, rows_run = forwards + 1, rows_run + len(ran)
         for r in ran:
             per_row[r] += 1
-        total = sum(due[k])
+        total = sum(due)
         if total == 0:
             continue
-        r, c = reveal_rows[offset : offset + total], reveal_cols[offset : offset + total]
+        r, c = plan.rows[offset : offset + total], plan.cols[offset : offset + total]
         offset += total
         if rows is not None:  # batch row -> its index among the rows that were run
             slot = torch.zeros(n, dtype=torch.long, device=z.device)
@@ -225,8 +234,10 @@ class MDLM(LanguageModel):
                 return logits if rows is None else logits[rows]
             return self.net(z if rows is None else z[rows], positions, attend)
 
+        plan = plan_reveals(n, length, noise=self.noise, steps=schedule.steps, first_hitting=False,
+                            generator=generator, device=device)[0]
         forwards, rows_run, per_row = ancestral_denoise(
-            z, denoiser, mask_id=self.special.mask, noise=self.noise, steps=schedule.steps,
-            generator=generator, top_p=schedule.top_p, every_row=not use_cache, all_rows=steps is not None,
+            z, denoiser, plan, mask_id=self.special.mask, generator=generator, top_p=schedule.top_p,
+            every_row=not use_cache, all_rows=steps is not None,
         )
         return Generation(z, nfe=forwards, tokens_computed=rows_run * length, nfe_per_sample=per_row)

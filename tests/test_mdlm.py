@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import baselines.mdlm as mdlm_module
-from baselines.mdlm import MDLM, ancestral_denoise
+from baselines.mdlm import MDLM, ancestral_denoise, plan_reveals
 from harness.models import SpecialTokens
 from harness.nn.transformer import BackboneConfig
 from harness.sampling import top_p_filter
@@ -157,9 +157,10 @@ def test_ancestral_sampler_draws_the_closed_form_pair_distribution(steps, first_
     n = 40_000
     same = 0.0 if first_hitting else 1 / steps
     z = torch.full((n, 2), 3, dtype=torch.long)
-    ancestral_denoise(z, table_denoiser(z), mask_id=3, noise=LogLinear(EPS), steps=steps,
-                      generator=torch.Generator().manual_seed(7), top_p=1.0, every_row=False,
-                      first_hitting=first_hitting)
+    g = torch.Generator().manual_seed(7)
+    plan = plan_reveals(n, 2, noise=LogLinear(EPS), steps=steps, first_hitting=first_hitting, generator=g,
+                        device=None)[0]
+    ancestral_denoise(z, table_denoiser(z), plan, mask_id=3, generator=g, top_p=1.0, every_row=False)
     freq = torch.bincount(z[:, 0] * 3 + z[:, 1], minlength=9).double().view(3, 3) / n
     expected = pair_distribution(same)
     band = 5 * (expected * (1 - expected) / n).sqrt()
@@ -174,8 +175,9 @@ def test_ancestral_sampler_gives_the_same_tokens_whichever_rows_it_runs():
     outs = []
     for every_row, all_rows in [(False, False), (True, False), (False, True)]:
         z = torch.full((64, 2), 3, dtype=torch.long)
-        ancestral_denoise(z, table_denoiser(z), mask_id=3, noise=LogLinear(EPS), steps=4,
-                          generator=torch.Generator().manual_seed(3), top_p=1.0, every_row=every_row,
+        g = torch.Generator().manual_seed(3)
+        plan = plan_reveals(64, 2, noise=LogLinear(EPS), steps=4, first_hitting=False, generator=g, device=None)[0]
+        ancestral_denoise(z, table_denoiser(z), plan, mask_id=3, generator=g, top_p=1.0, every_row=every_row,
                           all_rows=all_rows)
         outs.append(z)
     assert (outs[0] != 3).all() and all(torch.equal(outs[0], o) for o in outs[1:])

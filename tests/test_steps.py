@@ -212,15 +212,15 @@ class ReadBacks(TorchDispatchMode):
     ("ar", {}, lambda L: SamplingSchedule(), lambda L: 0),
     ("mdlm", {}, lambda L: SamplingSchedule(steps=L // 2), lambda L: 1),  # the reveal plan
     ("bd3lm", {"block_size": 4}, lambda L: SamplingSchedule(first_hitting=True), lambda L: 0),
-    ("bd3lm", {"block_size": 4}, lambda L: SamplingSchedule(steps=3), lambda L: L // 4),  # a plan per block
+    ("bd3lm", {"block_size": 4}, lambda L: SamplingSchedule(steps=3), lambda L: 1),  # every block's plan
     ("esolm-a", {"alpha_0": 0.5}, lambda L: SamplingSchedule(steps=L // 2, alpha_0=0.25), lambda L: 1),
     ("esolm-b", {"alpha_0": 0.5}, lambda L: SamplingSchedule(steps=L // 2, alpha_0=1.0), lambda L: 1),
     ("esolm-b", {"alpha_0": 0.5}, lambda L: SamplingSchedule(blocks=3, alpha_0=0.75), lambda L: 0),
 ], ids=["ar", "mdlm", "bd3lm-first-hitting", "bd3lm-steps", "esolm-a", "esolm-b", "esolm-b-blocks"])
 def test_step_loops_read_nothing_back_to_the_host(monkeypatch, mode, name, options, schedule, reads):
-    """Host read-backs come once per sample (MDLM's reveal plan, Eso-LM's reveal counts) or
-    once per block (BD3-LM's plan with T steps), never once per step: the counts are exact
-    and do not grow with the number of steps."""
+    """Host read-backs come once per sample (the reveal plan of MDLM and of BD3-LM with T
+    steps, Eso-LM's reveal counts), never once per step or block: the counts are exact and do
+    not grow with the length or the number of steps."""
     model = tiny_model(name, max_len=32, **options)
     model.step_mode = mode
     seen = ReadBacks(monkeypatch)
