@@ -98,3 +98,21 @@ def test_additive_mask_gives_sdpa_the_same_attention_as_the_boolean_mask():
     add = additive_mask(mask, torch.bfloat16)
     assert add.dtype == torch.bfloat16 and torch.equal(add == 0, mask) and (add[~mask] == float("-inf")).all()
     assert additive_mask(None, torch.float32) is None
+
+
+def test_modulated_norm_is_layer_norm_then_scale_and_shift():
+    """The adaLN modulation folded into LayerNorm's affine (one kernel instead of three) is
+    LayerNorm(h)·scale + shift, and trains the modulation through it."""
+    from harness.nn.transformer import modulated_norm
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 5, 16, generator=g, dtype=torch.float64)
+    scale = torch.randn(16, generator=g, dtype=torch.float64, requires_grad=True)
+    shift = torch.randn(16, generator=g, dtype=torch.float64, requires_grad=True)
+    three_ops = torch.nn.functional.layer_norm(h, (16,)) * scale + shift
+    folded = modulated_norm(h, scale, shift)
+    torch.testing.assert_close(folded, three_ops, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(folded.square().sum(), (scale, shift))
+    expected = torch.autograd.grad(three_ops.square().sum(), (scale, shift))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

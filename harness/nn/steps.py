@@ -15,7 +15,7 @@ Modes (``LanguageModel.step_mode``): ``"dynamic"`` is the plain eager path with 
 shapes (the CPU default); ``"static"`` runs the fixed-shape step eagerly (what the graph
 replays: tests check it gives the dynamic path's tokens exactly); ``"graph"`` captures and
 replays (the CUDA default); ``"compiled"`` first fuses the fixed-shape step with
-torch.compile (a graph replays ~25 kernels per layer, most of them small element-wise ones
+torch.compile (a graph replays ~19 kernels per layer, most of them small element-wise ones
 that inductor fuses into their neighbours), then captures it like ``"graph"`` on CUDA.
 Fused kernels round differently, so compiled logits equal the eager ones to float
 tolerance, not bit for bit.  Sampling (Gumbel noise, argmax) stays outside the graph, so

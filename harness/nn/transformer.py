@@ -103,6 +103,12 @@ def additive_mask(mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
+def modulated_norm(h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """LayerNorm(h)·scale + shift with the modulation as the norm's affine: one kernel where
+    norm, multiply and add were three (a batch-1 decode step is kernel-latency-bound)."""
+    return F.layer_norm(h, h.shape[-1:], scale, shift)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
@@ -123,13 +129,12 @@ class Block(nn.Module):
     def forward(self, h, cos, sin, mask, cache: KVCache | None, layer: int, slots=None, keys: int = 0):
         """``slots`` (N,) long: the static-shape path writes K/V at these cache slots and
         attends over the first ``keys`` slots (see :meth:`Transformer.forward_static`)."""
+        B, N, D = h.shape
         if self.modulation is not None:
             shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation
+            x = modulated_norm(h, 1 + scale1, shift1)
         else:
-            shift1 = scale1 = shift2 = scale2 = 0.0
-            gate1 = gate2 = 1.0
-        B, N, D = h.shape
-        x = self.norm1(h) * (1 + scale1) + shift1
+            x = self.norm1(h)
         qkv = self.qkv(x).view(B, N, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(qkv[:2], cos, sin)  # q and k rotated together
         v = qkv[2]
@@ -146,10 +151,13 @@ class Block(nn.Module):
             mask = mask[:, None]
         if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)  # -inf and 0 are exact in every float dtype
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        h = h + gate1 * self.dropout(self.proj(attn.transpose(1, 2).reshape(B, N, D)))
-        x = self.norm2(h) * (1 + scale2) + shift2
-        return h + gate2 * self.dropout(self.mlp(x))
+        attn = self.dropout(self.proj(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                                      .transpose(1, 2).reshape(B, N, D)))
+        if self.modulation is None:
+            h = h + attn
+            return h + self.dropout(self.mlp(self.norm2(h)))
+        h = torch.addcmul(h, gate1, attn)
+        return torch.addcmul(h, gate2, self.dropout(self.mlp(modulated_norm(h, 1 + scale2, shift2))))
 
 
 class Transformer(nn.Module):
@@ -223,10 +231,11 @@ class Transformer(nn.Module):
         mask = additive_mask(mask, self._attention_dtype(h))  # once, not in every layer
         for layer, block in enumerate(self.blocks):
             h = block(h, cos, sin, mask, cache, layer, slots, keys)
-        h = self.norm(h)
         if self.final_modulation is not None:
             shift, scale = self.final_modulation
-            h = h * (1 + scale) + shift
+            h = modulated_norm(h, 1 + scale, shift)
+        else:
+            h = self.norm(h)
         logits = self.head(h)
         return logits if logits.dtype == torch.float64 else logits.float()
 
