@@ -19,9 +19,13 @@ each other bidirectionally: its diffusion phase recomputes them every step and i
 sequential phase caches a bidirectional (prefix-LM) encoding of the diffusion output.
 
 BOS: position 0 is treated like every other position (maskable, scored, generated), as
-in the MDLM baseline; a trained model puts ~all mass on BOS there.  So NLLs count
-``tokens = L`` (AR counts L − 1) and sampling generates all L tokens: with alpha_0 = 0
-the sampler is left-to-right AR with NFE = L.
+in the MDLM baseline and the paper's sampler.  So NLLs count ``tokens = L`` (AR counts
+L − 1) and sampling generates all L tokens: with alpha_0 = 0 the sampler is left-to-right
+AR with NFE = L.  With rotary positions only, a token sees relative offsets, never its
+absolute index: the first token of the order cannot know it sits at position 0, so a
+sample has BOS there (and EOS at L − 1) only as often as the tokens revealed before it
+give that away — far from always for small models (the BD3-LM reference code instead
+fixes position 0 to BOS before sampling; AR is always given it).
 """
 
 from __future__ import annotations
