@@ -59,7 +59,8 @@ def load_frame(results_dir: str | Path):
     df = pd.DataFrame(flat)
     for col in ("gen_ppl", "gen_ppl_mean", "entropy", "test_ppl", "mauve", "seconds_per_sample", "tokens_per_second",
                 "nfe_per_sample", "nfe", "tokens_computed_per_sample", "degenerate", "alpha_0", "alpha_0_train",
-                "batch_size", "weight_bytes", "matmul_parameters", "key_reads_per_sample", "kv_bytes_per_key"):
+                "batch_size", "weight_bytes", "matmul_parameters", "key_reads_per_sample", "kv_bytes_per_key",
+                "bos_first", "eos_last", "eos_inside_per_sample"):
         if col not in df:
             df[col] = float("nan")
         df[col] = pd.to_numeric(df[col], errors="coerce")
@@ -77,7 +78,8 @@ def aggregate(df):
     keys = ["model_entry", "family", "schedule", "length"]
     numeric = [c for c in ("gen_ppl", "gen_ppl_mean", "entropy", "degenerate", "mauve", "test_ppl", "nfe",
                            "nfe_per_sample", "tokens_computed_per_sample", "seconds_per_sample", "tokens_per_second",
-                           "alpha_0", "alpha_0_train", "floor_seconds_per_sample") if c in df]
+                           "alpha_0", "alpha_0_train", "floor_seconds_per_sample", "bos_first", "eos_last",
+                           "eos_inside_per_sample") if c in df]
     agg = df.groupby(keys, sort=False, dropna=False)[numeric].mean().reset_index()
     agg["seeds"] = df.groupby(keys, sort=False, dropna=False)["seed"].nunique().values
     for col in ("device", "block_size", "first_hitting"):
@@ -779,6 +781,17 @@ def results_table(agg) -> str:
     return md_table(headers, rows, ["l", "l", "l"] + ["r"] * (len(headers) - 3))
 
 
+def boundaries_table(agg) -> str:
+    """BOS at position 0, EOS at L − 1 and EOS inside, per point: a format check the
+    perplexities miss (gen PPL takes the first token as context only)."""
+    rows = [[r["model_entry"], FAMILY_NAMES.get(r["family"], r["family"]), r["schedule"], r["length"],
+             fmt(100 * float(r["bos_first"]), 0), fmt(100 * float(r["eos_last"]), 0),
+             fmt(float(r["eos_inside_per_sample"]), 2)]
+            for _, r in agg.iterrows() if _finite(r["bos_first"])]
+    return md_table(["model entry", "family", "schedule", "L", "BOS at 0 (%)", "EOS at L − 1 (%)",
+                     "EOS inside / sample"], rows, ["l", "l", "l", "r", "r", "r", "r"])
+
+
 def _values(df, col) -> list:
     return sorted({str(v) for v in df[col].dropna()}) if col in df else []
 
@@ -934,6 +947,13 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
             md += ["Measured / floor (x floor; floor as above):", "", by_length_table(agg, "x_floor", times), ""]
     else:
         (out / "speed_vs_length.png").unlink(missing_ok=True)
+    quality = agg["entropy"].map(_finite) | agg["gen_ppl"].map(_finite)
+    if (quality & agg["bos_first"].map(_finite)).any():
+        md += ["## Sample boundaries", "",
+               "Training rows are [BOS] + text + [EOS], so a model that learned the format puts BOS at position 0 "
+               "and EOS at L − 1. AR is given its BOS; MDLM, BD3-LM and Eso-LM generate position 0, and with "
+               "rotary positions only they can place it (and the final EOS) only relative to tokens already "
+               "revealed. EOS inside a sample separates documents.", "", boundaries_table(agg[quality]), ""]
     md += ["## Samples", "", sample_section(df, agg, results_dir), "## Notes", "", *notes(df), ""]
     path = out / "report.md"
     path.write_text("\n".join(md))

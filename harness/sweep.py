@@ -704,6 +704,18 @@ def forward_cost(model) -> dict:
             "kv_bytes_per_key": kv}
 
 
+def sample_boundaries(tokens: torch.Tensor, bos: int, eos: int) -> dict:
+    """Where samples put BOS and EOS.  Every training row is [BOS] + text + [EOS] (SPEC §0
+    wrap packing), so a model that learned the format starts with BOS and ends with EOS; AR
+    is given its BOS, the diffusion samplers generate position 0, and with rotary positions
+    only they can place it (and EOS at L − 1) only relative to tokens already revealed.
+    EOS inside a sample marks document boundaries (the data has one every document)."""
+    inside = tokens[:, 1:-1] == eos
+    return {"bos_first": (tokens[:, 0] == bos).double().mean().item(),
+            "eos_last": (tokens[:, -1] == eos).double().mean().item(),
+            "eos_inside_per_sample": inside.sum(dim=1).double().mean().item()}
+
+
 def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     """Run one point: sample, score, time. Returns (row, sample records)."""
     cfg = ctx.cfg
@@ -751,6 +763,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "tokens_computed_per_sample": tokens_computed / cfg.num_samples,
         "key_reads_per_sample": key_reads / cfg.num_samples,
     }
+    metrics.update(sample_boundaries(tokens, tok.bos_id, tok.eos_id))
     for k, values in extra.items():
         metrics[f"extra_{k}"] = sum(values) / len(values)
     records = [{"i": i, "text": t} for i, t in enumerate(texts)]

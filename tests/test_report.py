@@ -137,6 +137,24 @@ def test_speed_only_sweep_has_no_quality_plots(tmp_path):
     assert "gen PPL" not in out.read_text().split("## Speed vs quality")[0].split("## Results")[1]
 
 
+def test_sample_boundaries_section(tmp_path):
+    """Shown for quality points that carry the boundary counts (rows from before them, and
+    speed-only sweeps, get no section); percentages of samples, EOS inside per sample."""
+    rows = demo_rows()
+    assert "## Sample boundaries" not in rp.write_report(write_results(tmp_path, rows), tmp_path / "a").read_text()
+    rows[0]["metrics"].update(bos_first=1.0, eos_last=0.9375, eos_inside_per_sample=0.125)
+    rows[1]["metrics"].update(bos_first=0.375, eos_last=0.875, eos_inside_per_sample=0.5)
+    md = rp.write_report(write_results(tmp_path / "b", rows), tmp_path / "b" / "r").read_text()
+    section = md.split("## Sample boundaries")[1].split("\n## ")[0]
+    lines = [l for l in section.splitlines() if l.startswith("| ")]
+    assert lines[2:] == ["| ar | AR | default | 64 | 100 | 94 | 0.12 |",
+                         "| mdlm | MDLM | T=8 | 64 | 38 | 88 | 0.50 |"]
+    speed = [row("ar", "ar", "default", float("nan"), 0.1, 1023, length=1024, entropy=None)]
+    speed[0]["metrics"].update(gen_ppl=None, bos_first=0.0, eos_last=0.0, eos_inside_per_sample=3.0)
+    assert "## Sample boundaries" not in rp.write_report(write_results(tmp_path / "c", speed),
+                                                         tmp_path / "c" / "r").read_text()
+
+
 def test_empty_results_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="run 'esolm sweep CONFIG' first"):

@@ -477,3 +477,15 @@ def test_shipped_configs_parse(name):
     assert points and len({p.key for p in points}) == len(points)
     families = {m.family for m in cfg.models}
     assert {"ar", "mdlm", "bd3lm", "esolm-b"} <= families
+
+
+def test_sample_boundaries_count_bos_first_eos_last_and_eos_inside():
+    import torch
+
+    B, E = 7, 8
+    tokens = torch.tensor([[B, 1, 2, E, 3, E],    # the training format, one document boundary
+                           [B, 1, 2, 3, 4, 5],    # no final EOS
+                           [E, E, E, 1, 2, E]])   # EOS first (BOS == EOS in GPT-2 would count it)
+    assert sw.sample_boundaries(tokens, bos=B, eos=E) == {
+        "bos_first": 2 / 3, "eos_last": 2 / 3, "eos_inside_per_sample": (1 + 0 + 2) / 3}
+    assert sw.sample_boundaries(tokens, bos=E, eos=E)["bos_first"] == 1 / 3
