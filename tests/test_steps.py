@@ -207,8 +207,7 @@ class ReadBacks(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("mode", ["static", "dynamic"])
-@pytest.mark.parametrize("name,options,schedule,reads", [
+READ_CASES = [  # (model, options, schedule at L, host read-backs per sample at L)
     ("ar", {}, lambda L: SamplingSchedule(), lambda L: 0),
     ("mdlm", {}, lambda L: SamplingSchedule(steps=L // 2), lambda L: 1),  # the reveal plan
     ("bd3lm", {"block_size": 4}, lambda L: SamplingSchedule(first_hitting=True), lambda L: 0),
@@ -216,7 +215,12 @@ class ReadBacks(TorchDispatchMode):
     ("esolm-a", {"alpha_0": 0.5}, lambda L: SamplingSchedule(steps=L // 2, alpha_0=0.25), lambda L: 1),
     ("esolm-b", {"alpha_0": 0.5}, lambda L: SamplingSchedule(steps=L // 2, alpha_0=1.0), lambda L: 1),
     ("esolm-b", {"alpha_0": 0.5}, lambda L: SamplingSchedule(blocks=3, alpha_0=0.75), lambda L: 0),
-], ids=["ar", "mdlm", "bd3lm-first-hitting", "bd3lm-steps", "esolm-a", "esolm-b", "esolm-b-blocks"])
+]
+READ_IDS = ["ar", "mdlm", "bd3lm-first-hitting", "bd3lm-steps", "esolm-a", "esolm-b", "esolm-b-blocks"]
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+@pytest.mark.parametrize("name,options,schedule,reads", READ_CASES, ids=READ_IDS)
 def test_step_loops_read_nothing_back_to_the_host(monkeypatch, mode, name, options, schedule, reads):
     """Host read-backs come once per sample (the reveal plan of MDLM and of BD3-LM with T
     steps, Eso-LM's reveal counts), never once per step or block: the counts are exact and do
@@ -229,3 +233,28 @@ def test_step_loops_read_nothing_back_to_the_host(monkeypatch, mode, name, optio
         with seen:
             model.sample(2, L, schedule(L), torch.Generator().manual_seed(0))
         assert len(seen.reads) == reads(L), seen.reads
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA sync debug mode needs a CUDA device")
+@pytest.mark.parametrize("name,options,schedule,reads", READ_CASES, ids=READ_IDS)
+def test_cuda_graph_step_loops_do_not_synchronise_per_step(name, options, schedule, reads):
+    """The same property on the device: in graph mode, the synchronising CUDA calls that
+    torch's sync debug mode reports in one sample (graphs already captured) do not grow with
+    the length or the number of steps."""
+    import warnings
+
+    model = tiny_model(name, max_len=32, dtype=torch.float32, **options).cuda()
+    model.step_mode = "graph"
+    counts = []
+    for L in (16, 32):
+        model.sample(2, L, schedule(L), torch.Generator("cuda").manual_seed(0))  # captures this L's graphs
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model.sample(2, L, schedule(L), torch.Generator("cuda").manual_seed(0))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert counts[0] == counts[1], counts  # steps and length double between the two
