@@ -6,8 +6,9 @@ and writes a copy of the results folder (default ``RESULTS_DIR_<evaluator slug>`
 rows carry gen_ppl (and, with ``mauve=True``, MAUVE) under the new evaluator; every other
 field (speed, test_ppl, entropy, ...) is copied unchanged.  RESULTS_DIR is never written.
 
-The output is resumable: keys already re-scored there with the same evaluator are
-skipped and new rows are appended (the newest row of a key wins on read, as in reports).
+The output is resumable: keys already re-scored there with the same evaluator, from the
+same source row (its timestamp), are skipped and new rows are appended (the newest row of a
+key wins on read, as in reports).
 """
 
 from __future__ import annotations
@@ -121,8 +122,12 @@ def rescore(results_dir, evaluator_spec: str, out_dir=None, mauve: bool = False,
     out_points = out_dir / sw.POINTS_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
     sw.repair_tail(out_points)
+    # A point is done when this evaluator scored the source row it has now: a point the sweep
+    # has re-run since (a newer timestamp, e.g. after a sampler change) is scored again.
+    source_time = {r["key"]: r.get("timestamp") for r in rows}
     done = {r["key"] for r in sw.read_points(out_points)
             if r.get("metrics", {}).get("rescore_evaluator") == evaluator.name
+            and r.get("timestamp") == source_time.get(r["key"])
             and (r["metrics"].get("rescore_mauve") or not mauve or r["metrics"].get("rescore_note") == NO_SAMPLES)}
     if (results_dir / "config.yaml").is_file():
         shutil.copyfile(results_dir / "config.yaml", out_dir / "config.yaml")

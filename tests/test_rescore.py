@@ -97,6 +97,26 @@ def test_rescore_copies_rows_with_new_gen_ppl(sweep_dir, capsys):
     assert (out / "README.md").read_text() == "notes on these results\n"
 
 
+def test_a_point_the_sweep_reran_is_scored_again(sweep_dir, tmp_path, capsys):
+    """Resuming skips a key only if its re-scored row came from the source row there now."""
+    import shutil
+
+    source = tmp_path / "t"
+    shutil.copytree(sweep_dir, source)
+    spec = f"ar:{checkpoint_of(sweep_dir, 'ar2')}"
+    out = rescore(source, spec, out_dir=tmp_path / "o", progress=False)
+    rerun = copy.deepcopy(sw.latest_rows(sw.read_points(source))["m/T=2/L16/s0"])
+    rerun["timestamp"] = "2099-01-01T00:00:00+00:00"
+    rerun["metrics"]["nfe"] = 99.0
+    sw.append_row(source / sw.POINTS_FILE, rerun)
+    n_before = len(sw.read_points(out))
+    rescore(source, spec, out_dir=out, progress=False)
+    assert len(sw.read_points(out)) == n_before + 1  # that point only
+    row = sw.latest_rows(sw.read_points(out))["m/T=2/L16/s0"]
+    assert row["timestamp"] == rerun["timestamp"] and row["metrics"]["nfe"] == 99.0
+    assert "already in" in capsys.readouterr().err
+
+
 def test_rescore_mauve_uses_the_entrys_test_split(sweep_dir, tmp_path, monkeypatch):
     """Reference texts rebuilt from the train block are the ones the sweep would use with the
     checkpoint; mauve_score itself is stubbed (importing mauve-text alone takes seconds)."""
