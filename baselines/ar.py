@@ -41,11 +41,18 @@ class AR(LanguageModel):
         return NLL(self.token_nll(x0).sum(dim=1), tokens=x0.shape[1] - 1, exact=True, estimator="exact")
 
     @torch.no_grad()
-    def sample(self, n, length, schedule: SamplingSchedule, generator=None, use_cache=True) -> Generation:
+    def sample(self, n, length, schedule: SamplingSchedule, generator=None, use_cache=True,
+               prefix=None) -> Generation:
+        """BOS is always given (``schedule.given_bos`` changes nothing); a longer prefix is fed
+        one token per forward like the samples, so NFE stays L − 1."""
         schedule.require_only("ar")
         self.check_length(length)
         device = self.device
         tokens = torch.full((n, length), self.special.bos, dtype=torch.long, device=device)
+        prefix = self.given_prefix(n, length, schedule, prefix)
+        given = 1 if prefix is None else prefix.shape[1]
+        if prefix is not None:
+            tokens[:, :given] = prefix
         tokens_computed = key_reads = 0
         steps = static_steps(self, n, length) if use_cache else None
         cache = self.net.new_cache(n, length) if use_cache and steps is None else None
@@ -64,5 +71,6 @@ class AR(LanguageModel):
                 logits = self.net(window, torch.arange(i, device=device), masks.causal(i, device))
             tokens_computed += window.numel()
             key_reads += n * i if use_cache else 0  # the cached step attends to slots [0, i)
-            tokens[:, i] = sample_tokens(self.subs_logits(logits[:, -1]), generator, schedule.top_p)
+            if i >= given:
+                tokens[:, i] = sample_tokens(self.subs_logits(logits[:, -1]), generator, schedule.top_p)
         return Generation(tokens, nfe=length - 1, tokens_computed=tokens_computed, key_reads=key_reads)

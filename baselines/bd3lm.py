@@ -118,8 +118,10 @@ class BD3LM(LanguageModel):
 
     # --- sampling ---------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n, length, schedule: SamplingSchedule, generator=None, use_cache=True) -> Generation:
+    def sample(self, n, length, schedule: SamplingSchedule, generator=None, use_cache=True,
+               prefix=None) -> Generation:
         """Block-by-block sampling; schedule.steps per block, or schedule.first_hitting.
+        A given prefix fills its blocks (they only write the cache) and the start of the next.
 
         use_cache=True: each denoising forward runs only the current block's L' queries (and
         only the rows that reveal a token at that step) against the KV cache of finished
@@ -136,15 +138,21 @@ class BD3LM(LanguageModel):
         self.check_length(length)
         Lb, nb = self.block_size, self.blocks(length)
         device = self.device
+        prefix = self.given_prefix(n, length, schedule, prefix)
+        given = 0 if prefix is None else prefix.shape[1]
         x = torch.full((n, length), self.special.mask, dtype=torch.long, device=device)
+        if prefix is not None:
+            x[:, :given] = prefix
         positions = torch.arange(length, device=device)
         # Fixed-shape steps pad a block to a power of two: scratch slots past the end.
         steps = static_steps(self, n, length + Lb) if use_cache else None
         cache = self.net.new_cache(n, length) if use_cache and steps is None else None
         nfe = tokens_computed = cache_writes = key_reads = 0
         per_row = torch.zeros(n, dtype=torch.long, device=device)
+        first = given // Lb  # blocks before it are all given
         plans = plan_reveals(n, Lb, noise=self.noise, steps=schedule.steps, first_hitting=schedule.first_hitting,
-                             generator=generator, device=device, windows=nb)  # every block's, up front
+                             generator=generator, device=device, windows=nb - first,
+                             given=given - first * Lb)  # every block's, up front
         for b in range(nb):
             lo, hi = b * Lb, (b + 1) * Lb
             block = x[:, lo:hi]  # a view: the sampler fills x in place
@@ -162,8 +170,8 @@ class BD3LM(LanguageModel):
                 def denoiser(rows, lo=lo, hi=hi, attend=attend):
                     return self.net(x[:, :hi], positions[:hi], attend)[:, lo:]
 
-            forwards, rows_run, run = ancestral_denoise(
-                block, denoiser, plans[b], mask_id=self.special.mask, generator=generator,
+            forwards, rows_run, run = (0, 0, 0) if b < first else ancestral_denoise(
+                block, denoiser, plans[b - first], mask_id=self.special.mask, generator=generator,
                 top_p=schedule.top_p, every_row=not use_cache, all_rows=steps is not None,
             )
             nfe += forwards

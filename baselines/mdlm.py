@@ -73,7 +73,7 @@ class RevealPlan:
 
 
 def plan_reveals(n: int, width: int, *, noise: LogLinear, steps: int | None, first_hitting: bool,
-                 generator, device, windows: int = 1) -> list[RevealPlan]:
+                 generator, device, windows: int = 1, given: int = 0) -> list[RevealPlan]:
     """One :class:`RevealPlan` per window (MDLM: the sequence; BD3-LM: each block), drawn up front.
 
     Ancestral step k (t = 1 − k/T → s = 1 − (k+1)/T) reveals each still-masked position with
@@ -84,24 +84,28 @@ def plan_reveals(n: int, width: int, *, noise: LogLinear, steps: int | None, fir
     (For the log-linear schedule that CDF is (k+1)/T: the step is uniform.)  First hitting
     reveals one uniformly chosen still-masked position per row per step: a random order.
     The counts are read back to the host once for all windows (none for first hitting).
+    The first ``given`` positions of the first window are clean already (a prefix): they get
+    a step past the last, so they sort after every reveal and are never drawn.
     """
     u = torch.rand((n, windows, width), generator=generator, device=device, dtype=torch.float64)
     if first_hitting:
         n_steps = width
+        u[:, 0, :given] = 2.0  # ranked last, behind the positions still to reveal
         when = u.argsort(dim=2).argsort(dim=2)  # each position's rank in a uniform random order
     else:
         n_steps = steps
         a1 = noise.alpha(1.0)
         cdf = [(noise.alpha(1 - (k + 1) / steps) - a1) / (1 - a1) for k in range(steps - 1)] + [1.0]
         when = torch.searchsorted(torch.tensor(cdf, dtype=torch.float64, device=device), u, right=True)
+    when[:, 0, :given] = n_steps  # never
     when = when.transpose(0, 1).reshape(windows, n * width)  # window-major, then row, then position
     order = when.argsort(dim=1, stable=True)
     if first_hitting:
-        due = [[[1] * n] * n_steps] * windows
+        due = [[[1] * n] * (n_steps - (given if w == 0 else 0)) for w in range(windows)]
     else:  # due[w][k][r] — the one read-back
-        counts = torch.zeros(windows, n, n_steps, dtype=torch.long, device=device)
+        counts = torch.zeros(windows, n, n_steps + 1, dtype=torch.long, device=device)
         due = counts.scatter_add_(2, when.view(windows, n, width), torch.ones_like(when).view(windows, n, width))
-        due = due.transpose(1, 2).tolist()
+        due = due[:, :, :n_steps].transpose(1, 2).tolist()
     return [RevealPlan(due[w], order[w] // width, order[w] % width) for w in range(windows)]
 
 
@@ -116,7 +120,8 @@ def ancestral_denoise(
     every_row: bool,
     all_rows: bool = False,
 ) -> tuple[int, int, torch.Tensor]:
-    """Denoise z (n, W), all [MASK] on entry, in place — the MDLM sampler on a window.
+    """Denoise z (n, W), [MASK] on entry where the plan reveals, in place — the MDLM sampler
+    on a window.
 
     ``plan`` (:func:`plan_reveals`) says which positions each step reveals: at step k the
     denoiser runs and those positions take Gumbel-max draws from its logits, in (row,
@@ -207,8 +212,10 @@ class MDLM(LanguageModel):
 
     # --- sampling ---------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n, length, schedule: SamplingSchedule, generator=None, use_cache=True) -> Generation:
-        """Ancestral sampling from all-[MASK] with T = schedule.steps (any T ≥ 1, T > L allowed).
+    def sample(self, n, length, schedule: SamplingSchedule, generator=None, use_cache=True,
+               prefix=None) -> Generation:
+        """Ancestral sampling from all-[MASK] (but the given prefix) with T = schedule.steps
+        (any T ≥ 1, T > L allowed).
 
         use_cache=True runs a row only at steps where it reveals a token (time-agnostic reuse);
         use_cache=False runs every row at every step.  Same tokens for the same generator.
@@ -222,7 +229,11 @@ class MDLM(LanguageModel):
             raise ValueError("mdlm needs schedule.steps (the number of denoising steps T)")
         self.check_length(length)
         device = self.device
+        prefix = self.given_prefix(n, length, schedule, prefix)
+        given = 0 if prefix is None else prefix.shape[1]
         z = torch.full((n, length), self.special.mask, dtype=torch.long, device=device)
+        if prefix is not None:
+            z[:, :given] = prefix
         positions = torch.arange(length, device=device)
         attend = masks.bidirectional(length, device)
 
@@ -235,7 +246,7 @@ class MDLM(LanguageModel):
             return self.net(z if rows is None else z[rows], positions, attend)
 
         plan = plan_reveals(n, length, noise=self.noise, steps=schedule.steps, first_hitting=False,
-                            generator=generator, device=device)[0]
+                            generator=generator, device=device, given=given)[0]
         forwards, rows_run, per_row = ancestral_denoise(
             z, denoiser, plan, mask_id=self.special.mask, generator=generator, top_p=schedule.top_p,
             every_row=not use_cache, all_rows=steps is not None,

@@ -244,10 +244,14 @@ class EsoLM(LanguageModel):
             return masks.cached_causal(n_new, n_cached, self.device)
         return masks.cached_prefix_lm(n_new, n_cached, n_clean, self.device)
 
-    def decode(self, order: torch.Tensor, n_diff: int, counts: list[int], pick, use_cache: bool = True):
+    def decode(self, order: torch.Tensor, n_diff: int, counts: list[int], pick, use_cache: bool = True,
+               prefix: torch.Tensor | None = None):
         """Fill the sorted sequence, ``counts[i]`` tokens at step i (the diffusion counts,
         then 1 per sequential position).  ``pick(logits (n, k, V), start, stop)`` returns the
         tokens for sorted indices [start, stop) (a sampler draws them; a test can force them).
+        A ``prefix`` (n, P) holds sorted indices [0, P), clean from the start: the first window
+        carries it in like tokens revealed at a previous step.  ``n_diff`` counts the clean
+        tokens before the sequential phase, prefix included.
 
         Cached (B), and (A)'s sequential phase: the window is [tokens revealed at the previous
         step (now clean: their K/V are committed)] + [the k [MASK] queries (scratch slots)],
@@ -262,7 +266,10 @@ class EsoLM(LanguageModel):
         # Fixed-shape steps pad the window to a power of two (< 2L): scratch slots up to 2L.
         steps = static_steps(self, n, 2 * L) if use_cache else None
         cache = self.net.new_cache(n, L) if use_cache and steps is None else None
-        revealed = committed = computed = key_reads = 0  # sorted indices [0, committed) hold K/V in the cache
+        committed = computed = key_reads = 0  # sorted indices [0, committed) hold K/V in the cache
+        revealed = 0 if prefix is None else prefix.shape[1]
+        if prefix is not None:
+            x[:, :revealed] = prefix
         for k in counts:
             stop = revealed + k
             diffusion = revealed < n_diff
@@ -297,9 +304,11 @@ class EsoLM(LanguageModel):
         return self._sequential_logits(z, x, order, n_diff)
 
     @torch.no_grad()
-    def sample(self, n, length, schedule: SamplingSchedule, generator=None, use_cache=True) -> Generation:
+    def sample(self, n, length, schedule: SamplingSchedule, generator=None, use_cache=True,
+               prefix=None) -> Generation:
         """alpha_0 = schedule.alpha_0 (default: the training one); steps or blocks for the
-        diffusion phase.  NFE = non-empty diffusion steps + (L − round(alpha_0·L))."""
+        diffusion phase.  NFE = non-empty diffusion steps + (G − round(alpha_0·G)) over the
+        G = L − P positions not given by a prefix (its P tokens come first in the order)."""
         schedule.require_only(self.name, "steps", "alpha_0", "blocks")
         self.check_length(length)
         a = self.alpha_0 if schedule.alpha_0 is None else schedule.alpha_0
@@ -307,16 +316,21 @@ class EsoLM(LanguageModel):
             raise ValueError(f"{self.name}: give schedule steps or blocks, not both")
         if a > 0 and schedule.steps is None and schedule.blocks is None:
             raise ValueError(f"{self.name}: alpha_0 = {a:g} > 0 needs schedule steps or blocks for the diffusion phase")
-        n_diff = round(a * length)
+        prefix = self.given_prefix(n, length, schedule, prefix)
+        given = 0 if prefix is None else prefix.shape[1]
+        free = length - given
+        n_diff = round(a * free)
         counts = self.reveal_counts(n_diff, schedule, a, generator)
-        order = self.draw_order(n, length, n_diff, generator)
-        x, computed, key_reads = self.decode(order, n_diff, counts + [1] * (length - n_diff),
+        order = given + self.draw_order(n, free, n_diff, generator)
+        if prefix is not None:
+            order = torch.cat([torch.arange(given, device=self.device).expand(n, given), order], 1)
+        x, computed, key_reads = self.decode(order, given + n_diff, counts + [1] * (free - n_diff),
                                   lambda logits, start, stop: sample_tokens(logits, generator, schedule.top_p),
-                                  use_cache)
+                                  use_cache, prefix)
         tokens = x.gather(1, order.argsort(1))
         extra = dict(alpha_0=a, diffusion_positions=n_diff, diffusion_steps=len(counts),
-                     sequential_steps=length - n_diff, reveal_counts=counts)
-        return Generation(tokens, nfe=len(counts) + length - n_diff, tokens_computed=computed, extra=extra,
+                     sequential_steps=free - n_diff, reveal_counts=counts)
+        return Generation(tokens, nfe=len(counts) + free - n_diff, tokens_computed=computed, extra=extra,
                           key_reads=key_reads)
 
 

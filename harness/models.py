@@ -98,7 +98,9 @@ class LanguageModel(nn.Module):
         raise NotImplementedError
 
     def sample(self, n: int, length: int, schedule: SamplingSchedule, generator: torch.Generator | None = None,
-               use_cache: bool = True) -> Generation:
+               use_cache: bool = True, prefix: torch.Tensor | None = None) -> Generation:
+        """``prefix`` (P,) or (n, P) tokens are given at positions [0, P) and the sampler fills
+        the rest conditioned on them (``schedule.given_bos``: the prefix is BOS)."""
         raise NotImplementedError
 
     def options(self) -> dict:
@@ -118,6 +120,23 @@ class LanguageModel(nn.Module):
             )
         if length < 2:
             raise ValueError(f"length must be at least 2 (BOS + one token), got {length}")
+
+    def given_prefix(self, n: int, length: int, schedule: SamplingSchedule,
+                     prefix: torch.Tensor | None) -> torch.Tensor | None:
+        """The tokens given at positions [0, P) as an (n, P) long tensor on the model's device,
+        or None when nothing is given (P = 0)."""
+        if prefix is None and schedule.given_bos:
+            prefix = torch.tensor([self.special.bos])
+        if prefix is None:
+            return None
+        prefix = torch.as_tensor(prefix, dtype=torch.long, device=self.device)
+        prefix = prefix.expand(n, -1) if prefix.dim() == 1 else prefix
+        if prefix.shape[0] != n or not 0 < prefix.shape[1] < length:
+            raise ValueError(f"prefix shape {tuple(prefix.shape)}: give (P,) or ({n}, P) tokens with 0 < P < "
+                             f"length {length}")
+        if (prefix == self.special.mask).any():
+            raise ValueError("prefix contains the [MASK] id: give clean tokens only")
+        return prefix
 
     def subs_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """SUBS parameterisation: a model never predicts [MASK]."""

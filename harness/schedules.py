@@ -37,6 +37,11 @@ def antithetic_times(n: int, eps: float, generator=None, device=None) -> torch.T
     return eps + (1 - eps) * t
 
 
+SHORT_NAMES = {"steps": "T", "alpha_0": "a0", "blocks": "blocks", "first_hitting": "fh", "top_p": "p",
+               "given_bos": "bos"}
+COMMON_FIELDS = ["top_p", "given_bos"]  # every sampler reads these
+
+
 class SamplingSchedule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -45,16 +50,18 @@ class SamplingSchedule(BaseModel):
     blocks: int | None = Field(None, ge=1, description="Eso-LM: reveal the diffusion positions in this many equal chunks")
     first_hitting: bool = Field(False, description="BD3-LM: reveal exactly one token per step")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (1 = plain sampling)")
+    given_bos: bool = Field(False, description="start every sample from BOS at position 0, as AR always does (and "
+                            "the BD3-LM reference sampler); otherwise the diffusion samplers generate position 0")
 
     def label(self) -> str:
         parts = []
         for key, value in self.model_dump(exclude_defaults=True).items():
-            short = {"steps": "T", "alpha_0": "a0", "blocks": "blocks", "first_hitting": "fh", "top_p": "p"}[key]
+            short = SHORT_NAMES[key]
             parts.append(f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}")
         return ",".join(parts) or "default"
 
     def require_only(self, model: str, *allowed: str) -> None:
-        used = set(self.model_dump(exclude_defaults=True)) - {"top_p"}
+        used = set(self.model_dump(exclude_defaults=True)) - set(COMMON_FIELDS)
         extra = sorted(used - set(allowed))
         if extra:
-            raise ValueError(f"{model} does not use schedule field(s) {extra}; allowed: {sorted(allowed) + ['top_p']}")
+            raise ValueError(f"{model} does not use schedule field(s) {extra}; allowed: {sorted(allowed) + COMMON_FIELDS}")

@@ -63,7 +63,7 @@ from pydantic import Field, field_validator, model_validator
 
 from harness.config import ConfigError, DataSpec, Strict, TrainConfig, parse, read_yaml, resolve_device
 from harness.nn.steps import FALLBACKS, resolve_mode
-from harness.schedules import SamplingSchedule
+from harness.schedules import SHORT_NAMES, SamplingSchedule
 
 METRICS = ("test_ppl", "gen_ppl", "entropy", "mauve", "speed")
 FAMILIES = ("ar", "mdlm", "bd3lm", "esolm-a", "esolm-b")
@@ -385,7 +385,7 @@ def group_label(schedule: SamplingSchedule, raw: dict) -> str:
     """Like ``schedule.label()`` but with the config's length expressions ("T=L/8")."""
     if not any(isinstance(v, str) for v in raw.values()):
         return schedule.label()
-    short = {"steps": "T", "alpha_0": "a0", "blocks": "blocks", "first_hitting": "fh", "top_p": "p"}
+    short = SHORT_NAMES
     parts = []
     for key, value in schedule.model_dump(exclude_defaults=True).items():
         value = raw[key] if isinstance(raw.get(key), str) else value
