@@ -75,6 +75,8 @@ def schedule_from_args(args):
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.first_hitting:
         fields["first_hitting"] = True
+    if getattr(args, "given_bos", False):
+        fields["given_bos"] = True
     return SamplingSchedule(**fields)
 
 
@@ -84,7 +86,12 @@ def cmd_sample(args) -> None:
     loaded = load_checkpoint(args.checkpoint, device=_device(args.device))
     length = args.length or loaded.model.backbone_config.max_len
     generator = torch.Generator(device=loaded.model.device).manual_seed(args.seed)
-    gen = loaded.model.sample(args.n, length, schedule_from_args(args), generator)
+    prefix = None
+    if args.prompt is not None:  # the prompt follows BOS, as every training row does
+        prefix = torch.tensor([loaded.tokenizer.bos_id] + list(loaded.tokenizer.encode(args.prompt)))
+        if len(prefix) >= length:
+            raise ValueError(f"--prompt is {len(prefix)} tokens with BOS; give a --length above that")
+    gen = loaded.model.sample(args.n, length, schedule_from_args(args), generator, prefix=prefix)
     for i, row in enumerate(gen.tokens.tolist()):
         print(f"--- sample {i} ---")
         print(loaded.tokenizer.decode(row))
@@ -162,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=int, help="Eso-LM: diffusion positions revealed in this many chunks")
     p.add_argument("--first-hitting", action="store_true", help="BD3-LM: one token per step")
     p.add_argument("--top-p", type=float)
+    p.add_argument("--given-bos", action="store_true",
+                   help="start from BOS at position 0 (AR always does; the diffusion samplers otherwise generate it)")
+    p.add_argument("--prompt", help="text the samples continue (given after BOS; every model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_sample)

@@ -34,8 +34,13 @@ Sequences always start with the tokenizer's BOS, as in training.
   * others: the document is cut into consecutive chunks of max_len − 1 tokens, each
     scored as ``[BOS] + chunk`` by the model's estimator, independently (no context across
     chunks).  Note that these models' ``nll`` also counts the BOS position.
-- ``generate_until``: AR only (greedy unless ``do_sample``), with a KV cache.  The other
-  models' samplers take no prompt, so they raise ``NotImplementedError``.
+- ``generate_until``:
+  * AR: greedy unless ``do_sample``, with a KV cache.
+  * every other model: its own sampler from the prompt as a given prefix ([BOS] + context),
+    always sampling (a diffusion sampler has no greedy path); ``max_gen_toks`` new
+    positions, cut at the first EOS and at ``until``.  The schedule comes from the model
+    args ``steps``, ``alpha_0``, ``blocks``, ``first_hitting`` (defaults: one step per new
+    token, BD3-LM first hitting, Eso-LM its training alpha_0).
 """
 
 from __future__ import annotations
@@ -85,16 +90,22 @@ class EsoLMHarnessLM(LM):
     (default 8), ``device`` (default cuda if available), ``seed`` (0: Monte-Carlo
     estimators and sampling are seeded per call), ``draws`` (NELBO draws for non-AR
     models), ``exact_order`` (Eso-LM: use the exact single-order likelihood),
-    ``max_gen_toks`` (default 256).
+    ``max_gen_toks`` (default 256); for the diffusion models' generation ``steps``,
+    ``alpha_0``, ``blocks`` and ``first_hitting`` (their sampling schedule).
     """
 
     def __init__(self, checkpoint: str | None = None, batch_size=8, device: str | None = None, seed: int = 0,
                  draws: int | None = None, exact_order: bool = False, max_gen_toks: int = 256,
-                 max_batch_size=None, **unknown):
+                 max_batch_size=None, steps=None, alpha_0=None, blocks=None, first_hitting=None, **unknown):
         super().__init__()
         if unknown:
             raise ValueError(f"unknown esolm model arg(s) {sorted(unknown)}; allowed: checkpoint, batch_size, device, "
-                             f"seed, draws, exact_order, max_gen_toks")
+                             f"seed, draws, exact_order, max_gen_toks, steps, alpha_0, blocks, first_hitting")
+        self._schedule_args = {"steps": None if steps is None else _as_int(steps, "steps", 1),
+                               "blocks": None if blocks is None else _as_int(blocks, "blocks", 1),
+                               "alpha_0": None if alpha_0 is None else float(alpha_0),
+                               "first_hitting": None if first_hitting is None
+                               else str(first_hitting).lower() in ("1", "true", "yes")}
         if not checkpoint:
             raise ValueError("esolm model needs model_args checkpoint=/path/to/run (or its checkpoint.pt)")
         from harness.checkpoint import load_checkpoint
@@ -250,13 +261,49 @@ class EsoLMHarnessLM(LM):
                 totals[k] -= nats
             return totals
 
+    def generation_schedule(self, new_tokens: int, top_p: float):
+        """The diffusion models' sampling schedule for ``new_tokens`` new positions."""
+        from harness.schedules import SamplingSchedule
+
+        fields = {k: v for k, v in self._schedule_args.items() if v is not None}
+        name = self.model.name
+        if name == "bd3lm" and "steps" not in fields:
+            fields.setdefault("first_hitting", True)
+        if name in ("mdlm", "esolm-a", "esolm-b") and "steps" not in fields and "blocks" not in fields:
+            fields["steps"] = new_tokens  # one step per new token
+        return SamplingSchedule(top_p=top_p, **fields)
+
+    def _generate_diffusion(self, requests) -> list[str]:
+        out = []
+        generator = torch.Generator(device=self._device).manual_seed(self.seed)
+        block = getattr(self.model, "block_size", 1)
+        for req in requests:
+            context, kwargs = req.args
+            kwargs = dict(kwargs or {})
+            until = kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = max(1, min(int(kwargs.pop("max_gen_toks", self.max_gen_toks)), self.max_len - 1))
+            top_p = float(kwargs.pop("top_p", 1.0) or 1.0)
+            prompt = ([self.bos] + self._encode(context))[-(self.max_len - max_new):]
+            length = -(-(len(prompt) + max_new) // block) * block  # BD3-LM: whole blocks
+            if length > self.max_len:
+                prompt = prompt[length - self.max_len:]
+                length = self.max_len
+            gen = self.model.sample(1, length, self.generation_schedule(length - len(prompt), top_p), generator,
+                                    prefix=torch.tensor(prompt))
+            new = gen.tokens[0, len(prompt):len(prompt) + max_new].tolist()
+            new = new[: new.index(self.eos)] if self.eos in new else new
+            text = self.tokenizer.decode(new)
+            for s in until:
+                if s and s in text:
+                    text = text[: text.index(s)]
+            out.append(text)
+        return out
+
     @torch.no_grad()
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         if not self.is_ar:
-            raise NotImplementedError(
-                f"generate_until needs a prompt-conditioned sampler; the {self.model.name!r} sampler takes no prompt "
-                f"in this harness (only AR checkpoints support generation tasks). Use loglikelihood or perplexity "
-                f"tasks for this model.")
+            return self._generate_diffusion(requests)
         from harness.nn import masks
         from harness.sampling import sample_tokens
 

@@ -112,7 +112,7 @@ def test_ar_generate_until_is_greedy_and_stops(ar_run):
     assert cut == expected[: expected.index(stop)]
 
 
-def test_diffusion_model_scores_with_its_estimator_and_cannot_generate(tmp_path):
+def test_diffusion_model_scores_with_its_estimator(tmp_path):
     from harness.lm_eval_adapter import EsoLMHarnessLM
 
     make_checkpoint(tmp_path / "mdlm", "mdlm", max_len=32)
@@ -123,9 +123,32 @@ def test_diffusion_model_scores_with_its_estimator_and_cannot_generate(tmp_path)
     doc = "The quick brown fox jumps over the lazy dog. " * 4  # longer than one 32-token chunk
     [r1] = lm.loglikelihood_rolling([_req(doc)])
     assert math.isfinite(r1) and r1 < 0
-    with pytest.raises(NotImplementedError, match="prompt"):
-        lm.generate_until([_req("Hi", {"until": ["\n"]})])
     with pytest.raises(ValueError, match="exact_order"):
         EsoLMHarnessLM(checkpoint=str(tmp_path / "mdlm"), exact_order=True)
     with pytest.raises(ValueError, match="unknown esolm model arg"):
         EsoLMHarnessLM(checkpoint=str(tmp_path / "mdlm"), temperature=1.0)
+
+
+@pytest.mark.parametrize("name,args", [("mdlm", {}), ("bd3lm", {}), ("esolm-b", {"alpha_0": 0.5, "steps": 3})])
+def test_diffusion_generate_until_samples_from_the_prompt(tmp_path, name, args):
+    """The model's own sampler with [BOS] + context as the given prefix: the same text as a
+    direct call, cut at EOS and at ``until``; seeded, so a second call repeats it."""
+    from harness.lm_eval_adapter import EsoLMHarnessLM
+
+    make_checkpoint(tmp_path / name, name, max_len=32)
+    lm = EsoLMHarnessLM(checkpoint=str(tmp_path / name), device="cpu", **args)
+    model, tok = lm.model, lm.tokenizer
+    prompt = [tok.bos_id] + tok.encode("It is a truth")
+    length = len(prompt) + 8
+    length += -length % getattr(model, "block_size", 1)
+    schedule = lm.generation_schedule(length - len(prompt), 1.0)
+    assert schedule.steps == (args.get("steps", length - len(prompt)) if name != "bd3lm" else None)
+    gen = model.sample(1, length, schedule, torch.Generator().manual_seed(0), prefix=torch.tensor(prompt))
+    assert gen.tokens[0, : len(prompt)].tolist() == prompt
+    new = gen.tokens[0, len(prompt) : len(prompt) + 8].tolist()
+    expected = tok.decode(new[: new.index(tok.eos_id)] if tok.eos_id in new else new)
+    [text] = lm.generate_until([_req("It is a truth", {"until": [], "max_gen_toks": 8})])
+    assert text == expected and lm.generate_until([_req("It is a truth", {"max_gen_toks": 8})]) == [text]
+    if len(text) > 2:
+        [cut] = lm.generate_until([_req("It is a truth", {"until": [text[1:3]], "max_gen_toks": 8})])
+        assert cut == text[: text.index(text[1:3])]

@@ -139,3 +139,25 @@ def test_torchrun_ddp_on_cpu(tmp_path, corpus):
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert read_state(tmp_path / "run")["step"] == 4
+
+
+def test_sample_command_continues_a_prompt(tmp_path, capsys):
+    """`esolm sample --prompt` gives [BOS] + the prompt as the prefix of every sample (here a
+    diffusion model, which otherwise generates position 0); a prompt too long is one line."""
+    from harness.cli import main
+    from tests.test_evaluators import make_checkpoint
+
+    make_checkpoint(tmp_path / "m", "mdlm", max_len=32)
+    main(["sample", str(tmp_path / "m"), "--n", "2", "--length", "24", "--steps", "4", "--prompt", "It is a truth",
+          "--device", "cpu"])
+    out = capsys.readouterr().out
+    samples = [block.split("\n", 1)[1] for block in out.split("--- sample ")[1:]]
+    from harness.checkpoint import load_checkpoint
+
+    tok = load_checkpoint(tmp_path / "m").tokenizer
+    start = tok.decode([tok.bos_id]) + "It is a truth"
+    assert len(samples) == 2 and all(s.startswith(start) for s in samples), out
+    with pytest.raises(SystemExit) as err:
+        main(["sample", str(tmp_path / "m"), "--length", "4", "--steps", "2", "--prompt", "It is a truth " * 3,
+              "--device", "cpu"])
+    assert err.value.code == 2 and "--prompt" in capsys.readouterr().err
