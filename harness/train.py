@@ -119,10 +119,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             raise ConfigError(f"{ckpt_path} exists; pass --resume to continue it, or set another name/out_dir")
         state = read_state(ckpt_path)
         saved = TrainConfig.model_validate(state["config"])
-        same = {"train": {"steps", "compile"}}  # how far and how fast, not what is trained
+        # What is trained, not what the run is called, where it lives, how far or how fast it goes
+        # (so a renamed sweep variant can point out_dir at existing runs).
+        same = {"name": True, "out_dir": True, "train": {"steps", "compile"}}
         if saved.model_dump(exclude=same) != cfg.model_dump(exclude=same):
             raise ConfigError(f"{ckpt_path} was trained with a different config; use the same config "
-                              "(only train.steps and train.compile may change) or another out_dir")
+                              "(only name, out_dir, train.steps and train.compile may change) or another out_dir")
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = int(os.environ.get("RANK", "0"))

@@ -161,3 +161,19 @@ def test_sample_command_continues_a_prompt(tmp_path, capsys):
         main(["sample", str(tmp_path / "m"), "--length", "4", "--steps", "2", "--prompt", "It is a truth " * 3,
               "--device", "cpu"])
     assert err.value.code == 2 and "--prompt" in capsys.readouterr().err
+
+
+def test_resume_ignores_the_run_name_but_not_the_recipe(tmp_path, corpus):
+    """A renamed config (e.g. a sweep variant) pointing at an existing run resumes it as is;
+    a changed recipe is refused, naming what may change."""
+    from harness.config import ConfigError, TrainConfig, read_yaml
+    from harness.train import train
+
+    cfg = TrainConfig.model_validate(read_yaml(write_config(tmp_path, corpus, steps=2)))
+    path = train(cfg, progress=False)
+    stamp = path.stat().st_mtime_ns
+    assert train(cfg.model_copy(update={"name": "renamed"}), resume=True, progress=False) == path
+    assert path.stat().st_mtime_ns == stamp  # finished: returned as is, not retrained
+    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 5e-4})})
+    with pytest.raises(ConfigError, match="only name, out_dir"):
+        train(other, resume=True, progress=False)
