@@ -273,18 +273,31 @@ class EsoLMHarnessLM(LM):
             fields["steps"] = new_tokens  # one step per new token
         return SamplingSchedule(top_p=top_p, **fields)
 
+    def _generation_request(self, req) -> tuple[list[int], list[str], int, dict]:
+        """(prompt ids [BOS] + context, cut from the left to leave room; until strings; new
+        tokens; the remaining generation kwargs) of one generate_until request."""
+        context, kwargs = req.args
+        kwargs = dict(kwargs or {})
+        until = kwargs.pop("until", None) or []
+        until = [until] if isinstance(until, str) else list(until)
+        max_new = max(1, min(int(kwargs.pop("max_gen_toks", self.max_gen_toks)), self.max_len - 1))
+        prompt = ([self.bos] + self._encode(context))[-(self.max_len - max_new):]
+        return prompt, until, max_new, kwargs
+
+    @staticmethod
+    def _cut(text: str, until: list[str]) -> str:
+        for s in until:
+            if s and s in text:
+                text = text[: text.index(s)]
+        return text
+
     def _generate_diffusion(self, requests) -> list[str]:
         out = []
         generator = torch.Generator(device=self._device).manual_seed(self.seed)
         block = getattr(self.model, "block_size", 1)
         for req in requests:
-            context, kwargs = req.args
-            kwargs = dict(kwargs or {})
-            until = kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_new = max(1, min(int(kwargs.pop("max_gen_toks", self.max_gen_toks)), self.max_len - 1))
+            prompt, until, max_new, kwargs = self._generation_request(req)
             top_p = float(kwargs.pop("top_p", 1.0) or 1.0)
-            prompt = ([self.bos] + self._encode(context))[-(self.max_len - max_new):]
             length = -(-(len(prompt) + max_new) // block) * block  # BD3-LM: whole blocks
             if length > self.max_len:
                 prompt = prompt[length - self.max_len:]
@@ -293,11 +306,7 @@ class EsoLMHarnessLM(LM):
                                     prefix=torch.tensor(prompt))
             new = gen.tokens[0, len(prompt):len(prompt) + max_new].tolist()
             new = new[: new.index(self.eos)] if self.eos in new else new
-            text = self.tokenizer.decode(new)
-            for s in until:
-                if s and s in text:
-                    text = text[: text.index(s)]
-            out.append(text)
+            out.append(self._cut(self.tokenizer.decode(new), until))
         return out
 
     @torch.no_grad()
@@ -311,16 +320,10 @@ class EsoLMHarnessLM(LM):
         out = []
         generator = torch.Generator(device=self._device).manual_seed(self.seed)
         for req in requests:
-            context, kwargs = req.args
-            kwargs = dict(kwargs or {})
-            until = kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
+            prompt, until, max_new, kwargs = self._generation_request(req)
             temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
             do_sample = bool(kwargs.pop("do_sample", False)) and temperature > 0
             top_p = float(kwargs.pop("top_p", 1.0) or 1.0)
-            max_new = max(1, min(max_new, self.max_len - 1))
-            prompt = ([self.bos] + self._encode(context))[-(self.max_len - max_new):]
             n = len(prompt)
             cache = net.new_cache(1, n + max_new)
             x = torch.tensor([prompt], dtype=torch.long, device=self._device)
@@ -339,10 +342,7 @@ class EsoLMHarnessLM(LM):
                 pos = n + len(new) - 1
                 logits = net(torch.tensor([[tok]], device=self._device), torch.tensor([pos], device=self._device),
                              masks.cached_causal(1, pos, self._device), cache, commit=1)
-            for s in until:
-                if s and s in text:
-                    text = text[: text.index(s)]
-            out.append(text)
+            out.append(self._cut(text, until))
         return out
 
 

@@ -385,11 +385,11 @@ def group_label(schedule: SamplingSchedule, raw: dict) -> str:
     """Like ``schedule.label()`` but with the config's length expressions ("T=L/8")."""
     if not any(isinstance(v, str) for v in raw.values()):
         return schedule.label()
-    short = SHORT_NAMES
     parts = []
     for key, value in schedule.model_dump(exclude_defaults=True).items():
         value = raw[key] if isinstance(raw.get(key), str) else value
-        parts.append(f"{short.get(key, key)}={value:g}" if isinstance(value, float) else f"{short.get(key, key)}={value}")
+        short = SHORT_NAMES[key]
+        parts.append(f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}")
     return ",".join(parts) or "default"
 
 
