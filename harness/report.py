@@ -951,9 +951,9 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     if (quality & agg["bos_first"].map(_finite)).any():
         md += ["## Sample boundaries", "",
                "Training rows are [BOS] + text + [EOS], so a model that learned the format puts BOS at position 0 "
-               "and EOS at L − 1. AR is given its BOS; MDLM, BD3-LM and Eso-LM generate position 0, and with "
-               "rotary positions only they can place it (and the final EOS) only relative to tokens already "
-               "revealed. EOS inside a sample separates documents.", "", boundaries_table(agg[quality]), ""]
+               "and EOS at L − 1. AR is given its BOS; MDLM, BD3-LM and Eso-LM generate position 0 (unless the "
+               "schedule says bos=True), and with rotary positions only they can place it (and the final EOS) "
+               "only relative to tokens already revealed. EOS inside a sample separates documents.", "", boundaries_table(agg[quality]), ""]
     md += ["## Samples", "", sample_section(df, agg, results_dir), "## Notes", "", *notes(df), ""]
     path = out / "report.md"
     path.write_text("\n".join(md))
