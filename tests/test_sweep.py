@@ -489,3 +489,15 @@ def test_sample_boundaries_count_bos_first_eos_last_and_eos_inside():
     assert sw.sample_boundaries(tokens, bos=B, eos=E) == {
         "bos_first": 2 / 3, "eos_last": 2 / 3, "eos_inside_per_sample": (1 + 0 + 2) / 3}
     assert sw.sample_boundaries(tokens, bos=E, eos=E)["bos_first"] == 1 / 3
+
+
+def test_given_bos_is_a_schedule_field_of_every_family():
+    from harness.schedules import SamplingSchedule
+
+    needs = {"ar": {}, "mdlm": {"steps": 4}, "bd3lm": {"first_hitting": True}, "esolm-a": {"steps": 4},
+             "esolm-b": {"steps": 4}}
+    for family, fields in needs.items():
+        sw.check_schedule(family, SamplingSchedule(given_bos=True, **fields))
+    cfg = sw.load_sweep_config(REPO / "configs" / "cpu_quality_bos.yaml")
+    keys = [p.key for p in sw.expand_points(cfg)]
+    assert keys[0] == "ar/default/L128/s0" and all(k.split("/")[1].endswith("bos=True") for k in keys[1:])
