@@ -95,10 +95,11 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return path
 
 
-def read_state(path: str | Path) -> dict:
+def read_state(path: str | Path, mmap: bool = False) -> dict:
+    """The checkpoint's saved dict; ``mmap`` maps the tensors instead of reading them (to look at its config)."""
     path = resolve_checkpoint_path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as err:  # torch raises many types for a damaged file
         raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}); re-train or re-copy it") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:

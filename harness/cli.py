@@ -8,6 +8,7 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 
@@ -15,20 +16,62 @@ import torch
 
 
 def cmd_train(args) -> None:
-    from harness.config import load_train_config
+    from harness.config import TrainConfig, parse, read_yaml
     from harness.train import train
 
-    cfg = load_train_config(args.config)
-    if args.steps is not None:
-        cfg.train.steps = args.steps
+    data = read_yaml(args.config)
+    if args.steps is not None:  # before validation, so --steps 0 is refused like train.steps: 0
+        data.setdefault("train", {})["steps"] = args.steps
+    cfg = parse(TrainConfig, data, args.config if args.steps is None else f"{args.config} with --steps")
     path = train(cfg, resume=args.resume, progress=not args.quiet)
     print(f"checkpoint: {path}")
+
+
+def at_least(low: int):
+    """argparse type: an int >= low, refused with the flag's name (argparse adds it)."""
+    def parse_int(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse_int
+
+
+def fraction(text: str) -> float:
+    """argparse type for alpha_0: a float in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] (the fraction of positions filled by diffusion), got {value}")
+    return value
 
 
 def _device(name: str):
     from harness.config import resolve_device
 
     return resolve_device(name, "--device")
+
+
+def likelihood_call(args, model) -> tuple[str, dict]:
+    """The model's likelihood method and its keyword arguments from eval's flags, refusing a
+    flag the model's estimator does not take (checked before any data is loaded)."""
+    kwargs = {}
+    if args.draws is not None:
+        kwargs["draws"] = args.draws
+    if args.alpha_0 is not None:
+        kwargs["alpha_0"] = args.alpha_0
+    method = "nll"
+    if args.iw:
+        if not hasattr(model, "nll_exact_order"):
+            raise ValueError(f"--iw needs an Eso-LM checkpoint; {model.name} has no order-based likelihood")
+        if args.draws is not None:
+            raise ValueError("--iw and --draws are two estimators (K orders vs NELBO draws); give one of them")
+        method, kwargs = "nll_exact_order", {**kwargs, "orders": args.iw}
+    accepted = inspect.signature(getattr(model, method)).parameters
+    for name, flag in (("alpha_0", "--alpha-0"), ("draws", "--draws")):
+        if name in kwargs and name not in accepted:
+            raise ValueError(f"{flag} does not apply to {model.name}: its likelihood takes no {name}; "
+                             f"drop {flag}" + (" (AR's is exact)" if model.name == "ar" else ""))
+    return method, kwargs
 
 
 def cmd_eval(args) -> None:
@@ -38,24 +81,14 @@ def cmd_eval(args) -> None:
     from harness.train import load_splits
 
     loaded = load_checkpoint(args.checkpoint, device=_device(args.device))
-    spec = DataSpec(**loaded.config["data"])
-    length = args.length or spec.seq_len
+    method, nll_kwargs = likelihood_call(args, loaded.model)
+    length = args.length if args.length is not None else loaded.config["data"]["seq_len"]
     loaded.model.check_length(length)
+    spec = DataSpec(**loaded.config["data"])
     splits = load_splits(spec, loaded.tokenizer, seq_len=length)
     data = splits[args.split]
     if args.max_sequences:
         data = data[: args.max_sequences]
-    nll_kwargs = {}
-    if args.draws != 1:
-        nll_kwargs["draws"] = args.draws
-    if args.alpha_0 is not None:
-        nll_kwargs["alpha_0"] = args.alpha_0
-    method = "nll"
-    if args.iw:
-        if not hasattr(loaded.model, "nll_exact_order"):
-            raise ValueError(f"--iw needs an Eso-LM checkpoint; {loaded.model.name} has no order-based likelihood")
-        method, nll_kwargs = "nll_exact_order", {**nll_kwargs, "orders": args.iw}
-        nll_kwargs.pop("draws", None)
     result = test_perplexity(loaded.model, data, args.batch_size, seed=args.seed, method=method, **nll_kwargs)
     result = {"checkpoint": str(loaded.path), "model": loaded.model.name, "split": args.split, "length": length,
               **result, "unigram_ppl": unigram_perplexity(splits["train"], data, loaded.tokenizer.vocab_size)}
@@ -69,6 +102,8 @@ def cmd_eval(args) -> None:
 
 
 def schedule_from_args(args):
+    from pydantic import ValidationError
+
     from harness.schedules import SamplingSchedule
 
     fields = {"steps": args.steps, "alpha_0": args.alpha_0, "blocks": args.blocks, "top_p": args.top_p}
@@ -77,14 +112,19 @@ def schedule_from_args(args):
         fields["first_hitting"] = True
     if getattr(args, "given_bos", False):
         fields["given_bos"] = True
-    return SamplingSchedule(**fields)
+    try:
+        return SamplingSchedule(**fields)
+    except ValidationError as err:  # name the flag, as the sweep names the field
+        first = err.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "sampling options"
+        raise ValueError(f"{flag}: {first['msg']} (got {first.get('input')!r})") from None
 
 
 def cmd_sample(args) -> None:
     from harness.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(args.checkpoint, device=_device(args.device))
-    length = args.length or loaded.model.backbone_config.max_len
+    length = args.length if args.length is not None else loaded.model.backbone_config.max_len
     generator = torch.Generator(device=loaded.model.device).manual_seed(args.seed)
     prefix = None
     if args.prompt is not None:  # the prompt follows BOS, as every training row does
@@ -150,11 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--split", choices=["valid", "test"], default="test")
     p.add_argument("--length", type=int, help="sequence length (default: the training length)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-sequences", type=int, help="evaluate only the first N sequences")
-    p.add_argument("--draws", type=int, default=1, help="Monte-Carlo t draws per sequence for NELBO estimators")
-    p.add_argument("--alpha-0", type=float, help="Eso-LM: alpha_0 at evaluation (default: training value)")
-    p.add_argument("--iw", type=int, help="Eso-LM: importance-weighted estimate over K random orders")
+    p.add_argument("--batch-size", type=at_least(1), default=16)
+    p.add_argument("--max-sequences", type=at_least(1), help="evaluate only the first N sequences")
+    p.add_argument("--draws", type=at_least(1), help="Monte-Carlo t draws per sequence for NELBO estimators "
+                   "(default 1)")
+    p.add_argument("--alpha-0", type=fraction, help="Eso-LM: alpha_0 at evaluation (default: training value)")
+    p.add_argument("--iw", type=at_least(1), help="Eso-LM: importance-weighted estimate over K random orders")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
@@ -162,10 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="print samples from a checkpoint")
     p.add_argument("checkpoint")
-    p.add_argument("--n", type=int, default=2)
+    p.add_argument("--n", type=at_least(1), default=2)
     p.add_argument("--length", type=int)
     p.add_argument("--steps", type=int, help="denoising steps T")
-    p.add_argument("--alpha-0", type=float, help="Eso-LM: fraction of positions filled by diffusion")
+    p.add_argument("--alpha-0", type=fraction, help="Eso-LM: fraction of positions filled by diffusion")
     p.add_argument("--blocks", type=int, help="Eso-LM: diffusion positions revealed in this many chunks")
     p.add_argument("--first-hitting", action="store_true", help="BD3-LM: one token per step")
     p.add_argument("--top-p", type=float)
@@ -212,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lm-eval-task", help="write the offline lm-eval perplexity task over the test split")
     p.add_argument("directory")
-    p.add_argument("--documents", type=int, default=24, help="test documents to include")
+    p.add_argument("--documents", type=at_least(1), default=24, help="test documents to include")
     p.set_defaults(func=cmd_lm_eval_task)
     return parser
 

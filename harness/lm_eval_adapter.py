@@ -390,6 +390,8 @@ def write_lm_eval_task(directory: str | Path, n_docs: int = 24, max_chars: int =
     against the working directory).  Pass the directory as ``include_path``.
     """
     directory = Path(directory).expanduser().resolve()
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} is a file; give a folder for the task's YAML and data")
     directory.mkdir(parents=True, exist_ok=True)
     docs = documents if documents is not None else corpus_test_documents(n_docs, max_chars, seed)
     if not docs:
@@ -424,7 +426,14 @@ def main() -> None:
     from lm_eval.__main__ import cli_evaluate
 
     sys.argv[0] = "lm_eval"
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except (ValueError, FileNotFoundError) as err:  # a bad checkpoint/model arg/task: one line, like esolm's
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "Tasks not found" in message and "--include_path" not in sys.argv:
+            message += " (for esolm_corpus_ppl: esolm lm-eval-task DIR, then pass --include_path DIR)"
+        print(f"esolm-lm-eval: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

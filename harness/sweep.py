@@ -239,7 +239,14 @@ def check_schedule(model: str | None, schedule: SamplingSchedule) -> None:
 
 
 def check_consistency(cfg: SweepConfig, source: str) -> None:
+    from harness.models import REGISTRY
+
     names = [m.name for m in cfg.models]
+    for i, entry in enumerate(cfg.models):  # before the evaluator check, which reads the model names
+        model, where = (entry.train.model, "train.model") if entry.train is not None else (entry.model, "model")
+        if model is not None and model not in REGISTRY and ":" not in model:
+            raise ConfigError(f"{source}: field 'models.{i}.{where}': unknown model {model!r}; use one of "
+                              f"{sorted(REGISTRY)} or a dotted path 'package.module:Class'")
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"{source}: field 'models.{i}.name': {name!r} is used twice; give every entry its own name")
@@ -255,6 +262,29 @@ def check_consistency(cfg: SweepConfig, source: str) -> None:
         if ref.model_name not in (None, "ar") or ref.init == "random":
             raise ConfigError(f"{source}: field 'evaluator.model_entry': {ref.name!r} must be a trained AR entry "
                               "(train: {model: ar}) or an AR checkpoint")
+
+
+def check_checkpoint_entries(cfg: SweepConfig, names: set[str], source: str) -> None:
+    """Checkpoint entries exist and hold the sweep's lengths: checked before anything is
+    written or trained (train entries are checked when the config is parsed)."""
+    from harness.checkpoint import read_state
+
+    for i, entry in enumerate(cfg.models):
+        if entry.checkpoint is None or entry.name not in names:
+            continue
+        where = f"{source}: field 'models.{i}.checkpoint'"
+        try:
+            state = read_state(entry.checkpoint, mmap=True)
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from None
+        if entry.model is not None and entry.model != state["model_name"]:
+            raise ConfigError(f"{where}: it holds model {state['model_name']!r}, not {entry.model!r}; point it at a "
+                              f"{entry.model} checkpoint or set models.{i}.model: {state['model_name']}")
+        max_len = state["backbone"]["max_len"]
+        too_long = [length for length in entry.lengths or cfg.lengths if length > max_len]
+        if too_long:
+            raise ConfigError(f"{where}: length(s) {too_long} exceed the checkpoint's max_len {max_len}; "
+                              f"lower the sweep's lengths (or this entry's lengths:) to <= {max_len}")
 
 
 def load_sweep_config(path: str | Path, overrides: list[str] | tuple = ()) -> SweepConfig:
@@ -907,6 +937,7 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     points = [p for p in expand_points(cfg) if p.index % shard_n == shard_i and (only is None or p.entry in only)]
+    check_checkpoint_entries(cfg, {p.entry for p in points}, str(config_path))
     results_dir = Path(results_root) / cfg.name
     results_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(results_dir / "config.yaml", effective_config_text(config_path, overrides, data))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -125,6 +126,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         if saved.model_dump(exclude=same) != cfg.model_dump(exclude=same):
             raise ConfigError(f"{ckpt_path} was trained with a different config; use the same config "
                               "(only name, out_dir, train.steps and train.compile may change) or another out_dir")
+        if state["step"] >= o.steps:  # a finished run is returned as it is
+            print(f"{ckpt_path} is already at step {state['step']} (train.steps {o.steps}); nothing to train",
+                  file=sys.stderr)
+            return ckpt_path
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = int(os.environ.get("RANK", "0"))

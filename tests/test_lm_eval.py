@@ -152,3 +152,21 @@ def test_diffusion_generate_until_samples_from_the_prompt(tmp_path, name, args):
     if len(text) > 2:
         [cut] = lm.generate_until([_req("It is a truth", {"until": [text[1:3]], "max_gen_toks": 8})])
         assert cut == text[: text.index(text[1:3])]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--model_args", "checkpoint={missing}", "--include_path", "{tasks}"], "checkpoint '"),
+    (["--model_args", "ckpt={run}", "--include_path", "{tasks}"], "unknown esolm model arg(s) ['ckpt']"),
+    (["--model_args", "checkpoint={run}"], "then pass --include_path DIR"),
+])
+def test_lm_eval_cli_mistakes_are_one_line_errors(ar_run, tmp_path, monkeypatch, capsys, argv, fragment):
+    import harness.lm_eval_adapter as A
+
+    tasks = A.write_lm_eval_task(tmp_path / "tasks", n_docs=1, max_chars=100)
+    names = {"missing": tmp_path / "nope", "tasks": tasks, "run": ar_run}
+    monkeypatch.setattr("sys.argv", ["esolm-lm-eval", "--model", "esolm", "--tasks", "esolm_corpus_ppl",
+                                     *[a.format(**names) for a in argv]])
+    with pytest.raises(SystemExit) as exit_info:
+        A.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].startswith("esolm-lm-eval: error:") and fragment in err[-1], err

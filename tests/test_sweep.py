@@ -7,6 +7,7 @@ import copy
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -501,3 +502,28 @@ def test_given_bos_is_a_schedule_field_of_every_family():
     cfg = sw.load_sweep_config(REPO / "configs" / "cpu_quality_bos.yaml")
     keys = [p.key for p in sw.expand_points(cfg)]
     assert keys[0] == "ar/default/L128/s0" and all(k.split("/")[1].endswith("bos=True") for k in keys[1:])
+
+
+def test_checkpoint_entries_are_checked_before_anything_is_written(tmp_path, runs):
+    """A missing checkpoint, a length above its max_len or another model than named fails at
+    once, naming the entry's field, and leaves no results folder behind."""
+    from tests.test_evaluators import make_checkpoint
+
+    make_checkpoint(tmp_path / "ck", "ar", max_len=16)
+    cases = [({"checkpoint": str(tmp_path / "nope")}, [16], "field 'models.0.checkpoint': checkpoint"),
+             ({"checkpoint": str(tmp_path / "ck")}, [32], "length(s) [32] exceed the checkpoint's max_len 16"),
+             ({"checkpoint": str(tmp_path / "ck"), "model": "mdlm", "schedules": [{"steps": 4}]}, [16],
+              "it holds model 'ar', not 'mdlm'")]
+    for entry, lengths, fragment in cases:
+        cfg = base_config(runs, lengths=lengths, metrics=["entropy"], models=[{"name": "m", **entry}])
+        cfg.pop("evaluator")
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            run(write(tmp_path, cfg), tmp_path / "results")
+        assert not (tmp_path / "results").exists()
+
+
+def test_unknown_model_is_named_before_the_evaluator_check(tmp_path, runs):
+    cfg = base_config(runs)
+    cfg["models"][0]["train"]["model"] = "arr"
+    with pytest.raises(ConfigError, match=r"field 'models.0.train.model': unknown model 'arr'"):
+        sw.load_sweep_config(write(tmp_path, cfg))

@@ -177,3 +177,50 @@ def test_resume_ignores_the_run_name_but_not_the_recipe(tmp_path, corpus):
     other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 5e-4})})
     with pytest.raises(ConfigError, match="only name, out_dir"):
         train(other, resume=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from tests.test_evaluators import make_checkpoint
+
+    root = tmp_path_factory.mktemp("ck")
+    for name in ("ar", "mdlm", "esolm-b"):
+        make_checkpoint(root / name, name, max_len=16)
+    return root
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["eval", "{esolm-b}", "--alpha-0", "2"], "argument --alpha-0: must be in [0, 1]"),
+    (["eval", "{ar}", "--alpha-0", "0.5"], "--alpha-0 does not apply to ar"),
+    (["eval", "{mdlm}", "--alpha-0", "0.5"], "--alpha-0 does not apply to mdlm"),
+    (["eval", "{mdlm}", "--draws", "0"], "argument --draws: must be at least 1, got 0"),
+    (["eval", "{esolm-b}", "--iw", "2", "--draws", "2"], "--iw and --draws are two estimators"),
+    (["eval", "{ar}", "--length", "0"], "length must be at least 2"),
+    (["eval", "{ar}", "--max-sequences", "0"], "argument --max-sequences: must be at least 1"),
+    (["sample", "{ar}", "--top-p", "1.5"], "--top-p: Input should be less than or equal to 1 (got 1.5)"),
+    (["sample", "{mdlm}", "--steps", "0"], "--steps: Input should be greater than or equal to 1 (got 0)"),
+    (["sample", "{esolm-b}", "--alpha-0", "1.5"], "argument --alpha-0: must be in [0, 1]"),
+    (["sample", "{ar}", "--length", "0"], "length must be at least 2"),
+    (["sample", "{ar}", "--n", "0"], "argument --n: must be at least 1, got 0"),
+    (["lm-eval-task", "{ar}/checkpoint.pt"], "is a file; give a folder"),
+])
+def test_out_of_range_options_are_one_line_errors_naming_the_flag(checkpoints, capsys, args, fragment):
+    """Each of these used to run with a silent default, print a number for a meaningless
+    alpha_0, or end in a traceback."""
+    args = [a.format(**{n: str(checkpoints / n) for n in ("ar", "mdlm", "esolm-b")}) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + (["--device", "cpu"] if args[0] in ("eval", "sample") else []))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and fragment in err[-1], err
+
+
+def test_train_steps_flag_is_validated_and_a_finished_run_says_so(tmp_path, corpus, capsys):
+    path = write_config(tmp_path, corpus, steps=2)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(path), "--steps", "0", "--quiet"])
+    assert exit_info.value.code == 2
+    assert "with --steps: field 'train.steps': Input should be greater than or equal to 1" in capsys.readouterr().err
+    main(["train", str(path), "--quiet"])
+    main(["train", str(path), "--resume", "--steps", "1", "--quiet"])
+    assert "already at step 2 (train.steps 1); nothing to train" in capsys.readouterr().err
+    assert read_state(tmp_path / "run")["step"] == 2
