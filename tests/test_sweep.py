@@ -527,3 +527,10 @@ def test_unknown_model_is_named_before_the_evaluator_check(tmp_path, runs):
     cfg["models"][0]["train"]["model"] = "arr"
     with pytest.raises(ConfigError, match=r"field 'models.0.train.model': unknown model 'arr'"):
         sw.load_sweep_config(write(tmp_path, cfg))
+
+
+def test_invalid_yaml_names_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nlengths: [16, 32\nmodels: []\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML \(line 3, column 7\): expected ',' or '\]'"):
+        sw.load_sweep_config(path)
