@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write plots and report.md from a results folder")
     p.add_argument("results_dir")
-    p.add_argument("--out", help="output folder (default: reports/<sweep>)")
+    p.add_argument("--out", help="output folder (default: reports/<results folder name> beside the "
+                   "results root, e.g. out/results/x -> out/reports/x)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("rescore", help="re-score a results folder's saved samples with another evaluator")

@@ -873,16 +873,23 @@ def notes(df) -> list[str]:
     return out
 
 
+def default_report_dir(results_dir: Path) -> Path:
+    root = results_dir.parent.parent if results_dir.parent.name == "results" else Path(".")
+    return root / "reports" / results_dir.name
+
+
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write plots and report.md; returns the report.md path.  Default folder: reports/ + the
-    results folder's name (results/x -> reports/x), so a re-scored copy such as
-    results/x_smollm2 never overwrites the report of results/x."""
+    """Write plots and report.md; returns the report.md path.  Default folder: the reports/
+    beside the results root + the results folder's name (results/x -> reports/x,
+    out/results/x -> out/reports/x, so a report of ``make smoke``'s output never overwrites
+    the committed reports/smoke), else reports/x; a re-scored copy such as results/x_smollm2
+    never overwrites the report of results/x."""
     results_dir = Path(results_dir)
     if results_dir.is_file():
         results_dir = results_dir.parent
     df = load_frame(results_dir)
     sweep = str(df["sweep"].iloc[0])
-    out = Path(out_dir) if out_dir is not None else Path("reports") / results_dir.name
+    out = Path(out_dir) if out_dir is not None else default_report_dir(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     ceilings = add_floors(df, results_dir)
     agg = aggregate(df)

@@ -344,6 +344,13 @@ def test_default_report_folder_follows_the_results_folder(tmp_path, monkeypatch)
     copy = results.with_name("demo_smollm2")
     shutil.copytree(results, copy)
     monkeypatch.chdir(tmp_path)
-    assert rp.write_report(results) == Path("reports/demo/report.md")
-    assert rp.write_report(copy) == Path("reports/demo_smollm2/report.md")
+    assert rp.write_report(results).resolve() == (tmp_path / "reports/demo/report.md").resolve()
+    assert rp.write_report(copy).resolve() == (tmp_path / "reports/demo_smollm2/report.md").resolve()
     assert (tmp_path / "reports" / "demo" / "report.md").is_file()
+
+
+def test_default_report_folder_sits_beside_the_results_root():
+    """make smoke writes out/results/smoke; its report must not overwrite the committed reports/smoke."""
+    assert rp.default_report_dir(Path("results/smoke")) == Path("reports/smoke")
+    assert rp.default_report_dir(Path("out/results/smoke")) == Path("out/reports/smoke")
+    assert rp.default_report_dir(Path("/tmp/candidate/smoke")) == Path("reports/smoke")
