@@ -600,10 +600,11 @@ def _t_name(group: str, steps) -> str:
     return f"T={m.group(1)}" if m and "L" in m.group(1) else f"T={int(steps)}"
 
 
-def speed_ratios(agg) -> dict | None:
+def speed_ratios(agg, column: str = "seconds_per_sample") -> dict | None:
     """Per length: MDLM / Eso-LM (B) alpha_0 = 1 at the same T, and BD3-LM (first hitting) /
-    Eso-LM (B) alpha_0 = 1, T = L; with the seconds per sample of every compared point.
-    None unless the CUDA rows hold Eso-LM (B) and MDLM or BD3-LM."""
+    Eso-LM (B) alpha_0 = 1, T = L; with the seconds per sample (``column``: measured, or
+    ``floor_seconds_per_sample`` for the ratios with no per-step overhead) of every compared
+    point.  None unless the CUDA rows hold Eso-LM (B) and MDLM or BD3-LM."""
     data = _cuda(agg)
     fams = set(data["family"])
     if "esolm-b" not in fams or not fams & {"mdlm", "bd3lm"}:
@@ -627,15 +628,15 @@ def speed_ratios(agg) -> dict | None:
             mdlm = _pick(rows, lambda r: r["family"] == "mdlm" and _finite(r["steps"])
                          and _t_name(r["group"], r["steps"]) == name)
             eso = _eso_a1(rows, mdlm["steps"]) if mdlm is not None else None
-            line[f"MDLM {name} s"] = float(mdlm["seconds_per_sample"]) if mdlm is not None else None
-            line[f"Eso-LM (B) a0=1 {name} s"] = float(eso["seconds_per_sample"]) if eso is not None else None
+            line[f"MDLM {name} s"] = float(mdlm[column]) if mdlm is not None else None
+            line[f"Eso-LM (B) a0=1 {name} s"] = float(eso[column]) if eso is not None else None
         eso_l = _eso_a1(rows, L)
         if bd3_cols:
-            line["Eso-LM (B) a0=1 T=L s"] = float(eso_l["seconds_per_sample"]) if eso_l is not None else None
+            line["Eso-LM (B) a0=1 T=L s"] = float(eso_l[column]) if eso_l is not None else None
         for b in bd3_cols:
             bd3 = _pick(rows, lambda r: r["family"] == "bd3lm" and r["first_hitting"] and _finite(r["block_size"])
                         and int(r["block_size"]) == b)
-            line[f"BD3-LM L'={b} s"] = float(bd3["seconds_per_sample"]) if bd3 is not None else None
+            line[f"BD3-LM L'={b} s"] = float(bd3[column]) if bd3 is not None else None
         for name in t_names:
             line[f"MDLM / Eso-LM {name}"] = _ratio(line[f"MDLM {name} s"], line[f"Eso-LM (B) a0=1 {name} s"])
         for b in bd3_cols:
@@ -653,7 +654,7 @@ def times(v) -> str:
     return f"{v:.1f}×" if _finite(v) else "—"
 
 
-def ratio_tables(ratios: dict) -> str:
+def ratio_tables(ratios: dict, seconds_title: str = "Seconds per sample of the compared points:") -> str:
     """The ratios with the paper's figures as a last row, then the compared points' seconds."""
     rcols = [k for k in ratios["rows"][0] if " / " in k]
     scols = [k for k in ratios["rows"][0] if k.endswith(" s")]
@@ -663,7 +664,7 @@ def ratio_tables(ratios: dict) -> str:
     seconds = [[f"L = {r['length']}"] + [fmt(r[k], 4) if _finite(r[k]) else "—" for k in scols]
                for r in ratios["rows"]]
     return (md_table(["length"] + rcols, rows, ["l"] + ["r"] * len(rcols)) + "\n\n"
-            + "Seconds per sample of the compared points:\n\n"
+            + seconds_title + "\n\n"
             + md_table(["length"] + [k[:-2] for k in scols], seconds, ["l"] + ["r"] * len(scols)))
 
 
@@ -947,6 +948,16 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
         write_ratios_csv(ratios, out / "speed_ratios.csv")
     else:
         (out / "speed_ratios.csv").unlink(missing_ok=True)
+    at_floor = speed_ratios(agg, "floor_seconds_per_sample")
+    if at_floor and any(_finite(v) for r in at_floor["rows"] for k, v in r.items() if " / " in k):
+        md += ["### The same ratios at the floors", "",
+               "Each point's floor_s in place of its measured time: the ratios if every sampler ran at its floor, "
+               "with no per-step overhead (PERF.md; the floor is defined under the results tables).", "",
+               ratio_tables(at_floor, "Floor seconds per sample of the compared points:"), "",
+               "As CSV: [speed_ratios_at_floor.csv](speed_ratios_at_floor.csv).", ""]
+        write_ratios_csv(at_floor, out / "speed_ratios_at_floor.csv")
+    else:
+        (out / "speed_ratios_at_floor.csv").unlink(missing_ok=True)
     if plot_speed_vs_length(agg, out / "speed_vs_length.png", measured_on(df)):
         md += ["## Speed vs length", "", "![seconds per sample vs L](speed_vs_length.png)", "",
                "Seconds per sample (median):", "", by_length_table(agg, "seconds_per_sample", lambda v: fmt(float(v), 4)), ""]

@@ -335,6 +335,7 @@ def test_cpu_rows_get_no_floor_ratios_or_headline(tmp_path):
     assert "floor_s" not in md and "x floor" not in md and "Floor (" not in md and "## Speed ratios" not in md and "speed_headline" not in md
     assert not (tmp_path / "r" / "speed_headline.png").exists()
     assert not (tmp_path / "r" / "speed_ratios.csv").exists()
+    assert not (tmp_path / "r" / "speed_ratios_at_floor.csv").exists() and "at the floors" not in md
     assert (tmp_path / "r" / "speed_vs_length.png").is_file()
 
 
@@ -354,3 +355,20 @@ def test_default_report_folder_sits_beside_the_results_root():
     assert rp.default_report_dir(Path("results/smoke")) == Path("reports/smoke")
     assert rp.default_report_dir(Path("out/results/smoke")) == Path("out/reports/smoke")
     assert rp.default_report_dir(Path("/tmp/candidate/smoke")) == Path("reports/smoke")
+
+
+def test_speed_ratios_at_the_floors(tmp_path):
+    """The ratios again with each point's floor in place of its time: MDLM T = 128 at L = 1024
+    is compute-bound (2 x 5e8 x 131072 / 1e14 = 1.31 s), Eso-LM (B) T = 128 read-bound
+    (128 x 1e9 / 1e12 = 0.128 s): 10.24x."""
+    rows = gpu_rows()
+    for r in rows:
+        r.update(weight_bytes=1e9, matmul_parameters=5e8)
+    results = write_gpu_results(tmp_path / "b", rows, {"matmul_flops": 1e14, "copy_bytes_per_s": 1e12, "source": "t"})
+    md = rp.write_report(results, out_dir=tmp_path / "b" / "r").read_text()
+    section = md.split("### The same ratios at the floors")[1].split("\n## ")[0]
+    assert "| L = 1024 | 10.2× |" in section and "| L = 1024 | 1.3107 | 0.1280 |" in section
+    import csv
+
+    table = list(csv.DictReader((tmp_path / "b" / "r" / "speed_ratios_at_floor.csv").open()))
+    assert math.isclose(float(table[0]["MDLM / Eso-LM T=L/8"]), 2 * 5e8 * 131072 / 1e14 / 0.128, rel_tol=1e-12)
