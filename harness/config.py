@@ -102,10 +102,11 @@ class TrainConfig(Strict):
         return Path(self.out_dir or f"runs/{self.name}")
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """First problem of a pydantic error as 'source: field a.b: message'."""
+def format_validation_error(err: ValidationError, source: str, where=None) -> str:
+    """First problem of a pydantic error as 'source: field a.b: message'; ``where(loc)`` may
+    name the field as the user wrote it (e.g. a key merged in from elsewhere)."""
     first = err.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    field = (where(first["loc"]) if where else None) or ".".join(str(part) for part in first["loc"]) or "(top level)"
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown key; remove it or check its spelling"

@@ -59,9 +59,10 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from harness.config import ConfigError, DataSpec, Strict, TrainConfig, parse, read_yaml, resolve_device
+from harness.config import (ConfigError, DataSpec, Strict, TrainConfig, format_validation_error, parse, read_yaml,
+                            resolve_device)
 from harness.nn.steps import FALLBACKS, resolve_mode
 from harness.schedules import SHORT_NAMES, SamplingSchedule
 
@@ -331,7 +332,29 @@ def effective_config_text(path: str | Path, overrides: list[str] | tuple, data: 
     return f"# {path} {sets}\n" + yaml.safe_dump(data, sort_keys=False)
 
 
+def merged_from_defaults(loc: tuple, raw: dict, defaults: dict) -> str | None:
+    """'train_defaults.a.b (merged into models.i.train)' when a bad key under models.i.train
+    came from train_defaults, not from the entry itself."""
+    if len(loc) < 4 or loc[0] != "models" or loc[2] != "train" or not isinstance(loc[1], int):
+        return None
+
+    def has(tree, path):
+        for key in path:
+            if not isinstance(tree, dict) or key not in tree:
+                return False
+            tree = tree[key]
+        return True
+
+    entries = raw.get("models") if isinstance(raw.get("models"), list) else []
+    own = entries[loc[1]].get("train") if loc[1] < len(entries) and isinstance(entries[loc[1]], dict) else None
+    rest = [str(part) for part in loc[3:]]
+    if has(defaults, rest) and not has(own or {}, rest):
+        return f"train_defaults.{'.'.join(rest)} (merged into models.{loc[1]}.train)"
+    return None
+
+
 def parse_sweep_config(data: dict, source: str = "sweep config") -> SweepConfig:
+    raw = data
     data = dict(data)
     defaults = data.get("train_defaults") or {}
     if not isinstance(defaults, dict):
@@ -343,7 +366,11 @@ def parse_sweep_config(data: dict, source: str = "sweep config") -> SweepConfig:
                 entry = {**entry, "train": deep_merge(defaults, entry["train"])}
             models.append(entry)
         data["models"] = models
-    cfg = parse(SweepConfig, data, source)
+    try:
+        cfg = SweepConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source, lambda loc: merged_from_defaults(loc, raw, defaults))) \
+            from err
     check_consistency(cfg, source)
     for i, entry in enumerate(cfg.models):
         for j, raw in enumerate(entry.schedules):
