@@ -376,6 +376,10 @@ def parse_sweep_config(data: dict, source: str = "sweep config") -> SweepConfig:
         for j, raw in enumerate(entry.schedules):
             if not isinstance(raw, dict):
                 raise ConfigError(f"{source}: field 'models.{i}.schedules.{j}': expected a mapping like {{steps: 32}}")
+            unknown = sorted(set(raw) - set(SamplingSchedule.model_fields))
+            if unknown:
+                raise ConfigError(f"{source}: field 'models.{i}.schedules.{j}.{unknown[0]}': unknown schedule field; "
+                                  f"use one of {sorted(SamplingSchedule.model_fields)}")
         for length in entry.lengths or cfg.lengths:
             for fields in expand_schedules(entry.schedules):
                 where = f"{source}: field 'models.{i}.schedules'"
