@@ -116,7 +116,7 @@ def judge(metric: str, ref, cand, tol: Tolerance) -> tuple[str, str, str]:
         return ("advisory" if tol.kind == "advisory" else "REGRESSED"), "missing", f"{r:.6g} -> missing"
     delta = c - r
     rel = delta / abs(r) if r else (0.0 if delta == 0 else math.inf)
-    full = f"{r:.6g} -> {c:.6g}" + (f" ({rel:+.2%})" if r else "")
+    full = f"{r:.6g} -> {c:.6g}" + (f" ({delta:+.4g}, {rel:+.2%})" if r else f" ({delta:+.4g})")
     short = f"{c:.5g}" + (f" ({rel:+.1%})" if delta else "")
     text = (short, full)
     worse = delta > 0 if direction == "lower" else delta < 0
@@ -145,11 +145,16 @@ def compare_rows(reference: dict[str, dict], candidate: dict[str, dict], toleran
         per_metric, notes = {}, []
         rm, cm = ref.get("metrics", {}), cand.get("metrics", {})
         for metric, tol in tolerances.items():
-            if tol.kind == "off" or _num(rm.get(metric)) is None:
+            if tol.kind == "off" or rm.get(metric) is None:
+                continue
+            if _num(rm.get(metric)) is None:  # NaN, inf or not a number: say so, never gate silently off
+                notes.append(f"reference {metric} {rm.get(metric)!r} unusable; not gated")
                 continue
             per_metric[metric] = judge(metric, rm.get(metric), cm.get(metric), tol)
         if ref.get("config_hash") != cand.get("config_hash"):
             notes.append("config hash differs")
+        if "gen_ppl" in per_metric and rm.get("evaluator") != cm.get("evaluator"):
+            notes.append(f"gen_ppl evaluator differs: {rm.get('evaluator')} -> {cm.get('evaluator')}")
         statuses = [v[0] for v in per_metric.values() if v[0] != "advisory"]
         status = next((s for s in STATUS_ORDER if s in statuses), "ok")
         results.append((key, status, per_metric, notes))

@@ -26,7 +26,10 @@ def resolve_device(name: str, field: str = "device") -> torch.device:
         raise ConfigError(f"{field}: {name!r} requested but no CUDA device is visible; use 'auto' or 'cpu'")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{field}: unknown device {name!r}; use 'auto', 'cpu' or 'cuda[:N]'") from None
 
 
 class Strict(BaseModel):

@@ -48,7 +48,12 @@ def load_frame(results_dir: str | Path):
 
     from harness.sweep import latest_rows, read_points
 
-    rows = list(latest_rows(read_points(results_dir, strict=True)).values())
+    every = read_points(results_dir, strict=True)
+    sweeps = sorted({str(r.get("sweep")) for r in every})
+    if len(sweeps) > 1:  # rows are merged by key: another sweep's row would silently replace this one's
+        raise ValueError(f"{results_dir}: rows of sweeps {sweeps} in one results file; every sweep writes its own "
+                         "folder, so report each folder separately")
+    rows = list(latest_rows(every).values())
     if not rows:
         raise ValueError(f"{results_dir}: the results file has no finished points yet; run the sweep first")
     flat = []

@@ -103,6 +103,8 @@ def rescore(results_dir, evaluator_spec: str, out_dir=None, mauve: bool = False,
     from harness.evaluators import get_evaluator
 
     results_dir = Path(results_dir)
+    if results_dir.name == sw.POINTS_FILE and results_dir.is_file():  # as compare and report accept
+        results_dir = results_dir.parent
     if not (results_dir / sw.POINTS_FILE).is_file():
         raise ConfigError(f"RESULTS_DIR {str(results_dir)!r} has no {sw.POINTS_FILE}; pass a sweep results folder")
     command = _command(results_dir, evaluator_spec, out_dir, mauve, reference_samples)
@@ -119,7 +121,24 @@ def rescore(results_dir, evaluator_spec: str, out_dir=None, mauve: bool = False,
         raise ConfigError(f"--evaluator {evaluator_spec!r}: {str(err).splitlines()[0]}") from err
 
     rows = list(sw.latest_rows(sw.read_points(results_dir)).values())
+    saved = {r["key"]: len(read_samples(results_dir / sw.SAMPLES_DIR / f"{sw.safe_name(r['key'])}.jsonl"))
+             for r in rows}
+    if not any(saved.values()):
+        raise ConfigError(f"RESULTS_DIR {str(results_dir)!r} has no saved samples in {sw.SAMPLES_DIR}/; re-run its "
+                          "sweep with save_samples: null (every text) or a count, then rescore")
     out_points = out_dir / sw.POINTS_FILE
+    foreign = [r["key"] for r in sw.read_points(out_points) if "rescore_evaluator" not in r["metrics"]]
+    if foreign:
+        raise ConfigError(f"--out {str(out_dir)!r} holds results that are not a rescore ({foreign[0]!r} and "
+                          f"{len(foreign) - 1} more); rescore never overwrites a sweep's results, pick another folder")
+    unsaved = [k for k, n in saved.items() if n == 0]
+    partial = [r["key"] for r in rows if 0 < saved[r["key"]] < int(r.get("num_samples") or 0)]
+    if unsaved:
+        print(f"rescore: {len(unsaved)} of {len(rows)} points have no saved samples and keep their old gen PPL "
+              f"(e.g. {unsaved[0]})", file=sys.stderr)
+    if partial:
+        print(f"rescore: {len(partial)} points are scored on fewer texts than the sweep drew (save_samples); "
+              "gen_ppl_samples in each row gives the count", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     sw.repair_tail(out_points)
     # A point is done when this evaluator scored the source row it has now: a point the sweep

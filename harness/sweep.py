@@ -503,6 +503,9 @@ def read_points(results: str | Path, strict: bool = False) -> list[dict]:
             if all(not rest.strip() for rest in lines[i + 1 :]):
                 break  # a half-written last line
             raise ValueError(f"{path}: line {i + 1} is not valid JSON; remove it (finished points are on other lines)")
+        if not (isinstance(row, dict) and isinstance(row.get("key"), str) and isinstance(row.get("metrics"), dict)):
+            raise ValueError(f"{path}: line {i + 1} is not a results row (it needs a 'key' string and a 'metrics' "
+                             "mapping); fix or remove that line")
         rows.append(row)
     return rows
 

@@ -59,7 +59,7 @@ def test_identical_passes(tmp_path):
 
 
 @pytest.mark.parametrize("changes, expect_code, expect", [
-    ({"gen_ppl": 900.0 * 1.10}, 1, "REGRESSED mdlm/T=8/L64/s0 gen_ppl: 900 -> 990 (+10.00%) (tolerance +5%)"),
+    ({"gen_ppl": 900.0 * 1.10}, 1, "REGRESSED mdlm/T=8/L64/s0 gen_ppl: 900 -> 990 (+90, +10.00%) (tolerance +5%)"),
     ({"gen_ppl": 900.0 * 1.04}, 0, "2 ok"),                       # within +5 %
     ({"gen_ppl": 900.0 * 0.80}, 0, "improved"),                   # better is fine
     ({"test_ppl": 90.0 * 1.03}, 1, "REGRESSED mdlm/T=8/L64/s0 test_ppl"),
@@ -180,3 +180,29 @@ def test_end_to_end_tiny_sweep_compared_with_itself(tmp_path):
     write(tmp_path / "worse" / "points.jsonl", rows)
     assert cp.compare_files(results, tmp_path / "worse", out=io.StringIO()) == 1
     assert json.loads((results / "points.jsonl").read_text().splitlines()[0])["sweep"] == "e2e"
+
+
+def test_notes_say_when_gen_ppl_evaluators_differ_or_a_reference_value_is_unusable(tmp_path):
+    ref, cand = copy.deepcopy(REFERENCE), copy.deepcopy(REFERENCE)
+    for r in ref:
+        r["metrics"]["evaluator"] = "harness-ar:ar@step20"
+    for r in cand:
+        r["metrics"]["evaluator"] = "harness-ar:ar@step60"
+    ref[0]["metrics"]["entropy"] = float("nan")
+    code, out = gate(ref, cand, tmp_path)
+    assert code == 0  # nothing regressed, but the table says what it could not gate
+    assert "gen_ppl evaluator differs: harness-ar:ar@step20 -> harness-ar:ar@step60" in out
+    assert "reference entropy nan unusable; not gated" in out
+
+
+def test_malformed_row_is_a_one_line_error_not_a_regression(tmp_path, capsys):
+    from harness.cli import main
+
+    ref = write(tmp_path / "ref" / "points.jsonl", REFERENCE)
+    cand = tmp_path / "cand" / "points.jsonl"
+    cand.parent.mkdir()
+    cand.write_text(json.dumps(REFERENCE[0]) + "\n" + json.dumps({"metrics": {}}) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", str(ref), str(cand)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "line 2 is not a results row" in err[0]

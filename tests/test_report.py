@@ -372,3 +372,12 @@ def test_speed_ratios_at_the_floors(tmp_path):
 
     table = list(csv.DictReader((tmp_path / "b" / "r" / "speed_ratios_at_floor.csv").open()))
     assert math.isclose(float(table[0]["MDLM / Eso-LM T=L/8"]), 2 * 5e8 * 131072 / 1e14 / 0.128, rel_tol=1e-12)
+
+
+def test_rows_of_two_sweeps_in_one_file_are_refused(tmp_path):
+    rows = [row("ar", "ar", "default", 100.0, 0.01, 63)]
+    other = json.loads(json.dumps(rows[0]))
+    other["sweep"] = "other"
+    results = write_results(tmp_path, rows + [other])
+    with pytest.raises(ValueError, match=r"rows of sweeps \['demo', 'other'\]"):
+        rp.load_frame(results)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -155,3 +156,23 @@ def test_bad_input_is_a_config_error_naming_the_option(sweep_dir, tmp_path, caps
         assert exit_info.value.code == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("esolm: error:"), lines
+
+
+def test_rescore_refuses_to_overwrite_results_or_to_score_nothing(sweep_dir, tmp_path, capsys):
+    spec = f"ar:{checkpoint_of(sweep_dir, 'ar2')}"
+    victim = tmp_path / "victim"
+    shutil.copytree(sweep_dir, victim)  # a sweep's own results, e.g. a mistyped --out results/smoke
+    before = tree_hash(victim)
+    with pytest.raises(ConfigError, match="holds results that are not a rescore"):
+        rescore(sweep_dir, spec, out_dir=victim, progress=False)
+    assert tree_hash(victim) == before
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copyfile(sweep_dir / sw.POINTS_FILE, bare / sw.POINTS_FILE)
+    with pytest.raises(ConfigError, match="has no saved samples"):
+        rescore(bare, spec, out_dir=tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
+    out = rescore(sweep_dir / sw.POINTS_FILE, spec, out_dir=tmp_path / "o2", progress=False)  # a points.jsonl path
+    assert f"1 of {len(sw.latest_rows(sw.read_points(sweep_dir)))} points have no saved samples" in \
+        capsys.readouterr().err
+    assert len(sw.read_points(out)) == len(sw.latest_rows(sw.read_points(sweep_dir)))

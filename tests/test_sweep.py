@@ -149,19 +149,24 @@ def test_shard_parsing():
 # --------------------------------------------------------------------------------------
 def test_read_points_ignores_half_written_last_line_and_repairs_it(tmp_path):
     path = tmp_path / "points.jsonl"
-    sw.append_row(path, {"key": "a", "v": 1})
-    sw.append_row(path, {"key": "b", "v": 2})
+    sw.append_row(path, {"key": "a", "metrics": {"v": 1}})
+    sw.append_row(path, {"key": "b", "metrics": {"v": 2}})
     with path.open("a") as f:
         f.write('{"key": "c", "v"')  # crash mid-write
     assert [r["key"] for r in sw.read_points(path)] == ["a", "b"]
     assert [r["key"] for r in sw.read_points(tmp_path)] == ["a", "b"]  # a folder works too
     sw.repair_tail(path)
-    sw.append_row(path, {"key": "c", "v": 3})
+    sw.append_row(path, {"key": "c", "metrics": {"v": 3}})
     assert [r["key"] for r in sw.read_points(path)] == ["a", "b", "c"]
     # a corrupt line in the middle is an error, not silently skipped
-    path.write_text('{"key": "a"}\nnot json\n{"key": "b"}\n')
+    path.write_text('{"key": "a", "metrics": {}}\nnot json\n{"key": "b", "metrics": {}}\n')
     with pytest.raises(ValueError, match="line 2 is not valid JSON"):
         sw.read_points(path)
+    # a JSON line that is not a row (no key, metrics not a mapping) is named, not a KeyError later
+    for bad in ('{"metrics": {}}', '{"key": "x", "metrics": null}', 'null', '[1, 2]'):
+        path.write_text('{"key": "a", "metrics": {}}\n' + bad + '\n{"key": "b", "metrics": {}}\n')
+        with pytest.raises(ValueError, match="line 2 is not a results row"):
+            sw.read_points(path)
     # newest row per key wins
     rows = [{"key": "a", "v": 1}, {"key": "b", "v": 1}, {"key": "a", "v": 2}]
     assert {k: r["v"] for k, r in sw.latest_rows(rows).items()} == {"a": 2, "b": 1}

@@ -224,3 +224,10 @@ def test_train_steps_flag_is_validated_and_a_finished_run_says_so(tmp_path, corp
     main(["train", str(path), "--resume", "--steps", "1", "--quiet"])
     assert "already at step 2 (train.steps 1); nothing to train" in capsys.readouterr().err
     assert read_state(tmp_path / "run")["step"] == 2
+
+
+def test_unknown_device_is_a_one_line_error(checkpoints, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", str(checkpoints / "ar"), "--device", "tpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and "--device: unknown device 'tpu'" in err[-1]
