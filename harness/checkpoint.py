@@ -107,15 +107,20 @@ def read_state(path: str | Path, mmap: bool = False) -> dict:
     return state
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", expect_model: str | None = None,
-                    use_ema: bool = True) -> Loaded:
-    """Rebuild model (EMA weights when present) and tokenizer; ``expect_model`` guards mix-ups."""
-    state = read_state(path)
+def check_model(state: dict, path, expect_model: str | None) -> None:
+    """``expect_model`` guards mix-ups: a config naming one model pointed at another's checkpoint."""
     if expect_model is not None and expect_model != state["model_name"]:
         raise ValueError(
             f"checkpoint {str(path)!r} holds model {state['model_name']!r}, not {expect_model!r}; "
             f"point the config at a {expect_model} checkpoint or change its model to {state['model_name']!r}"
         )
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", expect_model: str | None = None,
+                    use_ema: bool = True) -> Loaded:
+    """Rebuild model (EMA weights when present) and tokenizer; ``expect_model`` guards mix-ups."""
+    state = read_state(path)
+    check_model(state, path, expect_model)
     model = build_model(state["model_name"], BackboneConfig(**state["backbone"]), SpecialTokens(**state["special"]),
                         **state["model_options"])
     weights = state["ema_state"] if use_ema and state.get("ema_state") else state["model_state"]

@@ -268,7 +268,7 @@ def check_consistency(cfg: SweepConfig, source: str) -> None:
 def check_checkpoint_entries(cfg: SweepConfig, names: set[str], source: str) -> None:
     """Checkpoint entries exist and hold the sweep's lengths: checked before anything is
     written or trained (train entries are checked when the config is parsed)."""
-    from harness.checkpoint import read_state
+    from harness.checkpoint import check_model, read_state
 
     for i, entry in enumerate(cfg.models):
         if entry.checkpoint is None or entry.name not in names:
@@ -276,11 +276,9 @@ def check_checkpoint_entries(cfg: SweepConfig, names: set[str], source: str) -> 
         where = f"{source}: field 'models.{i}.checkpoint'"
         try:
             state = read_state(entry.checkpoint, mmap=True)
+            check_model(state, entry.checkpoint, entry.model)
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from None
-        if entry.model is not None and entry.model != state["model_name"]:
-            raise ConfigError(f"{where}: it holds model {state['model_name']!r}, not {entry.model!r}; point it at a "
-                              f"{entry.model} checkpoint or set models.{i}.model: {state['model_name']}")
         max_len = state["backbone"]["max_len"]
         too_long = [length for length in entry.lengths or cfg.lengths if length > max_len]
         if too_long:

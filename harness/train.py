@@ -166,8 +166,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             ema.updates = state["step"]
         torch.set_rng_state(state["rng_state"]["torch"])
         step = state["step"]
-    if step >= o.steps:
-        return ckpt_path
 
     if o.compile:
         # In place (state_dict keys unchanged); static shapes: Eso-LM's two forwards per loss

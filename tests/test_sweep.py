@@ -522,7 +522,7 @@ def test_checkpoint_entries_are_checked_before_anything_is_written(tmp_path, run
     cases = [({"checkpoint": str(tmp_path / "nope")}, [16], "field 'models.0.checkpoint': checkpoint"),
              ({"checkpoint": str(tmp_path / "ck")}, [32], "length(s) [32] exceed the checkpoint's max_len 16"),
              ({"checkpoint": str(tmp_path / "ck"), "model": "mdlm", "schedules": [{"steps": 4}]}, [16],
-              "it holds model 'ar', not 'mdlm'")]
+              "holds model 'ar', not 'mdlm'")]
     for entry, lengths, fragment in cases:
         cfg = base_config(runs, lengths=lengths, metrics=["entropy"], models=[{"name": "m", **entry}])
         cfg.pop("evaluator")
