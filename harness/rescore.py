@@ -121,8 +121,7 @@ def rescore(results_dir, evaluator_spec: str, out_dir=None, mauve: bool = False,
         raise ConfigError(f"--evaluator {evaluator_spec!r}: {str(err).splitlines()[0]}") from err
 
     rows = list(sw.latest_rows(sw.read_points(results_dir)).values())
-    saved = {r["key"]: len(read_samples(results_dir / sw.SAMPLES_DIR / f"{sw.safe_name(r['key'])}.jsonl"))
-             for r in rows}
+    saved = {r["key"]: read_samples(results_dir / sw.SAMPLES_DIR / f"{sw.safe_name(r['key'])}.jsonl") for r in rows}
     if not any(saved.values()):
         raise ConfigError(f"RESULTS_DIR {str(results_dir)!r} has no saved samples in {sw.SAMPLES_DIR}/; re-run its "
                           "sweep with save_samples: null (every text) or a count, then rescore")
@@ -131,8 +130,8 @@ def rescore(results_dir, evaluator_spec: str, out_dir=None, mauve: bool = False,
     if foreign:
         raise ConfigError(f"--out {str(out_dir)!r} holds results that are not a rescore ({foreign[0]!r} and "
                           f"{len(foreign) - 1} more); rescore never overwrites a sweep's results, pick another folder")
-    unsaved = [k for k, n in saved.items() if n == 0]
-    partial = [r["key"] for r in rows if 0 < saved[r["key"]] < int(r.get("num_samples") or 0)]
+    unsaved = [k for k, records in saved.items() if not records]
+    partial = [r["key"] for r in rows if 0 < len(saved[r["key"]]) < int(r.get("num_samples") or 0)]
     if unsaved:
         print(f"rescore: {len(unsaved)} of {len(rows)} points have no saved samples and keep their old gen PPL "
               f"(e.g. {unsaved[0]})", file=sys.stderr)
@@ -161,7 +160,7 @@ def rescore(results_dir, evaluator_spec: str, out_dir=None, mauve: bool = False,
         print(f"rescore: {len(rows) - len(todo)} of {len(rows)} points already in {out_points}", file=sys.stderr)
     for row in tqdm(todo, desc=f"rescore {evaluator.name}", unit="pt", disable=not progress, dynamic_ncols=True):
         name = f"{sw.safe_name(row['key'])}.jsonl"
-        records = read_samples(results_dir / sw.SAMPLES_DIR / name)
+        records = saved[row["key"]]  # read once, above
         row = json.loads(json.dumps(row))  # a deep copy
         metrics = row.setdefault("metrics", {})
         metrics["rescore_evaluator"] = evaluator.name
