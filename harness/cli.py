@@ -139,7 +139,7 @@ def cmd_sample(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from harness.sweep import run_sweep
+    from harness.sweep.run import run_sweep
 
     out = run_sweep(args.config, shard=args.shard, entries=args.entries, results_root=args.results,
                     report=not args.no_report, progress=not args.quiet, reports_root=args.reports,

@@ -185,7 +185,7 @@ def compare_files(reference: str | Path, candidate: str | Path, tolerances: str 
     """Print the comparison table; return 1 on any regression or missing point, else 0."""
     import sys
 
-    from harness.sweep import latest_rows, read_points
+    from harness.results_store import latest_rows, read_points
 
     out = out or sys.stdout
     tol = load_tolerances(tolerances)
