@@ -165,7 +165,8 @@ def cmd_rescore(args) -> None:
 def cmd_compare(args) -> None:
     from harness.compare import compare_files
 
-    sys.exit(compare_files(args.reference, args.candidate, tolerances=args.tolerances))
+    sys.exit(compare_files(args.reference, args.candidate, tolerances=args.tolerances, verbose=args.verbose,
+                           csv_path=args.csv))
 
 
 def cmd_lm_eval_task(args) -> None:
@@ -246,10 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_rescore)
 
-    p = sub.add_parser("compare", help="CI gate: exit 1 when CANDIDATE regresses against REFERENCE")
+    p = sub.add_parser("compare", help="CI gate: exit 1 when CANDIDATE regresses against REFERENCE, 2 when a point "
+                                       "cannot be compared (invalid values, another evaluator or config)")
     p.add_argument("reference")
     p.add_argument("candidate")
-    p.add_argument("--tolerances", help="YAML file of per-metric tolerances")
+    p.add_argument("--tolerances", help="YAML file of per-metric tolerances (metric: off opts a metric out)")
+    p.add_argument("--verbose", action="store_true", help="print the full table of every point and metric")
+    p.add_argument("--csv", metavar="FILE", help="write the full comparison, one row per point and metric")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("lm-eval-task", help="write the offline lm-eval perplexity task over the test split")
