@@ -150,7 +150,7 @@ def cmd_sweep(args) -> None:
 def cmd_report(args) -> None:
     from harness.report import write_report
 
-    out = write_report(args.results_dir, out_dir=args.out)
+    out = write_report(args.results_dir, out_dir=args.out, force=args.force)
     print(f"report: {out}")
 
 
@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="i/n: run only every n-th point starting at i (e.g. for SLURM arrays)")
     p.add_argument("--entries", help="a,b,...: run only these model entries (and train only what they need)")
     p.add_argument("--results", default="results", help="root folder for results/<sweep>/points.jsonl")
-    p.add_argument("--reports", default="reports", help="root folder for the report (reports/<sweep>/)")
+    p.add_argument("--reports", help="root folder for the report (default: reports/ beside the results root, "
+                   "as esolm report)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -233,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write plots and report.md from a results folder")
     p.add_argument("results_dir")
-    p.add_argument("--out", help="output folder (default: reports/<results folder name> beside the "
-                   "results root, e.g. out/results/x -> out/reports/x)")
+    p.add_argument("--out", help="output folder (default: reports/<results folder name> beside the results: "
+                   "results/x -> reports/x, out/results/x -> out/reports/x, /tmp/c/x -> /tmp/c/reports/x)")
+    p.add_argument("--force", action="store_true", help="replace a report made from other results")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("rescore", help="re-score a results folder's saved samples with another evaluator")

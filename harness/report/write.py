@@ -1,7 +1,13 @@
-"""``esolm report``: writes the plots and report.md of one results folder."""
+"""``esolm report``: writes the plots and report.md of one results folder.
+
+The report folder records which results it was made from (``source.txt``, a path relative
+to the folder), so a report of other results never silently replaces it (``force=True``
+does)."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 from harness.report.frame import aggregate, finite, load_frame
@@ -10,24 +16,56 @@ from harness.report.speed import PAPER_BD3LM, PAPER_MDLM, add_floors, cuda_rows,
 from harness.report.tables import alpha0_table, by_length_table, fmt, results_table, boundaries_table, times
 from harness.report.text import description, floor_text, measured_on, notes, protocol_table, sample_section
 
+SOURCE_FILE = "source.txt"
+
+
+class ReportExists(ValueError):
+    """The report folder holds the report of other results."""
+
+
 def default_report_dir(results_dir: Path) -> Path:
-    root = results_dir.parent.parent if results_dir.parent.name == "results" else Path(".")
+    """``reports/<name>`` beside the results: results/x -> reports/x, out/results/x ->
+    out/reports/x, /tmp/cand/x -> /tmp/cand/reports/x (never ./reports for results elsewhere)."""
+    results_dir = Path(results_dir)
+    root = results_dir.parent.parent if results_dir.parent.name == "results" else results_dir.parent
     return root / "reports" / results_dir.name
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write plots and report.md; returns the report.md path.  Default folder: the reports/
-    beside the results root + the results folder's name (results/x -> reports/x,
-    out/results/x -> out/reports/x, so a report of ``make smoke``'s output never overwrites
-    the committed reports/smoke), else reports/x; a re-scored copy such as results/x_smollm2
-    never overwrites the report of results/x."""
+def report_source(out: Path) -> Path | None:
+    """The results folder the report in ``out`` was made from (None: no report there).  Reports
+    written before source.txt existed name it in their protocol table, relative to the
+    folder the command ran in."""
+    if (out / SOURCE_FILE).is_file():
+        return out / (out / SOURCE_FILE).read_text().strip()
+    if (out / "report.md").is_file():
+        m = re.search(r"^\| results \| `([^`]+)`", (out / "report.md").read_text(), re.M)
+        return Path(m.group(1)) if m else out / "<unknown results>"
+    return None
+
+
+def check_report_dir(out: Path, results_dir: Path, force: bool = False) -> None:
+    """Refuse to replace the report of other results unless ``force``."""
+    source = report_source(out)
+    if force or source is None or source.resolve() == results_dir.resolve():
+        return
+    raise ReportExists(f"{out} holds the report of {os.path.normpath(source)}, not of {results_dir}; pass --out DIR "
+                       "for a new folder or --force to replace it")
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None, force: bool = False) -> Path:
+    """Write plots and report.md; returns the report.md path.  Default folder:
+    :func:`default_report_dir` (so a report of ``make smoke``'s out/results/smoke never
+    replaces the committed reports/smoke, and a re-scored copy results/x_smollm2 gets its own
+    folder).  A folder holding the report of other results is refused unless ``force``."""
     results_dir = Path(results_dir)
     if results_dir.is_file():
         results_dir = results_dir.parent
     df = load_frame(results_dir)
     sweep = str(df["sweep"].iloc[0])
     out = Path(out_dir) if out_dir is not None else default_report_dir(results_dir)
+    check_report_dir(out, results_dir, force)
     out.mkdir(parents=True, exist_ok=True)
+    (out / SOURCE_FILE).write_text(os.path.relpath(results_dir.resolve(), out.resolve()) + "\n")
     ceilings = add_floors(df, results_dir)
     agg = aggregate(df)
 

@@ -43,7 +43,7 @@ def train_entries(cfg: SweepConfig, names: set[str], progress: bool) -> dict[str
 
 
 def run_sweep(config_path: str | Path, shard: str | None = None, results_root: str | Path = "results",
-              report: bool = True, progress: bool = True, reports_root: str | Path = "reports",
+              report: bool = True, progress: bool = True, reports_root: str | Path | None = None,
               entries: str | list[str] | None = None, overrides: list[str] | tuple = ()) -> Path:
     """Run (or resume) a sweep; returns the results folder ``<results_root>/<name>``."""
     data = apply_overrides(read_yaml(config_path), overrides)  # read and merged once, kept below
@@ -101,8 +101,11 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
     finally:
         bar.close()
     if report:
-        from harness.report import write_report
+        from harness.report.write import ReportExists, default_report_dir, write_report
 
-        out = write_report(results_dir, out_dir=Path(reports_root) / cfg.name)
-        print(f"report: {out}", file=sys.stderr)
+        out_dir = Path(reports_root) / cfg.name if reports_root is not None else default_report_dir(results_dir)
+        try:
+            print(f"report: {write_report(results_dir, out_dir=out_dir)}", file=sys.stderr)
+        except ReportExists as err:  # the results are kept; only the report is not written
+            print(f"sweep {cfg.name}: report not written: {err}", file=sys.stderr)
     return results_dir
