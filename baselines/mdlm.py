@@ -25,14 +25,9 @@ import torch.nn.functional as F
 from harness.models import NLL, Generation, LanguageModel
 from harness.nn import masks
 from harness.nn.steps import static_steps
-from harness.sampling import sample_tokens
+from harness.memory import row_chunk
+from harness.sampling import SAMPLE_CHUNK_ELEMENTS, Drawer  # noqa: F401  (re-exported)
 from harness.schedules import LogLinear, SamplingSchedule, antithetic_times
-
-# Bound on one gathered-logits / float64 Gumbel-noise tensor (revealed positions × vocabulary):
-# a step that reveals many positions at a large vocabulary (e.g. T = 1 at 512 × 1024 × 50258)
-# is drawn in chunks instead of one ~200 GB tensor (SPEC §0).
-SAMPLE_CHUNK_ELEMENTS = 1 << 22
-
 
 def per_sequence_times(n: int, draws: int, eps: float, generator=None, device=None) -> torch.Tensor:
     """(draws, n) times t ~ U[eps, 1], stratified over the draws of each sequence.
@@ -43,22 +38,6 @@ def per_sequence_times(n: int, draws: int, eps: float, generator=None, device=No
     u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
     strata = torch.arange(draws, device=device, dtype=torch.float64)[:, None] / draws
     return (eps + (1 - eps) * ((u + strata) % 1)).float()
-
-
-def draw_tokens(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mask_id: int, generator,
-                top_p: float) -> torch.Tensor:
-    """Float64 Gumbel-max draw at positions (rows[j], cols[j]) of logits (R, W, V), in order.
-
-    Gathered and drawn in chunks of at most SAMPLE_CHUNK_ELEMENTS, so neither the gathered
-    logits nor the float64 noise is ever a (k, V) tensor for all k revealed positions.
-    """
-    chunk = max(1, SAMPLE_CHUNK_ELEMENTS // logits.shape[-1])
-    out = []
-    for i in range(0, rows.numel(), chunk):
-        picked = logits[rows[i : i + chunk], cols[i : i + chunk]]  # a copy: safe to edit
-        picked[:, mask_id] = float("-inf")  # SUBS: never predict [MASK]
-        out.append(sample_tokens(picked, generator, top_p))
-    return torch.cat(out)
 
 
 @dataclass
@@ -119,6 +98,7 @@ def ancestral_denoise(
     top_p: float,
     every_row: bool,
     all_rows: bool = False,
+    chunk: int | None = None,
 ) -> tuple[int, int, torch.Tensor]:
     """Denoise z (n, W), [MASK] on entry where the plan reveals, in place — the MDLM sampler
     on a window.
@@ -133,8 +113,10 @@ def ancestral_denoise(
     run only at a step where it reveals something: since the denoiser is time-agnostic and the
     row changed at its previous reveal, that is exactly "reuse p_θ while nothing changed", and
     no stale logits need storing.  With ``all_rows`` (fixed-shape steps, harness.nn.steps) a
-    step where any row reveals runs every row, and is counted so.  All modes draw the same
-    Gumbel noise for the same reveals, so they produce the same tokens.
+    step where any row reveals runs every row, and is counted so.  ``chunk``: at most that
+    many rows per denoiser call (a memory budget, harness.memory); a step's draws wait until
+    all its chunks ran.  All modes and chunkings draw the same Gumbel noise for the same
+    reveals (:class:`Drawer`), so they produce the same tokens.
 
     Returns (forwards run, Σ rows over forwards, forwards per row).
     """
@@ -144,27 +126,40 @@ def ancestral_denoise(
     for due in plan.due:  # one step: due[r] positions of row r
         need = [r for r, count in enumerate(due) if count]
         if every_row or len(need) == n or (all_rows and need):
-            rows, ran = None, range(n)
+            ran = list(range(n))
         elif need:
-            rows, ran = torch.tensor(need, device=z.device), need
+            ran = need
         else:
             continue  # nobody reveals anything: no forward
-        logits = denoiser(rows)
         forwards, rows_run = forwards + 1, rows_run + len(ran)
         for r in ran:
             per_row[r] += 1
         total = sum(due)
-        if total == 0:
-            continue
-        r, c = plan.rows[offset : offset + total], plan.cols[offset : offset + total]
+        starts = [0] * (n + 1)  # step-local offset of each row's first reveal (plan order: row, position)
+        for r in range(n):
+            starts[r + 1] = starts[r] + due[r]
+        r_all, c_all = plan.rows[offset : offset + total], plan.cols[offset : offset + total]
         offset += total
-        if rows is not None:  # batch row -> its index among the rows that were run
-            slot = torch.zeros(n, dtype=torch.long, device=z.device)
-            slot[rows] = torch.arange(len(need), device=z.device)
-            r_in_logits = slot[r]
-        else:
-            r_in_logits = r
-        z[r, c] = draw_tokens(logits, r_in_logits, c, mask_id, generator, top_p)
+        drawer = None
+        size = len(ran) if chunk is None else max(1, chunk)
+        for i in range(0, len(ran), size):
+            part = ran[i : i + size]
+            whole = len(part) == n
+            logits = denoiser(None if whole else torch.tensor(part, device=z.device))
+            lo, hi = starts[part[0]], starts[part[-1] + 1]
+            if hi == lo:
+                continue
+            r, c = r_all[lo:hi], c_all[lo:hi]
+            if not whole:  # batch row -> its index among the rows that were run
+                slot = torch.zeros(n, dtype=torch.long, device=z.device)
+                slot[torch.tensor(part, device=z.device)] = torch.arange(len(part), device=z.device)
+                r = slot[r]
+            drawer = drawer or Drawer(logits.shape[-1], generator, top_p, mask_id)
+            for j in range(0, r.numel(), drawer.group):
+                drawer.push(logits[r[j : j + drawer.group], c[j : j + drawer.group]])
+            del logits
+        if drawer is not None:
+            z[r_all, c_all] = drawer.finish().to(z.device)
     return forwards, rows_run, torch.tensor(per_row, dtype=torch.long, device=z.device)
 
 
@@ -238,17 +233,22 @@ class MDLM(LanguageModel):
         attend = masks.bidirectional(length, device)
 
         steps = static_steps(self, n, length) if use_cache else None  # keyed by length; no cache is allocated
+        chunk = row_chunk(self, n, length, length)  # rows per forward within the memory budget
 
         def denoiser(rows):
             if steps is not None:  # every row at a fixed shape (a CUDA graph on a GPU)
-                logits = steps.full(z, positions.expand(n, length))
-                return logits if rows is None else logits[rows]
+                if rows is None:
+                    return steps.full(z, positions.expand(n, length))
+                # a chunk of rows, padded to the chunk size: one more fixed shape
+                padded = torch.cat([rows, rows[-1:].expand(max(chunk, len(rows)) - len(rows))])
+                return steps.full(z[padded], positions.expand(len(padded), length))[: len(rows)]
             return self.net(z if rows is None else z[rows], positions, attend)
 
         plan = plan_reveals(n, length, noise=self.noise, steps=schedule.steps, first_hitting=False,
                             generator=generator, device=device, given=given)[0]
         forwards, rows_run, per_row = ancestral_denoise(
             z, denoiser, plan, mask_id=self.special.mask, generator=generator, top_p=schedule.top_p,
-            every_row=not use_cache, all_rows=steps is not None,
+            every_row=not use_cache, all_rows=steps is not None, chunk=chunk,
         )
-        return Generation(z, nfe=forwards, tokens_computed=rows_run * length, nfe_per_sample=per_row)
+        return Generation(z, nfe=forwards, tokens_computed=rows_run * length, nfe_per_sample=per_row,
+                          extra={"row_chunk": chunk})

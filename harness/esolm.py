@@ -37,8 +37,9 @@ import torch.nn.functional as F
 
 from harness.models import NLL, Generation, LanguageModel
 from harness.nn import masks
-from harness.nn.steps import static_steps
-from harness.sampling import sample_tokens
+from harness.memory import cache_row_bytes, row_chunk
+from harness.nn.steps import bucket, static_steps
+from harness.sampling import Drawer
 from harness.schedules import LogLinear, SamplingSchedule, antithetic_times
 
 
@@ -57,6 +58,23 @@ def sort_positions(first: torch.Tensor, generator=None, shuffle_rest: bool = Fal
     rest = u if shuffle_rest else torch.arange(L, device=first.device, dtype=torch.float64) / L
     perm = torch.where(first, u, 1 + rest).argsort(dim=1)
     return perm, perm.argsort(dim=1)
+
+
+class Draws:
+    """The sampler's ``pick`` for :meth:`EsoLM.decode`: every chunk's [MASK]-query logits go
+    into one :class:`Drawer` per step, in (row, sorted index) order, and are drawn at
+    :meth:`finish` — the same tokens however the batch was chunked."""
+
+    def __init__(self, generator, top_p: float):
+        self.generator, self.top_p, self.drawer = generator, top_p, None
+
+    def __call__(self, logits: torch.Tensor, start: int, stop: int, rows: slice) -> None:
+        if self.drawer is None:
+            self.drawer = Drawer(logits.shape[-1], self.generator, self.top_p)
+        self.drawer.push(logits.reshape(-1, logits.shape[-1]))
+
+    def finish(self) -> torch.Tensor:
+        return self.drawer.finish()
 
 
 class EsoLM(LanguageModel):
@@ -247,8 +265,11 @@ class EsoLM(LanguageModel):
     def decode(self, order: torch.Tensor, n_diff: int, counts: list[int], pick, use_cache: bool = True,
                prefix: torch.Tensor | None = None):
         """Fill the sorted sequence, ``counts[i]`` tokens at step i (the diffusion counts,
-        then 1 per sequential position).  ``pick(logits (n, k, V), start, stop)`` returns the
-        tokens for sorted indices [start, stop) (a sampler draws them; a test can force them).
+        then 1 per sequential position).  ``pick(logits (r, k, V), start, stop, rows)`` returns
+        the tokens of batch ``rows`` (a slice: the batch runs in row chunks within the memory
+        budget, harness.memory) for sorted indices [start, stop) — a test can force them —, or
+        None when it draws them all at ``pick.finish()`` after the step's last chunk (the
+        sampler, :class:`Draws`: its noise then does not depend on the chunking).
         A ``prefix`` (n, P) holds sorted indices [0, P), clean from the start: the first window
         carries it in like tokens revealed at a previous step.  ``n_diff`` counts the clean
         tokens before the sequential phase, prefix included.
@@ -263,34 +284,47 @@ class EsoLM(LanguageModel):
         """
         n, L = order.shape
         x = torch.full((n, L), self.special.mask, dtype=torch.long, device=self.device)
-        # Fixed-shape steps pad the window to a power of two (< 2L): scratch slots up to 2L.
-        steps = static_steps(self, n, 2 * L) if use_cache else None
-        cache = self.net.new_cache(n, L) if use_cache and steps is None else None
-        committed = computed = key_reads = 0  # sorted indices [0, committed) hold K/V in the cache
         revealed = 0 if prefix is None else prefix.shape[1]
+        windows = [a + b for a, b in zip([revealed] + counts, counts)]  # previous step's reveals + this step's
+        widest = bucket(max(windows, default=1))
+        # Fixed-shape steps pad the window to a power of two: scratch slots past L.
+        steps = static_steps(self, n, L + widest) if use_cache else None
+        cache = self.net.new_cache(n, L) if use_cache and steps is None else None
+        held = cache_row_bytes(self.backbone_config, L + widest, self.net.head.weight.element_size()) * n
+        chunk = row_chunk(self, n, widest, L + widest, reserved=held) if use_cache else row_chunk(self, n, 2 * L, 2 * L)
+        parts = [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+        committed = computed = key_reads = 0  # sorted indices [0, committed) hold K/V in the cache
         if prefix is not None:
             x[:, :revealed] = prefix
         for k in counts:
             stop = revealed + k
             diffusion = revealed < n_diff
+            cached = use_cache and (self.caches_diffusion_phase or not diffusion)
+            start = committed if cached else 0
+            out = []
+            for rows in parts:
+                if not use_cache:
+                    logits = self._reference_logits(x[rows], order[rows], n_diff, revealed)[:, revealed:stop]
+                else:
+                    if cached and steps is not None:  # the same window at a fixed shape (a CUDA graph on a GPU)
+                        floor = 0 if self.variant == "B" else revealed  # (A): the clean prefix is bidirectional
+                        logits = steps.step(x[rows, start:stop], order[rows, start:stop], start, floor, rows)
+                    else:
+                        mask = self._window_mask(stop - start, start, revealed - start)
+                        view = cache.rows(rows) if cached else None  # commits below, once for all rows
+                        logits = self.net(x[rows, start:stop], order[rows, start:stop], mask, view)
+                    logits = self.subs_logits(logits[:, revealed - start:])  # the k [MASK] queries
+                out.append(pick(logits, revealed, stop, rows))
+                del logits
             if not use_cache:
-                logits = self._reference_logits(x, order, n_diff, revealed)[:, revealed:stop]
                 computed += n * L * (1 if diffusion else 2)
             else:
-                cached = self.caches_diffusion_phase or not diffusion
-                start = committed if cached else 0
-                if cached and steps is not None:  # the same window at a fixed shape (a CUDA graph on a GPU)
-                    floor = 0 if self.variant == "B" else revealed  # (A): the clean prefix is bidirectional
-                    logits = steps.step(x[:, start:stop], order[:, start:stop], start, floor)
-                else:
-                    mask = self._window_mask(stop - start, start, revealed - start)
-                    logits = self.net(x[:, start:stop], order[:, start:stop], mask,
-                                      cache if cached else None, commit=revealed - start)
-                logits = self.subs_logits(logits[:, revealed - start:])  # the k [MASK] queries
+                if cached and cache is not None:
+                    cache.length += revealed - start
                 committed = revealed if cached else committed
                 computed += n * (stop - start)
                 key_reads += n * stop if cached else 0
-            x[:, revealed:stop] = pick(logits, revealed, stop)
+            x[:, revealed:stop] = pick.finish().view(n, k) if out[0] is None else torch.cat(out)
             revealed = stop
         return x, computed, key_reads
 
@@ -325,8 +359,7 @@ class EsoLM(LanguageModel):
         if prefix is not None:
             order = torch.cat([torch.arange(given, device=self.device).expand(n, given), order], 1)
         x, computed, key_reads = self.decode(order, given + n_diff, counts + [1] * (free - n_diff),
-                                  lambda logits, start, stop: sample_tokens(logits, generator, schedule.top_p),
-                                  use_cache, prefix)
+                                             Draws(generator, schedule.top_p), use_cache, prefix)
         tokens = x.gather(1, order.argsort(1))
         extra = dict(alpha_0=a, diffusion_positions=n_diff, diffusion_steps=len(counts),
                      sequential_steps=free - n_diff, reveal_counts=counts)

@@ -79,6 +79,8 @@ class LanguageModel(nn.Module):
     # How the cached samplers run their steps (harness.nn.steps): None/"auto" = CUDA graphs
     # on a GPU, plain eager steps elsewhere; "dynamic", "static" or "graph" to force one.
     step_mode: str | None = None
+    # Bytes one sampling forward may use (harness.memory): None = 90 % of the free device memory.
+    max_memory: int | str | None = None
 
     def __init__(self, backbone: BackboneConfig, special: SpecialTokens):
         super().__init__()

@@ -38,3 +38,53 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None, top_p
     """Gumbel-max draw of one token per row of ``logits`` (..., V), all in float64."""
     logits = top_p_filter(logits.to(torch.float64), top_p)
     return (logits + gumbel_noise(logits.shape, generator, logits.device)).argmax(dim=-1)
+
+
+# Bound on one gathered-logits / float64 Gumbel-noise tensor (rows drawn × vocabulary): a
+# step that reveals many positions at a large vocabulary (e.g. T = 1 at 512 × 1024 × 50258)
+# is drawn in groups of rows instead of one ~200 GB tensor (SPEC §0).
+SAMPLE_CHUNK_ELEMENTS = 1 << 22
+
+
+class Drawer:
+    """Draws one token per pushed logits row, in push order, in groups of
+    SAMPLE_CHUNK_ELEMENTS // V rows whatever the pieces pushed.
+
+    The groups, hence the Gumbel noise each draw takes, do not depend on how the caller
+    split its forwards, so a sampler that runs its batch in row chunks (harness.memory)
+    draws the tokens it would have drawn unchunked.  ``mask_id``: that logit is set to −inf
+    in the copy drawn from (SUBS: never predict [MASK]); the caller's logits are not edited.
+    """
+
+    def __init__(self, vocab: int, generator, top_p: float = 1.0, mask_id: int | None = None):
+        self.group = max(1, SAMPLE_CHUNK_ELEMENTS // vocab)
+        self.generator, self.top_p, self.mask_id = generator, top_p, mask_id
+        self._pending: list[torch.Tensor] = []
+        self._n = 0
+        self._out: list[torch.Tensor] = []
+
+    def push(self, logits: torch.Tensor) -> None:
+        """logits (m, V): the next m rows to draw."""
+        while logits.shape[0]:
+            take = min(self.group - self._n, logits.shape[0])
+            self._pending.append(logits[:take])
+            self._n += take
+            logits = logits[take:]
+            if self._n == self.group:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._n:
+            return
+        picked = torch.cat(self._pending)  # a copy: safe to edit
+        if self.mask_id is not None:
+            picked[:, self.mask_id] = float("-inf")
+        self._out.append(sample_tokens(picked, self.generator, self.top_p))
+        self._pending, self._n = [], 0
+
+    def finish(self) -> torch.Tensor:
+        """Every token drawn since the last finish, in push order (long, (rows,))."""
+        self._flush()
+        out = torch.cat(self._out) if self._out else torch.zeros(0, dtype=torch.long)
+        self._out = []
+        return out

@@ -295,10 +295,9 @@ def test_exact_order_likelihood_matches_cached_decoding(name, alpha_0):
     truth = x.gather(1, order)
     total = torch.zeros(3, dtype=torch.float64)
 
-    def force(logits, start, stop):
-        nonlocal total
-        total += logits.log_softmax(-1).gather(-1, truth[:, start:stop, None]).sum((1, 2))
-        return truth[:, start:stop]
+    def force(logits, start, stop, rows):
+        total[rows] += logits.log_softmax(-1).gather(-1, truth[rows, start:stop, None]).sum((1, 2))
+        return truth[rows, start:stop]
 
     model.decode(order, n_diff, [1] * L, force, use_cache=True)
     torch.testing.assert_close(exact, total, rtol=1e-10, atol=1e-10)

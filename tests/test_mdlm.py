@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import baselines.mdlm as mdlm_module
+import harness.sampling as sampling_module
 from baselines.mdlm import MDLM, ancestral_denoise, plan_reveals
 from harness.models import SpecialTokens
 from harness.nn.transformer import BackboneConfig
@@ -265,6 +265,6 @@ def test_sampler_keeps_the_float64_tail(monkeypatch, all_threads):
     k64 = tail_count()
     assert poisson_cdf(k64, lam) >= 5e-3 and 1 - poisson_cdf(k64 - 1, lam) >= 5e-3, (k64, lam)
 
-    monkeypatch.setattr(mdlm_module, "sample_tokens", sample_tokens_float32)
+    monkeypatch.setattr(sampling_module, "sample_tokens", sample_tokens_float32)  # what the Drawer calls
     k32 = tail_count()
     assert poisson_cdf(k32, lam) < 5e-3, (k32, lam)

@@ -98,9 +98,9 @@ def test_eso_lm_conditionals_after_a_given_prefix(name, P, n_free_diff):
     truth = x.gather(1, order)
 
     def forced(record):
-        def pick(logits, start, stop):
-            record[:, start:stop] = logits.log_softmax(-1).gather(-1, truth[:, start:stop, None])[..., 0]
-            return truth[:, start:stop]
+        def pick(logits, start, stop, rows):
+            record[rows, start:stop] = logits.log_softmax(-1).gather(-1, truth[rows, start:stop, None])[..., 0]
+            return truth[rows, start:stop]
         return pick
 
     decoded, given = torch.zeros(n, length, dtype=torch.float64), torch.full((n, length), float("nan"),

@@ -143,7 +143,7 @@ class StaticSteps:
         self._cache = None  # allocated on the first cached step (MDLM's full forwards need none)
         self.pool = torch.cuda.graph_pool_handle() if graph else None
         self._steps: dict[tuple[int, int], Replay] = {}
-        self._full: Replay | None = None
+        self._full: dict[tuple, Replay] = {}  # one per (rows, L): the batch, and a memory-budget chunk
 
     @property
     def cache(self):
@@ -151,27 +151,33 @@ class StaticSteps:
             self._cache = self.net.new_cache(self.batch, self.capacity)
         return self._cache
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor, start: int, floor: int = 0) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, start: int, floor: int = 0,
+             rows: slice | None = None) -> torch.Tensor:
         """Logits (B, N, V) of the window ``tokens`` (B, N) written at cache slots
         [start, start + N) — see ``Transformer.forward_static`` for ``floor``.  The window is
         padded with its last token to a power-of-two width; padded rows only write scratch
-        slots past the window, which no real query attends to and later steps overwrite."""
+        slots past the window, which no real query attends to and later steps overwrite.
+        ``rows``: the window is these rows of the batch (a memory-budget chunk)."""
         B, N = tokens.shape
         width = bucket(N)
         keys = min(bucket(start + N, 64), self.capacity)
         if start + width > self.capacity:
             raise ValueError(f"KV cache overflow: window [{start}, {start + width}) > capacity {self.capacity}")
-        replay = self._steps.get((width, keys))
+        rows = None if rows is None or (rows.start in (0, None) and rows.stop >= self.batch) else rows
+        shape = (width, keys) if rows is None else (width, keys, rows.start, rows.stop)
+        replay = self._steps.get(shape)
         if replay is None:
             buffers = [torch.zeros(B, width, dtype=torch.long, device=tokens.device),
                        torch.zeros(B, width, dtype=torch.long, device=tokens.device),
                        torch.zeros(1, dtype=torch.long, device=tokens.device),
                        torch.zeros(1, dtype=torch.long, device=tokens.device)]
 
-            def run(tok, pos, start_, floor_, keys=keys):
-                return self._forward_static(tok, pos, self.cache, start_, floor_, keys)
+            cache = self.cache if rows is None else self.cache.rows(rows)
 
-            replay = self._steps[(width, keys)] = Replay(run, buffers, self.graph, self.pool)
+            def run(tok, pos, start_, floor_, keys=keys, cache=cache):
+                return self._forward_static(tok, pos, cache, start_, floor_, keys)
+
+            replay = self._steps[shape] = Replay(run, buffers, self.graph, self.pool)
         if width > N:
             pad = width - N
             tokens = torch.cat([tokens, tokens[:, -1:].expand(B, pad)], 1)
@@ -179,14 +185,14 @@ class StaticSteps:
         return replay(tokens, positions, start, floor)[:, :N]
 
     def full(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Logits of a full-attention forward without cache (MDLM's denoiser), fixed (B, L)."""
-        if self._full is not None and self._full.buffers[0].shape != tokens.shape:
-            raise ValueError(f"full-forward shape {tuple(tokens.shape)} != captured "
-                             f"{tuple(self._full.buffers[0].shape)}: key StaticSteps by the length")
-        if self._full is None:
+        """Logits of a full-attention forward without cache (MDLM's denoiser) at a fixed
+        (rows, L): one captured shape per row count (the batch, or a chunk of it)."""
+        replay = self._full.get(tuple(tokens.shape))
+        if replay is None:
             buffers = [torch.zeros_like(tokens), torch.zeros_like(positions)]
-            self._full = Replay(lambda tok, pos: self._forward(tok, pos, None), buffers, self.graph, self.pool)
-        return self._full(tokens, positions)
+            replay = self._full[tuple(tokens.shape)] = Replay(lambda tok, pos: self._forward(tok, pos, None), buffers,
+                                                              self.graph, self.pool)
+        return replay(tokens, positions)
 
 
 def static_steps(model, batch: int, capacity: int) -> StaticSteps | None:

@@ -74,6 +74,13 @@ class KVCache:
         self.capacity = capacity
         self.length = 0
 
+    def rows(self, rows: slice) -> "KVCache":
+        """A view of some rows: writes through it land in this cache (a memory-budget chunk)."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = [t[rows] for t in self.k], [t[rows] for t in self.v]
+        view.capacity, view.length = self.capacity, self.length
+        return view
+
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot roll back to {length}: cache holds {self.length}")

@@ -1,0 +1,100 @@
+"""Memory budget for large-batch sampling (the papers' throughput regime).
+
+At batch 64 and L = 8192 MDLM's float32 logits alone are ~100 GB, so a sampler cannot run
+every row of its batch through one forward.  ``LanguageModel.max_memory`` (bytes, a string
+like "40GB", or None = 90 % of what the device has free now) is the budget one forward
+may use; :func:`row_chunk` turns it into how many rows run per forward.  Chunking only
+changes how the rows are grouped: the tokens drawn are the same (the draws go through
+:class:`harness.sampling.Drawer`, whose noise groups do not follow the chunks).  A KV cache
+is allocated for the whole batch, so :func:`cache_rows` says how many rows' cache fits;
+a sweep runs a batch whose cache does not fit as consecutive sub-batches.
+
+The per-row costs are estimates (upper bounds for the eager path), not measurements.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2 ** 10, "MIB": 2 ** 20,
+          "GIB": 2 ** 30, "TIB": 2 ** 40}
+
+
+def parse_bytes(value) -> int | None:
+    """None/"auto" -> None; 123, "40GB", "1.5 GiB" -> bytes."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError(f"max_memory must be positive, got {value}")
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(value))
+    if not m or m.group(2).upper() not in _UNITS:
+        raise ValueError(f"max_memory {value!r}: give bytes, 'auto' or a size like '40GB' / '512MiB'")
+    out = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if out <= 0:
+        raise ValueError(f"max_memory must be positive, got {value!r}")
+    return out
+
+
+def free_bytes(device: torch.device) -> int:
+    """What the device can still allocate: CUDA's free memory (plus what torch's allocator
+    holds unused), else the host's MemAvailable."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2 ** 30  # unknown host: assume 8 GiB
+
+
+def budget(model) -> int:
+    """The model's ``max_memory`` in bytes, or 90 % of the free device memory."""
+    fixed = parse_bytes(getattr(model, "max_memory", None))
+    return fixed if fixed is not None else int(0.9 * free_bytes(model.device))
+
+
+def forward_row_bytes(cfg, queries: int, keys: int, dtype_bytes: int) -> int:
+    """Peak bytes one row of a forward of ``queries`` positions over ``keys`` keys needs:
+    the logits (in the compute dtype, then float32, plus a float32 copy for sampling), the
+    widest activations (the MLP's hidden layer and its inputs) and attention scores when
+    the attention materialises them (per head, float32)."""
+    logits = queries * cfg.vocab_size * (dtype_bytes + 8)
+    acts = queries * cfg.d_model * (2 * cfg.mlp_ratio + 8) * dtype_bytes
+    scores = cfg.n_heads * queries * keys * 4 * 2
+    return logits + acts + scores
+
+
+def cache_row_bytes(cfg, capacity: int, dtype_bytes: int) -> int:
+    """K and V of every layer for ``capacity`` slots of one row."""
+    return 2 * cfg.n_layers * capacity * cfg.d_model * dtype_bytes
+
+
+def _dtype_bytes(model) -> int:
+    weight = next(model.net.parameters(), None)
+    return weight.element_size() if weight is not None else 4
+
+
+def row_chunk(model, n: int, queries: int, keys: int, reserved: int = 0) -> int:
+    """Rows per forward (1..n) so that a chunk fits the budget left after ``reserved`` bytes."""
+    cfg = model.backbone_config
+    per_row = forward_row_bytes(cfg, queries, keys, _dtype_bytes(model))
+    free = budget(model) - reserved
+    return max(1, min(n, free // per_row if per_row else n))
+
+
+def cache_rows(model, n: int, capacity: int, queries: int) -> int:
+    """Rows (1..n) whose KV cache of ``capacity`` slots fits the budget, leaving room for one
+    row's forward of ``queries`` positions."""
+    cfg = model.backbone_config
+    b = _dtype_bytes(model)
+    per_row = cache_row_bytes(cfg, capacity, b)
+    room = budget(model) - forward_row_bytes(cfg, queries, capacity, b)
+    return max(1, min(n, room // per_row if per_row else n))
