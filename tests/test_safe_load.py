@@ -128,3 +128,20 @@ def test_a_checkpoint_that_does_not_describe_its_weights_is_refused_in_one_line(
     with pytest.raises(ValueError, match=message):
         load_checkpoint(path)
     assert "Traceback" not in run_cli(["sample", str(path), "--device", "cpu"], capsys)
+
+
+def test_trap_pickles_never_run_through_the_import_path(tmp_path, capsys):
+    """The same traps as an official .ckpt (read with inert stand-ins) and as a Hugging Face
+    folder's pytorch_model.bin (tensors only): refused in one line, never run."""
+    marker, files = trap_files(tmp_path)
+    for path in files:
+        src = path
+        if path.name == "pytorch_model.bin":
+            src = tmp_path / f"hf-{path.parent.name}"
+            src.mkdir()
+            (src / "config.json").write_text('{"model_type": "mdlm", "n_heads": 4, "model_length": 16}')
+            (src / "pytorch_model.bin").write_bytes(path.read_bytes())
+        err = run_cli(["import", str(src), "--model", "mdlm", "--out", str(tmp_path / "out")], capsys)
+        assert any(why in err for why in ("nothing in it was run", "not an official DiT", "cannot be read", "read safely")), err
+        assert not (tmp_path / "out" / "checkpoint.pt").exists()
+    assert not marker.exists()
