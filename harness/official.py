@@ -345,7 +345,8 @@ def model_options(source: Source, model: str, block_size: int | None, alpha_0: f
 
 
 def import_checkpoint(src: str | Path, model: str, out: str | Path, *, block_size: int | None = None,
-                      alpha_0: float | None = None, use_ema: bool = True, corpus: list[str] | None = None) -> Path:
+                      alpha_0: float | None = None, use_ema: bool = True, corpus: list[str] | None = None,
+                      extra_meta: dict | None = None) -> Path:
     """Write ``out/checkpoint.pt``, an ordinary harness checkpoint of the official ``src``.
     Every check runs before anything is written; an existing checkpoint is never replaced."""
     from harness.checkpoint import CHECKPOINT_NAME, save_checkpoint, tokenizer_files
@@ -387,9 +388,55 @@ def import_checkpoint(src: str | Path, model: str, out: str | Path, *, block_siz
     meta = {"imported": {"source": str(source.path.resolve()), "format": source.kind,
                          "weights_file": source.weights_file.name, "sha256": sha256_file(source.weights_file),
                          "ema": source.ema, "model_type": source.kind_name, "source_options": dict(source.options)},
-            "parameters": net.net.num_parameters(), "tokenizer": tokenizer.name}
+            "parameters": net.net.num_parameters(), "tokenizer": tokenizer.name, **(extra_meta or {})}
     config = {"name": Path(out).name, "model": model, "model_args": options, "data": data.model_dump(),
               "imported_from": str(source.path)}
     save_checkpoint(target, model=net, model_name=model, tokenizer_blobs=tokenizer_files(tokenizer), config=config,
                     step=source.step, meta=meta)
     return target
+
+
+# --- sweep entries naming a released file ---------------------------------------------------
+IMPORT_ARGS = {"block_size", "alpha_0", "ema"}
+
+
+def foreign_source(spec: str) -> str | None:
+    """The released source a sweep ``checkpoint:`` names ('hf:/folder' or a '.ckpt' file), or
+    None for an ordinary harness checkpoint."""
+    if spec.startswith("hf:"):
+        return spec[3:].strip()
+    return spec if spec.endswith(".ckpt") else None
+
+
+def imported_checkpoint(spec: str, model: str | None, out: Path, import_args: dict | None = None) -> Path:
+    """The harness checkpoint for a sweep entry naming a released file: imported into ``out``
+    on first use, reused afterwards while it records the same source file (path, size and
+    modification time), refused when ``out`` holds anything else (nothing is overwritten)."""
+    from harness.checkpoint import CHECKPOINT_NAME, read_state
+
+    src = Path(foreign_source(spec)).expanduser()
+    args = dict(import_args or {})
+    unknown = sorted(set(args) - IMPORT_ARGS)
+    if unknown:
+        refuse(f"import_args {unknown}: use {sorted(IMPORT_ARGS)}")
+    if model is None:
+        refuse(f"checkpoint {spec!r} is a released file: give the entry's 'model:' (ar, mdlm, bd3lm, esolm-a, "
+               f"esolm-b) to import it")
+    weights = src / "model.safetensors" if src.is_dir() else src
+    if src.is_dir() and not weights.is_file():
+        weights = src / "pytorch_model.bin"
+    stat = weights.stat() if weights.is_file() else None
+    stamp = {"source": str(src.resolve()), "model": model, "args": args,
+             "file": [stat.st_size, stat.st_mtime_ns] if stat else None}
+    target = out / CHECKPOINT_NAME
+    if target.exists():
+        state = read_state(target, mmap=True)
+        if state.get("meta", {}).get("sweep_import") == stamp:
+            return target
+        refuse(f"{out} already holds a checkpoint that is not the import of {spec!r} as {model} (or the source "
+               f"changed since); delete {out} to import again")
+    if stat is None:
+        refuse(f"checkpoint {spec!r}: {weights} not found")
+    path = import_checkpoint(src, model, out, block_size=args.get("block_size"), alpha_0=args.get("alpha_0"),
+                             use_ema=args.get("ema", True), extra_meta={"sweep_import": stamp})
+    return path

@@ -389,3 +389,42 @@ def test_imported_checkpoint_samples_and_is_never_replaced(tmp_path, capsys):
         main(["import", str(src), "--model", "mdlm", "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2 and "already holds checkpoint.pt" in capsys.readouterr().err
     assert (tmp_path / "out" / "checkpoint.pt").read_bytes() == before
+
+
+def test_sweep_entries_naming_released_files_import_once(tmp_path):
+    """A sweep ``checkpoint: hf:/folder`` or ``.ckpt`` entry is imported into the run folder
+    on first use and reused afterwards; a changed source is refused, never overwritten."""
+    import yaml
+
+    from harness.config import ConfigError
+    from harness.sweep import read_points, run_sweep
+
+    w = official_weights(adaln=True, seed=7)
+    hf = write_hf(tmp_path / "hf", w, "mdlm")
+    ckpt = write_lightning(tmp_path / "e.ckpt", w, "esolm-b", tmp_path / "MARKER")
+    cfg = {"name": "s", "lengths": [8], "num_samples": 2, "batch_size": 2, "seeds": [0], "metrics": ["entropy"],
+           "runs_dir": str(tmp_path / "runs"), "device": "cpu",
+           "models": [{"name": "mdlm", "checkpoint": f"hf:{hf}", "model": "mdlm", "schedules": [{"steps": 4}]},
+                      {"name": "eso", "checkpoint": str(ckpt), "model": "esolm-b",
+                       "import_args": {"alpha_0": 0.5}, "schedules": [{"steps": 4}]}]}
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run_sweep(config, results_root=tmp_path / "results", report=False, progress=False)
+    cached = {name: tmp_path / "runs" / "s" / name / "checkpoint.pt" for name in ("mdlm", "eso")}
+    rows = read_points(tmp_path / "results" / "s")
+    assert sorted(r["checkpoint"] for r in rows) == sorted(str(p) for p in cached.values())
+    assert load_checkpoint(cached["eso"]).model.alpha_0 == 0.5
+    stamps = {name: p.stat().st_mtime_ns for name, p in cached.items()}
+    run_sweep(config, results_root=tmp_path / "results", report=False, progress=False)
+    assert len(read_points(tmp_path / "results" / "s")) == 2  # every point was kept, nothing re-imported
+    assert {name: p.stat().st_mtime_ns for name, p in cached.items()} == stamps
+    write_hf(tmp_path / "hf2", official_weights(adaln=True, seed=8), "mdlm")
+    (hf / "model.safetensors").write_bytes((tmp_path / "hf2" / "model.safetensors").read_bytes())
+    with pytest.raises(ConfigError, match="field 'models.0.checkpoint': .*source changed since"):
+        run_sweep(config, results_root=tmp_path / "results", report=False, progress=False)
+    assert cached["mdlm"].stat().st_mtime_ns == stamps["mdlm"]
+    cfg["models"][0].pop("model")
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="give the entry's 'model:'"):
+        run_sweep(config, results_root=tmp_path / "results", report=False, progress=False)
+    assert not (tmp_path / "MARKER").exists()

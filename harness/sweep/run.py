@@ -42,6 +42,21 @@ def train_entries(cfg: SweepConfig, names: set[str], progress: bool) -> dict[str
 
 
 
+def import_entries(cfg: SweepConfig, names: set[str], source: str) -> None:
+    """Checkpoint entries naming a released file (``hf:/folder`` or a ``.ckpt``) are imported
+    once into <runs_dir>/<name>/<entry>/ (harness.official) and read like any checkpoint after."""
+    from harness.official import foreign_source, imported_checkpoint
+
+    for i, entry in enumerate(cfg.models):
+        if entry.name in names and entry.checkpoint is not None and foreign_source(entry.checkpoint):
+            try:
+                entry.checkpoint = str(imported_checkpoint(entry.checkpoint, entry.model,
+                                                           Path(cfg.runs_dir) / cfg.name / entry.name,
+                                                           entry.import_args))
+            except (ValueError, FileNotFoundError) as err:
+                raise ConfigError(f"{source}: field 'models.{i}.checkpoint': {str(err).splitlines()[0]}") from None
+
+
 def run_sweep(config_path: str | Path, shard: str | None = None, results_root: str | Path = "results",
               report: bool = True, progress: bool = True, reports_root: str | Path | None = None,
               entries: str | list[str] | None = None, overrides: list[str] | tuple = ()) -> Path:
@@ -60,6 +75,8 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     points = select_points(cfg, (shard_i, shard_n), only)
+    evaluator_entry = {cfg.evaluator.model_entry} if isinstance(cfg.evaluator, EvaluatorRef) else set()
+    import_entries(cfg, {p.entry for p in points} | evaluator_entry, str(config_path))
     check_checkpoint_entries(cfg, {p.entry for p in points}, str(config_path))
     results_dir = Path(results_root) / cfg.name
     results_dir.mkdir(parents=True, exist_ok=True)
