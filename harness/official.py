@@ -397,7 +397,7 @@ def import_checkpoint(src: str | Path, model: str, out: str | Path, *, block_siz
 
 
 # --- sweep entries naming a released file ---------------------------------------------------
-IMPORT_ARGS = {"block_size", "alpha_0", "ema"}
+IMPORT_ARGS = {"block_size", "alpha_0", "ema", "corpus"}
 
 
 def foreign_source(spec: str) -> str | None:
@@ -438,5 +438,6 @@ def imported_checkpoint(spec: str, model: str | None, out: Path, import_args: di
     if stat is None:
         refuse(f"checkpoint {spec!r}: {weights} not found")
     path = import_checkpoint(src, model, out, block_size=args.get("block_size"), alpha_0=args.get("alpha_0"),
-                             use_ema=args.get("ema", True), extra_meta={"sweep_import": stamp})
+                             use_ema=args.get("ema", True), corpus=args.get("corpus"),
+                             extra_meta={"sweep_import": stamp})
     return path

@@ -42,11 +42,35 @@ def train_entries(cfg: SweepConfig, names: set[str], progress: bool) -> dict[str
 
 
 
+def missing_paths(cfg: SweepConfig, names: set[str], source: str) -> None:
+    """Pre-flight: every checkpoint and evaluator path the run needs exists, else one stderr
+    line per missing path and a ConfigError before anything is imported, trained or written."""
+    from harness.official import foreign_source
+
+    wanted = [(f"models.{i}.checkpoint", foreign_source(e.checkpoint) or e.checkpoint)
+              for i, e in enumerate(cfg.models) if e.name in names and e.checkpoint is not None]
+    for i, e in enumerate(cfg.models):  # the text an imported checkpoint's test_ppl reads
+        corpus = (e.import_args or {}).get("corpus") if e.name in names and e.checkpoint is not None else None
+        wanted += [(f"models.{i}.import_args.corpus", p) for p in corpus or () if isinstance(corpus, list)]
+    scored = {"gen_ppl", "mauve"} & set(cfg.metrics)
+    if scored and isinstance(cfg.evaluator, str) and cfg.evaluator.partition(":")[0].lower() in ("hf", "ar"):
+        wanted.append(("evaluator", cfg.evaluator.partition(":")[2].strip()))
+    missing = [f"{source}: field '{field}': {'checkpoint ' if field.endswith('checkpoint') else ''}{path!r} not found"
+               for field, path in wanted if not Path(path).expanduser().exists()]
+    if len(missing) > 1:
+        for line in missing:
+            print(f"esolm: missing: {line}", file=sys.stderr)
+    if missing:
+        more = f" (+{len(missing) - 1} more, listed above)" if len(missing) > 1 else ""
+        raise ConfigError(f"{missing[0]}{more}; fix the path(s) in the config or with --set; nothing was run")
+
+
 def import_entries(cfg: SweepConfig, names: set[str], source: str) -> None:
     """Checkpoint entries naming a released file (``hf:/folder`` or a ``.ckpt``) are imported
     once into <runs_dir>/<name>/<entry>/ (harness.official) and read like any checkpoint after."""
     from harness.official import foreign_source, imported_checkpoint
 
+    missing_paths(cfg, names, source)
     for i, entry in enumerate(cfg.models):
         if entry.name in names and entry.checkpoint is not None and foreign_source(entry.checkpoint):
             try:

@@ -90,7 +90,7 @@ class ModelEntry(Strict):
     init: Literal["trained", "random"] = "trained"
     model: str | None = Field(None, description="checkpoint entries: the model the checkpoint must hold")
     import_args: dict[str, Any] | None = Field(None, description="a checkpoint naming a released file (hf:/folder "
-                                               "or a .ckpt): block_size, alpha_0, ema for esolm import")
+                                               "or a .ckpt): block_size, alpha_0, ema, corpus as for esolm import")
     schedules: list[dict[str, Any]] = Field(default_factory=lambda: [{}])
     lengths: list[int] | None = Field(None, min_length=1, description="overrides the sweep's lengths")
 
