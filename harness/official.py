@@ -182,7 +182,9 @@ def read_lightning(path: Path, use_ema: bool) -> Source:
     options["variant"] = {("causal", "causal"): "B", ("mixed2", "mixed"): "A"}.get(modes)
     if "sampling_eps_min" in rest and "sampling_eps_max" in rest:
         options["clip"] = (float(rest["sampling_eps_min"]), float(rest["sampling_eps_max"]))
-    options = {k: v for k, v in options.items() if isinstance(v, (int, float, str, tuple)) and not isinstance(v, bool)}
+    options = {k: number(v) if k in ("block_size", "alpha_0", "batch_split", "eps") else v
+               for k, v in options.items()}
+    options = {k: v for k, v in options.items() if v is not None}
     step = ckpt.get("global_step")
     return Source(path, "lightning", weights, path, ema=use_ema, n_heads=lookup(config, "model.n_heads"),
                   max_len=lookup(config, "model.length"), dropout=lookup(config, "model.dropout"),
@@ -190,6 +192,18 @@ def read_lightning(path: Path, use_ema: bool) -> Source:
                   kind_name=algo if isinstance(algo, str) else None, options=options,
                   step=step if isinstance(step, int) else 0,
                   declared={k: lookup(config, f"model.{k}") for k in ("n_blocks", "cond_dim")})
+
+
+def number(value):
+    """A config number (YAML may leave "1e-3" a string); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, (int, float)) else None
 
 
 def read_source(src: str | Path, use_ema: bool = True) -> Source:
@@ -331,6 +345,8 @@ def model_options(source: Source, model: str, block_size: int | None, alpha_0: f
             refuse("--block-size: the source does not record its block size; pass the L' it was trained with")
         clip = opts.get("clip")
         clip = list(clip) if clip and 0 < clip[0] < clip[1] <= 1 else None
+        if int(size) != size:
+            refuse(f"block size {size} is not a whole number")
         return {"block_size": int(size), "clip": clip, "eps": eps}
     variant = opts.get("variant")
     if variant is not None and model != f"esolm-{variant.lower()}":

@@ -166,7 +166,7 @@ def write_lightning(path, ema_weights, model, marker, raw_weights=None, ema=True
             "esolm-b": {"name": "esolm", "time_conditioning": False, "alpha_0": 0.25, "batch_split": 0.5,
                         "diffusion_attn_mode": "causal", "sequential_attn_mode": "causal"}}[model]
     config = {"algo": algo, "model": {"n_heads": HEADS, "length": "${model.max}", "max": L, "hidden_size": D,
-                                      "dropout": 0.1}, "block_size": 4, "training": {"sampling_eps": 1e-3},
+                                      "dropout": 0.1}, "block_size": 4, "training": {"sampling_eps": "2e-3"},
               "loader": {"batch_size": "${div_up:${.x}, 2}"}}
     for key, value in config_overrides.items():
         section, _, name = key.partition("__")
@@ -243,6 +243,7 @@ def test_mdlm_import_gives_the_official_logits_and_nelbo(tmp_path, fmt):
     ce = F.cross_entropy(subs(want).transpose(1, 2), batch(), reduction="none") * (z == MASK)
     torch.testing.assert_close(model.token_ce(batch(), z), ce, rtol=1e-7, atol=1e-7)
     check_likelihood(model, w, adaln=True, draws=2)
+    assert model.noise.eps == (2e-3 if fmt == "lightning" else 1e-3)  # the config's "2e-3", a YAML string
     meta = loaded.meta["imported"]
     assert meta["format"] == fmt and meta["ema"] == (fmt == "lightning") and len(meta["sha256"]) == 64
     assert not (tmp_path / "MARKER").exists()
