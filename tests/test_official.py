@@ -292,6 +292,30 @@ def test_esolm_b_import_gives_the_official_logits_in_both_forwards(tmp_path, fmt
     check_likelihood(model, w, adaln=True, alpha_0=1.0)
 
 
+def test_esolm_a_import_gives_the_official_logits_in_both_forwards(tmp_path):
+    """Eso-LM (A) (its .ckpt config says diffusion_attn_mode mixed2, sequential mixed): clean
+    tokens attend both ways among themselves, in both forwards."""
+    w = official_weights(adaln=True, seed=9)
+    src = write_lightning(tmp_path / "a.ckpt", w, "esolm-b", tmp_path / "MARKER",
+                          algo__diffusion_attn_mode="mixed2", algo__sequential_attn_mode="mixed")
+    model = do_import(src, "esolm-a", tmp_path / "eso-a").model
+    x, n_clean = batch(), 6
+    perm = torch.stack([torch.randperm(L, generator=torch.Generator().manual_seed(s)) for s in (5, 6)])
+    xs = x.gather(1, perm)
+    z = xs.clone()
+    z[:, n_clean:] = MASK
+    q, k = torch.arange(L)[:, None], torch.arange(L)[None, :]
+    mixed2 = (q >= k) | ((q < n_clean) & (k < n_clean))
+    want = subs(reference_logits(w, z, perm, mixed2, adaln=True))
+    torch.testing.assert_close(model._diffusion_logits(z, perm, n_clean), want, rtol=1e-5, atol=1e-5)
+    q, k = torch.arange(2 * L)[:, None], torch.arange(2 * L)[None, :]
+    prefix = (q >= L) & (q < L + n_clean) & (k >= L) & (k < L + n_clean)
+    want = subs(reference_logits(w, torch.cat([z, xs], 1), torch.cat([perm, perm], 1),
+                                 official_mask_block_diffusion(L, 1) | prefix, adaln=True)[:, :L])
+    torch.testing.assert_close(model._sequential_logits(z, xs, perm, n_clean), want, rtol=1e-5, atol=1e-5)
+    check_likelihood(model, w, adaln=True, draws=2)
+
+
 def test_no_ema_takes_the_raw_state_dict(tmp_path):
     ema, raw = official_weights(adaln=True, seed=5), official_weights(adaln=True, seed=6)
     src = write_lightning(tmp_path / "m.ckpt", ema, "mdlm", tmp_path / "MARKER", raw_weights=raw)
