@@ -169,6 +169,14 @@ def cmd_compare(args) -> None:
                            csv_path=args.csv))
 
 
+def cmd_import(args) -> None:
+    from harness.official import import_checkpoint
+
+    path = import_checkpoint(args.src, args.model, args.out, block_size=args.block_size, alpha_0=args.alpha_0,
+                             use_ema=not args.no_ema, corpus=args.corpus)
+    print(f"checkpoint: {path}")
+
+
 def cmd_lm_eval_task(args) -> None:
     from harness.lm_eval_adapter import write_lm_eval_task
 
@@ -257,6 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="print the full table of every point and metric")
     p.add_argument("--csv", metavar="FILE", help="write the full comparison, one row per point and metric")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("import", help="turn a released official checkpoint (Hugging Face folder or Lightning "
+                       ".ckpt) into a harness checkpoint")
+    p.add_argument("src", help="a Hugging Face folder (config.json + model.safetensors) or a Lightning .ckpt")
+    p.add_argument("--model", required=True, choices=["ar", "mdlm", "bd3lm", "esolm-a", "esolm-b"])
+    p.add_argument("--out", required=True, help="run folder for the checkpoint (must not hold one yet)")
+    p.add_argument("--block-size", type=at_least(1), help="BD3-LM: L' when the source does not record it")
+    p.add_argument("--alpha-0", type=fraction, help="Eso-LM: the training alpha_0 when the source does not "
+                   "record it (or to override it)")
+    p.add_argument("--no-ema", action="store_true", help=".ckpt: take state_dict instead of the EMA weights")
+    p.add_argument("--corpus", nargs="+", help="text files eval/sweeps read for this checkpoint (default: bundled)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("lm-eval-task", help="write the offline lm-eval perplexity task over the test split")
     p.add_argument("directory")

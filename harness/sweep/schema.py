@@ -89,6 +89,8 @@ class ModelEntry(Strict):
     train: TrainBlock | None = None
     init: Literal["trained", "random"] = "trained"
     model: str | None = Field(None, description="checkpoint entries: the model the checkpoint must hold")
+    import_args: dict[str, Any] | None = Field(None, description="a checkpoint naming a released file (hf:/folder "
+                                               "or a .ckpt): block_size, alpha_0, ema, corpus as for esolm import")
     schedules: list[dict[str, Any]] = Field(default_factory=lambda: [{}])
     lengths: list[int] | None = Field(None, min_length=1, description="overrides the sweep's lengths")
 
@@ -100,6 +102,8 @@ class ModelEntry(Strict):
             raise ValueError("init: random builds the model of a 'train:' block; add one (its steps are ignored)")
         if self.model is not None and self.train is not None:
             raise ValueError("'model' is for checkpoint entries; set train.model instead")
+        if self.import_args is not None and self.train is not None:
+            raise ValueError("'import_args' is for checkpoint entries naming a released file")
         if not self.schedules:
             raise ValueError("schedules must not be empty; omit it to run the model's default schedule")
         return self
