@@ -184,6 +184,15 @@ def cmd_lm_eval_task(args) -> None:
     print(f"lm-eval task esolm_corpus_ppl written to {out}; pass --include_path {out}")
 
 
+def cmd_ceilings(args) -> None:
+    from harness.metrics.ceilings import sweep_ceilings
+
+    out = sweep_ceilings(args.config, args.results, repeats=args.repeats, tokens=args.tokens)
+    ceil = json.loads(out.read_text())
+    print(f"{out}: matmul {ceil['matmul_flops'] / 1e9:.1f} GFLOP/s, copy {ceil['copy_bytes_per_s'] / 1e9:.2f} GB/s "
+          f"({ceil['device_name']}, {ceil['threads']} threads)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esolm", description="Train, evaluate and race Eso-LMs against AR, MDLM and BD3-LM.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config field (dotted KEY, YAML VALUE), e.g. --set step_mode=compiled "
                         "--set name=paper_speed_compiled; repeatable")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("ceilings", help="measure this machine's matmul FLOP/s (at the config's trunk shapes) and "
+                       "copy rate into results/<sweep>/ceilings.json, for the report's floors")
+    p.add_argument("config")
+    p.add_argument("--results", default="results", help="root folder of results/<sweep>/")
+    p.add_argument("--repeats", type=at_least(1), default=5)
+    p.add_argument("--tokens", type=at_least(1), default=2048, help="rows of each timed matmul")
+    p.set_defaults(func=cmd_ceilings)
 
     p = sub.add_parser("report", help="write plots and report.md from a results folder")
     p.add_argument("results_dir")

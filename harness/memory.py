@@ -98,3 +98,21 @@ def cache_rows(model, n: int, capacity: int, queries: int) -> int:
     per_row = cache_row_bytes(cfg, capacity, b)
     room = budget(model) - forward_row_bytes(cfg, queries, capacity, b)
     return max(1, min(n, room // per_row if per_row else n))
+
+
+def cache_capacity(model, length: int) -> int:
+    """KV-cache slots per row the model's sampler allocates at this length (0: none)."""
+    name = getattr(model, "name", "")
+    if name == "mdlm":
+        return 0
+    if name == "bd3lm":
+        return length + model.block_size  # a padded block of scratch slots past the end
+    if name.startswith("esolm"):
+        return 2 * length  # at most: L + the widest window, padded to a power of two
+    return length
+
+
+def sub_batch(model, n: int, length: int) -> int:
+    """Rows sampled together so the KV cache fits the budget (n when it does, or no cache)."""
+    capacity = cache_capacity(model, length)
+    return cache_rows(model, n, capacity, queries=min(length, 64)) if capacity else n

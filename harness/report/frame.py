@@ -52,14 +52,14 @@ def load_frame(results_dir: str | Path):
 
 def aggregate(df):
     """Mean over seeds of each (model entry, schedule, length)."""
-    keys = ["model_entry", "family", "schedule", "length"]
+    keys = ["model_entry", "family", "schedule", "length", "batch_size"]
     numeric = [c for c in ("gen_ppl", "gen_ppl_mean", "entropy", "degenerate", "mauve", "test_ppl", "nfe",
                            "nfe_per_sample", "tokens_computed_per_sample", "seconds_per_sample", "tokens_per_second",
                            "alpha_0", "alpha_0_train", "floor_seconds_per_sample", "bos_first", "eos_last",
                            "eos_inside_per_sample") if c in df]
     agg = df.groupby(keys, sort=False, dropna=False)[numeric].mean().reset_index()
     agg["seeds"] = df.groupby(keys, sort=False, dropna=False)["seed"].nunique().values
-    for col in ("device", "block_size", "first_hitting"):
+    for col in ("device", "device_name", "dtype", "step_mode", "run_id", "block_size", "first_hitting"):
         if col in df:
             agg[col] = df.groupby(keys, sort=False, dropna=False)[col].first().values
     if "floor_seconds_per_sample" not in agg:

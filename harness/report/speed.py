@@ -4,6 +4,7 @@ paper's speed ratios of Eso-LM (B) against MDLM and BD3-LM."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def file_ceilings(results_dir: Path) -> dict | None:
 def add_floors(df, results_dir: Path) -> list[dict]:
     """Column ``floor_seconds_per_sample`` (NaN where no ceilings apply or the row lacks the
     forward's cost); returns the ceilings used.  ceilings.json applies to every row,
-    gpu_bench.json to CUDA rows, PERF.md's figures to H100 rows; CPU rows get no floor."""
+    gpu_bench.json to CUDA rows, PERF.md's figures to H100 rows; other rows get no floor
+    (``esolm ceilings`` measures a CPU's into ceilings.json)."""
     measured = file_ceilings(results_dir)
     used, floors = {}, []
     for _, r in df.iterrows():
@@ -64,6 +66,9 @@ def add_floors(df, results_dir: Path) -> list[dict]:
         if ceil is None or not all(finite(v) for v in values):
             floors.append(float("nan"))
             continue
+        sub = r.get("sub_batch")  # a batch run as sub-batches (memory budget): nfe is per sub-batch
+        if finite(sub) and 0 < float(sub) < float(values[2]):
+            values[0] = float(values[0]) * math.ceil(float(values[2]) / float(sub))
         kv = [r.get(c) for c in ("key_reads_per_sample", "kv_bytes_per_key")]
         kv_bytes = float(kv[0]) * float(kv[1]) if all(finite(v) for v in kv) else 0.0  # older rows: not counted
         floors.append(floor_seconds(*(float(v) for v in values), float(ceil["matmul_flops"]),

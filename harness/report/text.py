@@ -12,7 +12,10 @@ from harness.results_store import sample_path
 
 def floor_text(ceilings: list[dict]) -> str:
     """The floor's formula, the ceilings and their source, and what it leaves out."""
-    parts = [f"{c['matmul_flops'] / 1e12:.0f} TFLOP/s matmul and {c['copy_bytes_per_s'] / 1e12:.2f} TB/s memory "
+    def rate(v, unit, digits):
+        return f"{v / 1e12:.{digits}f} T{unit}" if v >= 1e12 else f"{v / 1e9:.1f} G{unit}"
+
+    parts = [f"{rate(c['matmul_flops'], 'FLOP/s', 0)} matmul and {rate(c['copy_bytes_per_s'], 'B/s', 2)} memory "
              f"copy ({c['source']})" for c in ceilings]
     return ("Floor (floor_s, seconds per sample) = max((NFE per batch × weight bytes + KV-cache slots read × "
             "K/V bytes per slot) / copy rate, 2 × matmul parameters × tokens computed per sample × batch size / "

@@ -14,6 +14,7 @@ from harness.report.frame import aggregate, finite, load_frame
 from harness.report.plots import plot_alpha0, plot_pareto, plot_speed_headline, plot_speed_vs_length, short_label
 from harness.report.speed import PAPER_BD3LM, PAPER_MDLM, add_floors, cuda_rows, ratio_tables, speed_ratios, write_ratios_csv
 from harness.report.tables import alpha0_table, by_length_table, fmt, results_table, boundaries_table, times
+from harness.report.throughput import throughput_section
 from harness.report.text import description, floor_text, measured_on, notes, protocol_table, sample_section
 
 SOURCE_FILE = "source.txt"
@@ -110,7 +111,10 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
                "", "![seconds per sample vs L, paper settings](speed_headline.png)", ""]
     else:
         (out / "speed_headline.png").unlink(missing_ok=True)
-    ratios = speed_ratios(agg)
+    throughput = throughput_section(agg)
+    md += throughput
+    # the batch-1 latency ratios pair points by length only: not for a sweep over batch sizes
+    ratios = None if throughput else speed_ratios(agg)
     if ratios:
         md += ["## Speed ratios", "", measured_on(cuda_rows(df)), "",
                "Seconds per sample of the slower sampler over Eso-LM (B) at alpha_0 = 1 (pure diffusion): MDLM at "
@@ -122,7 +126,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
         write_ratios_csv(ratios, out / "speed_ratios.csv")
     else:
         (out / "speed_ratios.csv").unlink(missing_ok=True)
-    at_floor = speed_ratios(agg, "floor_seconds_per_sample")
+    at_floor = None if throughput else speed_ratios(agg, "floor_seconds_per_sample")
     if at_floor and any(finite(v) for r in at_floor["rows"] for k, v in r.items() if " / " in k):
         md += ["### The same ratios at the floors", "",
                "Each point's floor_s in place of its measured time: the ratios if every sampler ran at its floor, "

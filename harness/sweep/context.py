@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ class Context:
     checkpoints: dict[str, str]  # entry name -> checkpoint path (trained / given entries)
     test_ppl_cache: dict[str, dict] = field(default_factory=dict)
     commit: str | None = None  # git commit at the start of the run (one value per run)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # rows of one `esolm sweep` call
     _loaded: tuple[str, LoadedEntry] | None = None
     _evaluator: Any = None
 

@@ -56,14 +56,16 @@ class Point:
     length: int
     seed: int
     group: str = ""  # the label with length expressions kept ("T=L/8"): the same curve across lengths
+    batch_size: int | None = None  # a throughput point's batch (the config's batch_sizes); None: batch_size
 
     @property
     def key(self) -> str:
-        return f"{self.entry}/{self.label}/L{self.length}/s{self.seed}"
+        batch = f"/b{self.batch_size}" if self.batch_size is not None else ""
+        return f"{self.entry}/{self.label}/L{self.length}{batch}/s{self.seed}"
 
 
 def expand_points(cfg: SweepConfig) -> list[Point]:
-    """model entry -> length -> schedule -> seed, in config order (stable indices for --shard).
+    """model entry -> length -> schedule -> batch size -> seed, in config order (stable indices for --shard).
 
     A schedule written with a length expression that lands on an earlier point (T = L/8 is
     T = 128 at L = 1024) is that point, and is skipped; a literal repeat is a config error."""
@@ -73,9 +75,9 @@ def expand_points(cfg: SweepConfig) -> list[Point]:
             for fields in expand_schedules(entry.schedules):
                 resolved = {k: resolve_value(v, length) for k, v in fields.items()}
                 schedule = SamplingSchedule(**resolved)
-                for seed in cfg.seeds:
+                for batch, seed in itertools.product(cfg.batches_at(length), cfg.seeds):
                     point = Point(len(points), entry.name, schedule.model_dump(exclude_defaults=True),
-                                  schedule.label(), length, seed, group_label(schedule, fields))
+                                  schedule.label(), length, seed, group_label(schedule, fields), batch)
                     if point.key in seen:
                         if any(isinstance(v, str) for v in fields.values()):
                             continue

@@ -61,6 +61,10 @@ def point_hash(cfg: SweepConfig, entry: ModelEntry, point: Point, device: torch.
         "num_samples": cfg.num_samples, "batch_size": cfg.batch_size, "metrics": metrics,
         "device": device.type, "precision": cfg.precision,
     }
+    if point.batch_size is not None:  # only when set, so results made before the field keep their hashes
+        spec["point_batch_size"] = point.batch_size
+    if cfg.max_memory is not None:
+        spec["max_memory"] = cfg.max_memory
     if cfg.step_mode != "auto":  # "auto" is left out so results made before the field keep their hashes
         spec["step_mode"] = cfg.step_mode
     if {"gen_ppl", "mauve"} & set(metrics):

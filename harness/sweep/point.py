@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from harness.config import DataSpec
+from harness.memory import sub_batch
 from harness.nn.steps import FALLBACKS, resolve_mode
 from harness.results_store import POINTS_FILE, append_row, write_samples
 from harness.schedules import SamplingSchedule
@@ -91,6 +92,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     model, tok = loaded.model, loaded.tokenizer
     sampler = ctx.sampler(loaded)
     sampler.step_mode = None if cfg.step_mode == "auto" else cfg.step_mode
+    sampler.max_memory = cfg.max_memory
     fallbacks = len(FALLBACKS)
     model.check_length(point.length)
     schedule = SamplingSchedule(**point.schedule)
@@ -101,11 +103,16 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     alpha_0 = (schedule.alpha_0 if schedule.alpha_0 is not None else options.get("alpha_0")) if is_esolm else None
 
     # --- samples ---------------------------------------------------------------------
+    # A throughput point samples one batch of its own size; a batch whose KV cache does not
+    # fit the memory budget runs as consecutive sub-batches (harness.memory).
+    batch = point.batch_size or cfg.batch_size
+    num_samples = point.batch_size or cfg.num_samples
+    rows_at_once = sub_batch(sampler, batch, point.length)
     generator = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
     rows, nfe_batches, tokens_computed, nfe_rows, extra, key_reads = [], [], 0, [], {}, 0
     done = 0
-    while done < cfg.num_samples:
-        n = min(cfg.batch_size, cfg.num_samples - done)
+    while done < num_samples:
+        n = min(rows_at_once, num_samples - done)
         with torch.no_grad(), ctx.sampling_autocast():
             gen = sampler.sample(n, point.length, schedule, generator)
         rows.append(gen.tokens.cpu())
@@ -127,8 +134,8 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "nfe": sum(nfe_batches) / len(nfe_batches),
         "nfe_per_batch": nfe_batches,
         "nfe_per_sample": sum(nfe_rows) / len(nfe_rows),
-        "tokens_computed_per_sample": tokens_computed / cfg.num_samples,
-        "key_reads_per_sample": key_reads / cfg.num_samples,
+        "tokens_computed_per_sample": tokens_computed / num_samples,
+        "key_reads_per_sample": key_reads / num_samples,
     }
     metrics.update(sample_boundaries(tokens, tok.bos_id, tok.eos_id))
     for k, values in extra.items():
@@ -167,10 +174,11 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
             # the CUDA graphs they replay were captured before the clock started.
             timing_gen = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
             with torch.no_grad(), ctx.sampling_autocast():
-                return sampler.sample(cfg.batch_size, point.length, schedule, timing_gen)
+                for lo in range(0, batch, rows_at_once):
+                    sampler.sample(min(rows_at_once, batch - lo), point.length, schedule, timing_gen)
 
         sp = time_sampling(one_batch, warmup=cfg.speed.warmup, repeats=cfg.speed.repeats, device=ctx.device,
-                           dtype=ctx.dtype)
+                           dtype=ctx.dtype, batch_size=batch, length=point.length)
         if ctx.device.type == "cuda":
             metrics["graph_fallbacks"] = len(FALLBACKS) - fallbacks  # step shapes run eagerly, not as graphs
         metrics.update(seconds_per_sample=sp["seconds_per_sample"], tokens_per_second=sp["tokens_per_second"],
@@ -198,13 +206,16 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "alpha_0_train": options.get("alpha_0"),
         "length": point.length,
         "seed": point.seed,
-        "num_samples": cfg.num_samples,
-        "batch_size": cfg.batch_size,
+        "num_samples": num_samples,
+        "batch_size": batch,
+        "sub_batch": rows_at_once,
+        "max_memory": cfg.max_memory,
         "metrics": metrics,
         "device": str(ctx.device),
         "device_name": _device_name(ctx.device),
         "dtype": ctx.dtype,
         "step_mode": resolve_mode(sampler.step_mode, ctx.device),
+        "run_id": ctx.run_id,
         "git_commit": ctx.commit if ctx.commit is not None else git_commit(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -125,6 +125,13 @@ class SweepConfig(Strict):
     lengths: list[int] = Field(min_length=1)
     num_samples: int = Field(ge=1)
     batch_size: int = Field(ge=1)
+    batch_sizes: list[int] | dict[int, int | list[int]] | None = Field(
+        None, description="throughput: time every point at each of these batch sizes (a grid dimension; a mapping "
+                          "length -> sizes gives them per length); such a point samples one batch of its size, "
+                          "so num_samples and batch_size do not apply to it")
+    max_memory: int | str | None = Field(
+        None, description="bytes a sampling forward plus the KV cache may use, e.g. '40GB' (harness/memory.py); "
+                          "null: 90% of the device's free memory")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     metrics: list[str] = Field(min_length=1, description=f"subset of {list(METRICS)}")
     evaluator: str | EvaluatorRef | None = None
@@ -151,6 +158,34 @@ class SweepConfig(Strict):
         if len(set(value)) != len(value):
             raise ValueError("a metric is listed twice; list each once")
         return value
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive_batches(cls, value):
+        sizes = value if isinstance(value, list) else [v for vs in (value or {}).values()
+                                                       for v in (vs if isinstance(vs, list) else [vs])]
+        if any(v < 1 for v in sizes) or (value is not None and not sizes):
+            raise ValueError("every batch size must be at least 1, e.g. batch_sizes: [1, 8, 64]")
+        return value
+
+    @field_validator("max_memory")
+    @classmethod
+    def _memory(cls, value):
+        from harness.memory import parse_bytes
+
+        parse_bytes(value)
+        return value
+
+    def batches_at(self, length: int) -> list[int | None]:
+        """The batch sizes points at this length are timed at ([None]: the sweep's batch_size)."""
+        if self.batch_sizes is None:
+            return [None]
+        if isinstance(self.batch_sizes, list):
+            return list(self.batch_sizes)
+        sizes = self.batch_sizes.get(length)
+        if sizes is None:
+            raise ValueError(f"batch_sizes has no entry for length {length}; add '{length}: [...]'")
+        return sizes if isinstance(sizes, list) else [sizes]
 
     @field_validator("lengths")
     @classmethod
@@ -324,6 +359,10 @@ def parse_sweep_config(data: dict, source: str = "sweep config") -> SweepConfig:
                 raise ConfigError(f"{source}: field 'models.{i}.schedules.{j}.{unknown[0]}': unknown schedule field; "
                                   f"use one of {sorted(SamplingSchedule.model_fields)}")
         for length in entry.lengths or cfg.lengths:
+            try:
+                cfg.batches_at(length)
+            except ValueError as err:
+                raise ConfigError(f"{source}: field 'batch_sizes': {err}") from None
             for fields in expand_schedules(entry.schedules):
                 where = f"{source}: field 'models.{i}.schedules'"
                 try:

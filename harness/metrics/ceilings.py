@@ -1,0 +1,111 @@
+"""Ceilings of the machine a sweep runs on, for the report's floors (PERF.md).
+
+``esolm ceilings CONFIG`` measures, on the config's device, dtype and thread count:
+- ``matmul_flops``: FLOP/s of the trunk's own matmuls (the QKV, attention-output and MLP
+  projections and the output head of the config's backbone) over tokens/4, tokens and
+  4·tokens rows — the shapes a large-batch sampler spends its compute in —, the best of the three;
+- ``copy_bytes_per_s``: bytes read + written per second copying a tensor much larger than
+  the caches (256 MiB on a CPU, 2 GiB on a GPU);
+and writes them to ``<results>/<name>/ceilings.json``, which ``esolm report`` then applies to
+every row of that folder (harness/report/speed.py): each row gets a floor, compute-bound
+(2 FLOPs per matmul weight per token computed) or memory-bound (weights and KV slots read).
+Medians of ``repeats`` timed runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from harness.metrics.speed import device_name, synchronize
+
+
+def _median_seconds(fn, repeats: int, device: torch.device) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_ceilings(d_model: int, vocab: int, mlp_ratio: int = 4, tokens: int = 2048, repeats: int = 5,
+                     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                     copy_bytes: int | None = None) -> dict:
+    """Matmul FLOP/s at the trunk's shapes over ``tokens`` rows, and the copy rate."""
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(0)
+    shapes = [(d_model, 3 * d_model), (d_model, d_model), (d_model, mlp_ratio * d_model),
+              (mlp_ratio * d_model, d_model), (d_model, vocab)]
+    weights = [torch.randn(*shape, device=device, dtype=dtype, generator=g) for shape in shapes]
+    rates = {}
+    for rows in (tokens // 4, tokens, tokens * 4):  # the best of three batch sizes: a ceiling, not a typical rate
+        x = torch.randn(max(rows, 1), d_model, device=device, dtype=dtype, generator=g)
+        h = torch.randn(max(rows, 1), mlp_ratio * d_model, device=device, dtype=dtype, generator=g)
+        inputs = [x, x, x, h, x]
+        flops = sum(2 * x.shape[0] * w.shape[0] * w.shape[1] for w in weights)
+
+        def matmuls():
+            for inp, w in zip(inputs, weights):
+                inp @ w
+
+        rates[x.shape[0]] = flops / _median_seconds(matmuls, repeats, device)
+    n_bytes = copy_bytes or (2 ** 31 if device.type == "cuda" else 2 ** 28)
+    src = torch.empty(n_bytes // 4, device=device, dtype=torch.float32).fill_(1.0)
+    dst = torch.empty_like(src)
+    copy_s = _median_seconds(lambda: dst.copy_(src), repeats, device)
+    out = {
+        "matmul_flops": max(rates.values()),
+        "copy_bytes_per_s": 2 * src.numel() * 4 / copy_s,
+        "matmul_flops_by_rows": {str(k): v for k, v in rates.items()},
+        "matmul_weights": [list(w.shape) for w in weights],
+        "copy_bytes": src.numel() * 4,
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out["source"] = (f"measured by esolm ceilings on {out['device_name']} ({out['threads']} threads), "
+                     f"{out['dtype']} matmuls of the trunk's weights (d={d_model}, V={vocab}), best of {sorted(rates)} rows")
+    return out
+
+
+def sweep_ceilings(config_path: str | Path, results_root: str | Path = "results", repeats: int = 5,
+                   tokens: int = 2048) -> Path:
+    """Measure the ceilings for a sweep config's trunk, device and precision; write them
+    beside its results.  Returns the path of ceilings.json."""
+    from harness.config import ConfigError, resolve_device
+    from harness.nn.transformer import PRESETS
+    from harness.sweep.schema import entry_train_config, load_sweep_config
+
+    cfg = load_sweep_config(config_path)
+    trains = [entry_train_config(cfg, e) for e in cfg.models if e.train is not None]
+    if not trains:
+        raise ConfigError(f"{config_path}: no 'train:' entry tells the trunk's shape; ceilings need one")
+    backbone = trains[0].backbone
+    width = backbone.d_model or PRESETS[backbone.preset]["d_model"]
+    data = trains[0].data
+    vocab = 50258 if data.tokenizer == "gpt2" else data.bpe_vocab_size + 1  # + [MASK]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    result = measure_ceilings(width, vocab, tokens=tokens, repeats=repeats, device=device,
+                              dtype=torch.bfloat16 if bf16 else torch.float32)
+    out = Path(results_root) / cfg.name / "ceilings.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    return out
