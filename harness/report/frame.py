@@ -47,6 +47,9 @@ def load_frame(results_dir: str | Path):
     df["first_hitting"] = [bool(f.get("first_hitting")) if isinstance(f, dict) else False for f in fields]
     if "device" not in df:
         df["device"] = ""
+    for col in ("run_id", "batch_grid"):  # rows from before these fields
+        if col not in df:
+            df[col] = None
     return df
 
 
@@ -59,7 +62,7 @@ def aggregate(df):
                            "eos_inside_per_sample") if c in df]
     agg = df.groupby(keys, sort=False, dropna=False)[numeric].mean().reset_index()
     agg["seeds"] = df.groupby(keys, sort=False, dropna=False)["seed"].nunique().values
-    for col in ("device", "device_name", "dtype", "step_mode", "run_id", "block_size", "first_hitting"):
+    for col in ("device", "device_name", "dtype", "step_mode", "run_id", "batch_grid", "block_size", "first_hitting"):
         if col in df:
             agg[col] = df.groupby(keys, sort=False, dropna=False)[col].first().values
     if "floor_seconds_per_sample" not in agg:

@@ -21,9 +21,9 @@ from harness.report.tables import fmt, md_table, times
 
 
 def is_throughput(agg) -> bool:
-    """A sweep timed at batch sizes above 1 (the throughput regime)."""
+    """A sweep timed at its config's ``batch_sizes`` (the throughput regime)."""
     timed = agg[agg["tokens_per_second"].map(finite)]
-    return bool(len(timed)) and bool((timed["batch_size"].fillna(1) > 1).any())
+    return bool(len(timed)) and bool((timed["batch_grid"] == True).any())  # noqa: E712 (None for old rows)
 
 
 def throughput_table(agg) -> str:
@@ -44,7 +44,7 @@ def _eso_a1(rows):
 def throughput_ratios(agg, column: str = "tokens_per_second") -> list[dict]:
     """One dict per compared pair: run, length, batch, both points and Eso-LM (B)'s speed-up
     (``column``: measured tokens/s; for floors pass "floor_tokens_per_second")."""
-    timed = agg[agg[column].map(finite)]
+    timed = agg[agg[column].map(finite) & agg["run_id"].map(lambda v: isinstance(v, str) and bool(v))]
     out = []
     for (run, length, batch), rows in timed.groupby(["run_id", "length", "batch_size"], sort=True, dropna=False):
         eso = _eso_a1(rows)

@@ -209,6 +209,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "num_samples": num_samples,
         "batch_size": batch,
         "sub_batch": rows_at_once,
+        "batch_grid": point.batch_size is not None,  # timed at the config's batch_sizes (throughput)
         "max_memory": cfg.max_memory,
         "metrics": metrics,
         "device": str(ctx.device),
