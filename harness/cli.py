@@ -187,7 +187,8 @@ def cmd_lm_eval_task(args) -> None:
 def cmd_ceilings(args) -> None:
     from harness.metrics.ceilings import sweep_ceilings
 
-    out = sweep_ceilings(args.config, args.results, repeats=args.repeats, tokens=args.tokens)
+    out = sweep_ceilings(args.config, args.results, repeats=args.repeats, tokens=args.tokens,
+                         overrides=args.set or ())
     ceil = json.loads(out.read_text())
     print(f"{out}: matmul {ceil['matmul_flops'] / 1e9:.1f} GFLOP/s, copy {ceil['copy_bytes_per_s'] / 1e9:.2f} GB/s "
           f"({ceil['device_name']}, {ceil['threads']} threads)")
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="root folder of results/<sweep>/")
     p.add_argument("--repeats", type=at_least(1), default=5)
     p.add_argument("--tokens", type=at_least(1), default=2048, help="rows of each timed matmul")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, as for sweep")
     p.set_defaults(func=cmd_ceilings)
 
     p = sub.add_parser("report", help="write plots and report.md from a results folder")

@@ -11,6 +11,12 @@
 #   speed   esolm sweep configs/paper_speed.yaml (resumes from results/paper_speed)
 #   quality[=a,b]  esolm sweep configs/paper_quality.yaml [--entries a,b] (trains, then samples; resumes)
 #   speed_compiled[=a,b]  paper_speed with --set step_mode=compiled into results/paper_speed_compiled
+#   throughput  esolm ceilings (once) + esolm sweep configs/paper_throughput.yaml at L <= 8192
+#           (entries $TP_ENTRIES), for at most $TP_SHARE % of the budget left (default 50; resumes)
+#   paper   throughput, then the pending paper_quality leases ($QUALITY_LEASES, ';'-separated entry
+#           lists; each resumes where the last call stopped) in the rest of the budget
+# DRY_RUN=1 runs the throughput and paper stages on the CPU at tiny sizes (tests/test_gpu_lease.py);
+# RESULTS (default results) is the results root, PYTHON (default python3) the interpreter.
 # Everything lands in $OUT (results folders as .tgz); a sweep that hits the budget stops
 # between points and the next lease resumes it.  Python packages the machine lacks travel as
 # wheels in .whl/ (see /work/.library/device/README.md).
@@ -24,6 +30,40 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     && export PYTHONPATH=/tmp/site:$PWD || exit 1
 fi
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-$PWD}
+PY=${PYTHON:-python3}
+RESULTS=${RESULTS:-results}
+TP_ENTRIES=${TP_ENTRIES:-esolm-b,esolm-b-long,mdlm,mdlm-long,ar,bd3lm-4,bd3lm-16}
+QUALITY_LEASES=${QUALITY_LEASES:-ar,mdlm,esolm-a-a1,esolm-b-a1;bd3lm-4,bd3lm-16,esolm-a,esolm-b}
+tp_dry=() q_dry=()
+if [[ ${DRY_RUN:-0} == 1 ]]; then  # CPU, tiny trunk, L = 32: checks the plumbing, not the numbers
+  tiny=(--set device=cpu --set precision=fp32 --set lengths=[32] --set train_defaults.backbone.preset=tiny
+        --set train_defaults.data.tokenizer=bpe --set train_defaults.data.bpe_vocab_size=300 --set runs_dir="$OUT/runs")
+  tp_dry=("${tiny[@]}" --set batch_sizes=[2])  # entries with lengths of their own are checked, not run
+  q_dry=("${tiny[@]}" --set train_defaults.backbone.max_len=32 --set train_defaults.data.seq_len=32
+         --set num_samples=2 --set batch_size=2 --set test_ppl.max_sequences=4
+         --set train_defaults.train.device=cpu --set train_defaults.train.steps=2 --set train_defaults.train.batch_size=4
+         --set train_defaults.train.warmup_steps=1 --set train_defaults.train.eval_every=2
+         --set train_defaults.train.ckpt_every=2)
+  TP_ENTRIES=${DRY_TP_ENTRIES:-esolm-b-long,ar} QUALITY_LEASES=${DRY_QUALITY_LEASES:-ar;mdlm}
+fi
+# sweep NAME SECONDS ARGS...: esolm sweep for at most SECONDS, then pack results/NAME into $OUT/NAME.tgz
+sweep() {
+  local name=$1 seconds=$2
+  shift 2
+  timeout "$seconds" $PY -m harness.cli sweep "$@" --results "$RESULTS" --no-report --quiet 2>&1 | tail -15 \
+    | tee -a "$OUT/$name.log"
+  if [[ -f $RESULTS/$name/points.jsonl ]]; then
+    tar czf "$OUT/$name.tgz" -C "$RESULTS" "$name"
+    $PY -c "import sys; print(sum(1 for _ in open(sys.argv[1])), 'points in', sys.argv[1])" "$RESULTS/$name/points.jsonl"
+  fi
+}
+throughput() {
+  local share=${TP_SHARE:-50}
+  [[ -f $RESULTS/paper_throughput/ceilings.json ]] \
+    || timeout "$(left)" $PY -m harness.cli ceilings configs/paper_throughput.yaml --results "$RESULTS" \
+       "${tp_dry[@]}" 2>&1 | tee -a "$OUT/paper_throughput.log"
+  sweep paper_throughput $(($(left) * share / 100)) configs/paper_throughput.yaml --entries "$TP_ENTRIES" "${tp_dry[@]}"
+}
 for stage in "$@"; do
   echo "=== $stage ($(left) s left) ==="
   case $stage in
@@ -59,6 +99,15 @@ for stage in "$@"; do
         2>&1 | tail -15 | tee "$OUT/$name.log"
       tar czf "$OUT/$name.tgz" "results/$name"
       python3 -c "import json,sys; rows=[json.loads(l) for l in open('results/$name/points.jsonl')]; print(len(rows), 'points')"
+      ;;
+    throughput) throughput ;;
+    paper)
+      throughput
+      IFS=';' read -ra leases <<< "$QUALITY_LEASES"
+      for entries in "${leases[@]}"; do
+        (($(left) > 30)) || break
+        sweep paper_quality $(($(left) - 15)) configs/paper_quality.yaml --entries "$entries" "${q_dry[@]}"
+      done
       ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac

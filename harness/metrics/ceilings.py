@@ -84,14 +84,14 @@ def measure_ceilings(d_model: int, vocab: int, mlp_ratio: int = 4, tokens: int =
 
 
 def sweep_ceilings(config_path: str | Path, results_root: str | Path = "results", repeats: int = 5,
-                   tokens: int = 2048) -> Path:
+                   tokens: int = 2048, overrides: list[str] | tuple = ()) -> Path:
     """Measure the ceilings for a sweep config's trunk, device and precision; write them
     beside its results.  Returns the path of ceilings.json."""
     from harness.config import ConfigError, resolve_device
     from harness.nn.transformer import PRESETS
     from harness.sweep.schema import entry_train_config, load_sweep_config
 
-    cfg = load_sweep_config(config_path)
+    cfg = load_sweep_config(config_path, overrides)
     trains = [entry_train_config(cfg, e) for e in cfg.models if e.train is not None]
     if not trains:
         raise ConfigError(f"{config_path}: no 'train:' entry tells the trunk's shape; ceilings need one")
