@@ -22,9 +22,9 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     if not 0.0 < top_p < 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     sorted_logits, order = logits.sort(dim=-1, descending=True)
-    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    probs = sorted_logits.softmax(dim=-1)  # once: it is a third of the filter's time at a large batch
     # Drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token).
-    drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
+    drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
