@@ -8,7 +8,18 @@ sampler in the harness therefore draws its tokens through :func:`sample_tokens`.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def descending_order(logits: torch.Tensor) -> torch.Tensor:
+    """Indices sorting the last dimension in descending order.  On a CPU numpy's introsort,
+    3-5x faster than torch's sort there at a vocabulary row (the top-p sort was a fifth of a
+    batch-8 AR sample); tied logits may come in either order, as with torch's unstable sort."""
+    if logits.device.type != "cpu" or logits.requires_grad:
+        return logits.sort(dim=-1, descending=True).indices
+    flat = logits.detach().reshape(-1, logits.shape[-1]).numpy()
+    return torch.from_numpy(np.argsort(-flat, axis=-1)).reshape(logits.shape)
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -21,7 +32,8 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
         return logits
     if not 0.0 < top_p < 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    order = descending_order(logits)
+    sorted_logits = logits.gather(-1, order)
     probs = sorted_logits.softmax(dim=-1)  # once: it is a third of the filter's time at a large batch
     # Drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token).
     drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
