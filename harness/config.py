@@ -6,12 +6,13 @@ than a silently ignored setting.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.nn.transformer import PRESETS
 
@@ -83,6 +84,17 @@ class OptimSpec(Strict):
                                              "once, up front); numerics match eager to float tolerance")
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become folder or file names
+
+
+def check_name(value: str, field: str = "name") -> str:
+    """A name that becomes a path: one plain folder name, never '..' or a path."""
+    if not re.match(NAME_PATTERN, value) or value in (".", ".."):
+        raise ValueError(f"{value!r} becomes a folder name: use letters, digits, '_', '.' and '-' only, starting "
+                         "with a letter or digit (no '/' or '..')")
+    return value
+
+
 class TrainConfig(Strict):
     name: str
     model: str = Field(description="registry name (ar, mdlm, bd3lm, esolm-a, esolm-b) or package.module:Class")
@@ -91,6 +103,11 @@ class TrainConfig(Strict):
     data: DataSpec = Field(default_factory=DataSpec)
     train: OptimSpec = Field(default_factory=OptimSpec)
     out_dir: str | None = Field(None, description="defaults to runs/<name>")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value):
+        return value if value is None else check_name(value)
 
     @model_validator(mode="after")
     def _lengths_fit(self):

@@ -30,10 +30,10 @@ def corpus(tmp_path_factory):
     return paths
 
 
-def write_config(tmp_path, corpus, steps=6, **train_overrides):
+def write_config(tmp_path, corpus, steps=6, model="ar", **train_overrides):
     cfg = {
         "name": "t",
-        "model": "ar",
+        "model": model,
         "backbone": {"preset": "tiny"},
         "data": {"corpus": corpus, "tokenizer": "bpe", "bpe_vocab_size": 300, "seq_len": 16},
         "train": {"steps": steps, "batch_size": 4, "lr": 1e-3, "warmup_steps": 2, "ema": 0.9, "eval_every": 3,
@@ -46,13 +46,14 @@ def write_config(tmp_path, corpus, steps=6, **train_overrides):
     return path
 
 
-def test_interrupted_training_resumes_to_identical_weights(tmp_path, corpus, monkeypatch):
+@pytest.mark.parametrize("model", ["ar", "mdlm"])  # mdlm: its loss draws noise, so the RNG state must resume too
+def test_interrupted_training_resumes_to_identical_weights(tmp_path, corpus, monkeypatch, model):
     monkeypatch.setenv("ESOLM_CACHE", str(tmp_path / "cache"))
-    straight = load_train_config(write_config(tmp_path / "a", corpus))
+    straight = load_train_config(write_config(tmp_path / "a", corpus, model=model))
     train(straight, progress=False)
 
     # Same run, stopped after 3 steps (its checkpoint), then resumed to 6.
-    halted = load_train_config(write_config(tmp_path / "b", corpus))
+    halted = load_train_config(write_config(tmp_path / "b", corpus, model=model))
     halted.train.steps = 3
     train(halted, progress=False)
     assert read_state(halted.run_dir())["step"] == 3
@@ -72,8 +73,74 @@ def test_interrupted_training_resumes_to_identical_weights(tmp_path, corpus, mon
     loaded = load_checkpoint(straight.run_dir())
     assert loaded.meta["step"] == 6 and loaded.meta["weights"] == "ema"
     assert loaded.tokenizer.decode(loaded.tokenizer.encode("the cat sat")) == "the cat sat"
-    with pytest.raises(ValueError, match="holds model 'ar', not 'mdlm'"):
-        load_checkpoint(straight.run_dir(), expect_model="mdlm")
+    other = "mdlm" if model == "ar" else "ar"
+    with pytest.raises(ValueError, match=f"holds model '{model}', not '{other}'"):
+        load_checkpoint(straight.run_dir(), expect_model=other)
+
+
+def test_a_killed_run_resumes_without_leftovers_or_repeated_log_records(tmp_path, corpus, monkeypatch):
+    """Killed after logging step 4 with its last checkpoint at step 3 and a half-written
+    checkpoint file: the resume removes the temporary file and logs step 4 once."""
+    import harness.train as train_module
+
+    monkeypatch.setenv("ESOLM_CACHE", str(tmp_path / "cache"))
+    cfg = load_train_config(write_config(tmp_path, corpus, eval_every=2, ckpt_every=3))
+    real = train_module.batch_indices
+
+    def killed_at_step_5(step, *args):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(step, *args)
+
+    monkeypatch.setattr(train_module, "batch_indices", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    monkeypatch.setattr(train_module, "batch_indices", real)
+    assert read_state(cfg.run_dir())["step"] == 3
+    (cfg.run_dir() / "tmpk1ll3d.tmp").write_bytes(b"half a checkpoint")
+    train(cfg, resume=True, progress=False)
+    log = [json.loads(line) for line in (cfg.run_dir() / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4, 6]
+    assert not list(cfg.run_dir().glob("*.tmp"))
+
+
+def test_one_process_trains_a_run_folder_at_a_time(tmp_path, corpus, monkeypatch):
+    import os
+
+    from harness.train import lock_run
+
+    monkeypatch.setenv("ESOLM_CACHE", str(tmp_path / "cache"))
+    cfg = load_train_config(write_config(tmp_path, corpus, steps=2))
+    held = lock_run(cfg.run_dir(), wait=False)  # as another `esolm train` of the same folder would
+    with pytest.raises(ConfigError, match=f"is being trained by pid {os.getpid()}"):
+        train(cfg, progress=False)
+    assert not (cfg.run_dir() / "checkpoint.pt").exists()
+    held.close()
+    train(cfg, progress=False)
+    assert read_state(cfg.run_dir())["step"] == 2
+
+
+@pytest.mark.parametrize("mutate, fragment", [
+    (lambda c, d: c.update(name="../../escaped"), "field 'name'"),
+    (lambda c, d: c["data"].update(corpus=[str(d / "empty.txt")]), "empty.txt is empty"),
+    (lambda c, d: c["data"].update(corpus=[str(d / "short.txt")]),
+     "the validation split of {d}/short.txt packs into 0 sequences of data.seq_len 64"),
+])
+def test_unusable_names_and_corpora_are_refused_before_training(tmp_path, corpus, capsys, mutate, fragment):
+    """These used to write outside runs/, or train with a NaN validation loss, or blame
+    train.batch_size for an empty corpus."""
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "short.txt").write_text(" ".join(WORDS * 30))
+    path = write_config(tmp_path, corpus)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["data"]["seq_len"] = 64
+    mutate(cfg, tmp_path)
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(path), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and fragment.format(d=tmp_path) in err[0], err
+    assert not (tmp_path.parent.parent / "escaped").exists()
 
 
 def test_compiled_training_matches_eager_and_resumes_either_way(tmp_path, corpus, monkeypatch):
@@ -130,15 +197,25 @@ def test_missing_config_and_checkpoint_errors(tmp_path):
     assert exit_info.value.code == 2
 
 
-def test_torchrun_ddp_on_cpu(tmp_path, corpus):
-    """Two processes through torchrun (gloo on CPU): DDP trains and rank 0 checkpoints."""
+def test_torchrun_ddp_on_cpu(tmp_path, corpus, monkeypatch):
+    """Two processes through torchrun (gloo on CPU), each on its half of every batch: DDP
+    averages their gradients, so rank 0's checkpoint holds the weights of one process
+    training on the whole batches (to float tolerance)."""
     path = write_config(tmp_path, corpus, steps=4)
     env = {**__import__("os").environ, "ESOLM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", "29517", "-m", "harness.cli", "train", str(path), "--quiet"],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert read_state(tmp_path / "run")["step"] == 4
+    ddp = read_state(tmp_path / "run")
+    assert ddp["step"] == 4
+    monkeypatch.setenv("ESOLM_CACHE", str(tmp_path / "cache"))
+    single = load_train_config(path)
+    single.out_dir = str(tmp_path / "single")
+    train(single, progress=False)
+    one = read_state(tmp_path / "single")
+    for key, value in one["model_state"].items():
+        torch.testing.assert_close(ddp["model_state"][key], value, rtol=1e-4, atol=1e-6, msg=key)
 
 
 def test_sample_command_continues_a_prompt(tmp_path, capsys):
