@@ -112,8 +112,8 @@ class BD3LM(LanguageModel):
     def nll(self, x0: torch.Tensor, draws: int = 1, generator=None) -> NLL:
         """Per-sequence NELBO with t ~ U[eps, 1] per block (never the clipped range)."""
         B, nb = x0.shape[0], self.blocks(x0.shape[1])
-        times = per_sequence_times(B * nb, draws, self.noise.eps, generator, x0.device).view(draws, B, nb)
-        nats = sum(self.token_nelbo(x0, t, generator).double().sum(dim=1) for t in times) / draws
+        times = per_sequence_times(B * nb, draws, self.noise.eps, generator, x0.device)
+        nats = sum(self.token_nelbo(x0, t.view(B, nb), generator).double().sum(dim=1) for t in times) / draws
         return NLL(nats, tokens=x0.shape[1], exact=False, estimator=f"nelbo(draws={draws})")
 
     # --- sampling ---------------------------------------------------------------------

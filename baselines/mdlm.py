@@ -34,15 +34,17 @@ from harness.schedules import LogLinear, SamplingSchedule, antithetic_times
 SAMPLE_CHUNK_ELEMENTS = 1 << 22
 
 
-def per_sequence_times(n: int, draws: int, eps: float, generator=None, device=None) -> torch.Tensor:
-    """(draws, n) times t ~ U[eps, 1], stratified over the draws of each sequence.
+def per_sequence_times(n: int, draws: int, eps: float, generator=None, device=None):
+    """Yields the (n,) times t ~ U[eps, 1] of each of ``draws`` draws, stratified over the
+    draws of each sequence.
 
     Unlike :func:`antithetic_times` across the batch, every t here is marginally uniform
-    for its own sequence, so each sequence's NELBO estimate is unbiased on its own.
+    for its own sequence, so each sequence's NELBO estimate is unbiased on its own.  One
+    draw at a time: any number of draws runs in the memory of one.
     """
     u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-    strata = torch.arange(draws, device=device, dtype=torch.float64)[:, None] / draws
-    return (eps + (1 - eps) * ((u + strata) % 1)).float()
+    for d in range(draws):
+        yield (eps + (1 - eps) * ((u + d / draws) % 1)).float()
 
 
 def draw_tokens(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mask_id: int, generator,

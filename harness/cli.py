@@ -37,6 +37,17 @@ def at_least(low: int):
     return parse_int
 
 
+SEED_MAX = 2**63 - 1
+
+
+def seed_int(text: str) -> int:
+    """argparse type for --seed: torch seeds generators with a 64-bit integer."""
+    value = int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63 - 1], got {value}")
+    return value
+
+
 def fraction(text: str) -> float:
     """argparse type for alpha_0: a float in [0, 1]."""
     value = float(text)
@@ -66,6 +77,8 @@ def likelihood_call(args, model) -> tuple[str, dict]:
         if args.draws is not None:
             raise ValueError("--iw and --draws are two estimators (K orders vs NELBO draws); give one of them")
         method, kwargs = "nll_exact_order", {**kwargs, "orders": args.iw}
+    if model.exact_loss and "draws" in kwargs:  # its nll takes draws only to share the call signature
+        raise ValueError(f"--draws does not apply to {model.name}: its likelihood is exact; drop --draws")
     accepted = inspect.signature(getattr(model, method)).parameters
     for name, flag in (("alpha_0", "--alpha-0"), ("draws", "--draws")):
         if name in kwargs and name not in accepted:
@@ -120,22 +133,57 @@ def schedule_from_args(args):
         raise ValueError(f"{flag}: {first['msg']} (got {first.get('input')!r})") from None
 
 
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as lone surrogates
+        raise ValueError("--prompt is not valid UTF-8 text; pass the prompt in UTF-8") from None
+    return [tokenizer.bos_id] + list(tokenizer.encode(prompt))
+
+
+def sample_batch_rows(model, n: int, length: int, schedule, device) -> int:
+    """Rows per sampling batch: all n when they fit, else what fits; a request that cannot
+    fit even one row is refused naming the flag that makes it too big."""
+    from harness.memory import free_bytes, gib, rows_that_fit, sampling_cost
+
+    per_row, fixed = sampling_cost(model, length, schedule.steps)
+    rows = rows_that_fit(per_row, fixed, device)
+    if rows >= 1:
+        return min(n, rows)
+    free = free_bytes(device)
+    no_steps = sum(sampling_cost(model, length, None))
+    if schedule.steps and no_steps < free / 2:
+        raise ValueError(f"--steps {schedule.steps}: one sample needs ~{gib(per_row + fixed)} for its step plan but "
+                         f"{gib(free)} is free on {device}; lower --steps (up to --length {length} reveals every "
+                         "position one at a time)")
+    raise ValueError(f"--length {length}: one sample needs ~{gib(no_steps)} but {gib(free)} is free on {device}; "
+                     "lower --length")
+
+
 def cmd_sample(args) -> None:
     from harness.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(args.checkpoint, device=_device(args.device))
-    length = args.length if args.length is not None else loaded.model.backbone_config.max_len
-    generator = torch.Generator(device=loaded.model.device).manual_seed(args.seed)
+    model = loaded.model
+    length = args.length if args.length is not None else model.backbone_config.max_len
+    generator = torch.Generator(device=model.device).manual_seed(args.seed)
     prefix = None
     if args.prompt is not None:  # the prompt follows BOS, as every training row does
-        prefix = torch.tensor([loaded.tokenizer.bos_id] + list(loaded.tokenizer.encode(args.prompt)))
+        prefix = torch.tensor(prompt_ids(loaded.tokenizer, args.prompt))
         if len(prefix) >= length:
             raise ValueError(f"--prompt is {len(prefix)} tokens with BOS; give a --length above that")
-    gen = loaded.model.sample(args.n, length, schedule_from_args(args), generator, prefix=prefix)
-    for i, row in enumerate(gen.tokens.tolist()):
-        print(f"--- sample {i} ---")
-        print(loaded.tokenizer.decode(row))
-    print(f"--- NFE {gen.nfe}, tokens computed {gen.tokens_computed}, {args.n} x {length} tokens ---")
+    schedule = schedule_from_args(args)
+    model.check_length(length)
+    rows = sample_batch_rows(model, args.n, length, schedule, model.device)
+    nfe = tokens = 0
+    for start in range(0, args.n, rows):  # batches that fit; one generator runs through them all
+        gen = model.sample(min(rows, args.n - start), length, schedule, generator, prefix=prefix)
+        nfe, tokens = nfe + gen.nfe, tokens + gen.tokens_computed
+        for i, row in enumerate(gen.tokens.tolist(), start):
+            print(f"--- sample {i} ---")
+            print(loaded.tokenizer.decode(row))
+    batches = f" in batches of {rows}" if rows < args.n else ""
+    print(f"--- NFE {nfe}, tokens computed {tokens}, {args.n} x {length} tokens{batches} ---")
 
 
 def cmd_sweep(args) -> None:
@@ -169,7 +217,10 @@ def cmd_compare(args) -> None:
 
 
 def cmd_lm_eval_task(args) -> None:
-    from harness.lm_eval_adapter import write_lm_eval_task
+    try:
+        from harness.lm_eval_adapter import write_lm_eval_task
+    except ImportError as err:  # its message names the 'eval' extra
+        raise ValueError(str(err)) from None
 
     out = write_lm_eval_task(args.directory, n_docs=args.documents)
     print(f"lm-eval task esolm_corpus_ppl written to {out}; pass --include_path {out}")
@@ -196,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 1)")
     p.add_argument("--alpha-0", type=fraction, help="Eso-LM: alpha_0 at evaluation (default: training value)")
     p.add_argument("--iw", type=at_least(1), help="Eso-LM: importance-weighted estimate over K random orders")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -213,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--given-bos", action="store_true",
                    help="start from BOS at position 0 (AR always does; the diffusion samplers otherwise generate it)")
     p.add_argument("--prompt", help="text the samples continue (given after BOS; every model)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_sample)
 

@@ -39,7 +39,7 @@ from harness.models import NLL, Generation, LanguageModel
 from harness.nn import masks
 from harness.nn.steps import static_steps
 from harness.sampling import sample_tokens
-from harness.schedules import LogLinear, SamplingSchedule, antithetic_times
+from harness.schedules import LogLinear, SamplingSchedule, antithetic_chunks, antithetic_times
 
 
 def sort_positions(first: torch.Tensor, generator=None, shuffle_rest: bool = False):
@@ -150,8 +150,7 @@ class EsoLM(LanguageModel):
         a = self.alpha_0 if alpha_0 is None else float(alpha_0)
         B, L = x0.shape
         nats = torch.zeros(B, dtype=torch.float64, device=x0.device)
-        times = antithetic_times(draws * B, self.eps, generator, x0.device).view(draws, B)
-        for t in times:
+        for t in antithetic_chunks(draws * B, B, self.eps, generator, x0.device):  # one draw at a time
             if a > 0:  # with alpha_0 = 0 the weight is 0: the term vanishes exactly
                 nats += self.diffusion_term(x0, a, t, generator).double()
             if a < 1:  # with alpha_0 = 1, z_0 = x: nothing is masked

@@ -15,6 +15,8 @@ Models are looked up by registry name (``"mdlm"``) or by dotted path
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -145,18 +147,50 @@ class LanguageModel(nn.Module):
         return logits
 
 
+def _import_plugin(module_name: str):
+    """Import a user's model module.  Its code runs like any import; the current directory is
+    not searched implicitly (a stray file there must not shadow or inject a model): put the
+    package on PYTHONPATH or install it."""
+    allowed = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    cwd = os.getcwd()
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != cwd or os.path.abspath(p or ".") in allowed]
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        sys.path[:] = saved
+
+
+INTERFACE = ("loss", "nll", "sample")
+
+
 def resolve_model_class(name: str) -> type[LanguageModel]:
-    """Registry name or ``package.module:Class`` -> class, with an error naming the fix."""
+    """Registry name or ``package.module:Class`` -> class, with an error naming the fix.
+
+    A dotted path imports (runs) its module first; the class is checked after the import."""
     target = REGISTRY.get(name, name)
     if ":" not in target:
         raise ValueError(f"unknown model {name!r}: use one of {sorted(REGISTRY)} or a dotted path 'package.module:Class'")
     module_name, _, class_name = target.partition(":")
+    parts = module_name.split(".")
+    if not class_name.isidentifier() or not all(part.isidentifier() for part in parts):
+        raise ValueError(f"model {name!r}: a dotted path is 'package.module:Class' (Python identifiers)")
+    if name not in REGISTRY and parts[0] in getattr(sys, "stdlib_module_names", ()):
+        raise ValueError(f"model {name!r}: {parts[0]!r} is a standard-library module, not a harness.models."
+                         "LanguageModel subclass; name your own package.module:Class")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        module = importlib.import_module(module_name) if name in REGISTRY else _import_plugin(module_name)
+        cls = getattr(module, class_name)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot load model {name!r} from {target!r}: {err}") from err
+        hint = " (the current directory is not searched: add its folder to PYTHONPATH)" \
+            if isinstance(err, ImportError) else ""
+        raise ValueError(f"cannot load model {name!r} from {target!r}: {err}{hint}") from err
     if not (isinstance(cls, type) and issubclass(cls, LanguageModel)):
         raise ValueError(f"model {name!r} ({target}) is not a harness.models.LanguageModel subclass")
+    missing = [m for m in INTERFACE if getattr(cls, m) is getattr(LanguageModel, m)]
+    if missing:
+        raise ValueError(f"model {name!r} ({target}) must implement {', '.join(INTERFACE)}; it does not "
+                         f"override {', '.join(missing)}")
     return cls
 
 

@@ -37,6 +37,15 @@ def antithetic_times(n: int, eps: float, generator=None, device=None) -> torch.T
     return eps + (1 - eps) * t
 
 
+def antithetic_chunks(n: int, chunk: int, eps: float, generator=None, device=None):
+    """:func:`antithetic_times` of n, yielded ``chunk`` at a time (the same numbers), so a
+    huge n (e.g. many NELBO draws × rows) never allocates all n at once."""
+    u = torch.rand(1, generator=generator, device=device)
+    for start in range(0, n, chunk):
+        t = (u + torch.arange(start, min(start + chunk, n), device=device) / n) % 1
+        yield eps + (1 - eps) * t
+
+
 SHORT_NAMES = {"steps": "T", "alpha_0": "a0", "blocks": "blocks", "first_hitting": "fh", "top_p": "p",
                "given_bos": "bos"}
 COMMON_FIELDS = ["top_p", "given_bos"]  # every sampler reads these
