@@ -392,6 +392,19 @@ def test_a_report_of_other_results_is_never_replaced_without_force(tmp_path, mon
     rp.write_report(other, out_dir=out)
 
 
+def test_report_out_naming_a_file_is_one_line(tmp_path, capsys):
+    """--out EXISTING_FILE used to end in a FileExistsError traceback."""
+    from harness.cli import main
+
+    mine = write_results(tmp_path, demo_rows())
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", str(mine), "--out", str(tmp_path / "notes.txt")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "notes.txt is a file, not a folder" in err[0], err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
 def test_sweep_keeps_its_results_when_the_report_folder_is_taken(tmp_path, capsys):
     from harness.report.write import SOURCE_FILE
     from harness.sweep import run_sweep

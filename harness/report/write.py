@@ -63,6 +63,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
     df = load_frame(results_dir)
     sweep = str(df["sweep"].iloc[0])
     out = Path(out_dir) if out_dir is not None else default_report_dir(results_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"report folder {out} is a file, not a folder; pass --out with a folder (new or a report's)")
     check_report_dir(out, results_dir, force)
     out.mkdir(parents=True, exist_ok=True)
     (out / SOURCE_FILE).write_text(os.path.relpath(results_dir.resolve(), out.resolve()) + "\n")
