@@ -76,7 +76,7 @@ class OptimSpec(Strict):
     eval_every: int = Field(200, ge=1)
     eval_batches: int = Field(8, ge=1)
     ckpt_every: int = Field(500, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds torch and the data order (seed·1000003 + epoch)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")

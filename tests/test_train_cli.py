@@ -178,6 +178,7 @@ def run_cli(*args):
     (lambda c: c["backbone"].update(max_len=8), "data.seq_len 16 exceeds backbone.max_len 8"),
     (lambda c: c.update(model="nonsense"), "unknown model 'nonsense'"),
     (lambda c: c["data"].update(corpus=["/no/such/file.txt"]), "/no/such/file.txt"),
+    (lambda c: c["train"].update(seed=2**70), "field 'train.seed': Input should be less than or equal to 4294967295"),
 ])
 def test_bad_configs_give_one_line_errors(tmp_path, corpus, mutate, fragment):
     path = write_config(tmp_path, corpus)

@@ -70,7 +70,7 @@ class PerplexitySpec(Strict):
     max_sequences: int | None = Field(256, ge=1, description="first N held-out sequences (null: all)")
     split: Literal["valid", "test"] = "test"
     draws: int = Field(1, ge=1, description="Monte-Carlo t draws per sequence (diffusion models)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds torch's RNG for the Monte-Carlo estimators")
 
 
 class SpeedSpec(Strict):
