@@ -41,6 +41,8 @@ from harness.nn.steps import static_steps
 from harness.sampling import sample_tokens
 from harness.schedules import LogLinear, SamplingSchedule, antithetic_chunks, antithetic_times
 
+IW_CHUNK = 256  # orders whose log-probabilities are held at once by nll_exact_order
+
 
 def sort_positions(first: torch.Tensor, generator=None, shuffle_rest: bool = False):
     """Eso-LM's sorted order for a batch.
@@ -195,9 +197,13 @@ class EsoLM(LanguageModel):
         a = self.alpha_0 if alpha_0 is None else float(alpha_0)
         B, L = x0.shape
         n_diff = round(a * L)
-        logp = torch.stack([self.order_log_prob(x0, self.draw_order(B, L, n_diff, generator), n_diff)
-                            for _ in range(orders)])
-        nats = -(torch.logsumexp(logp, 0) - math.log(orders))
+        total = None  # log Σ_k p(x | order_k), a chunk of orders at a time: any K fits in memory
+        for start in range(0, orders, IW_CHUNK):
+            logp = torch.stack([self.order_log_prob(x0, self.draw_order(B, L, n_diff, generator), n_diff)
+                                for _ in range(min(IW_CHUNK, orders - start))])
+            part = torch.logsumexp(logp, 0)
+            total = part if total is None else torch.logaddexp(total, part)
+        nats = -(total - math.log(orders))
         estimator = f"exact-order(alpha_0={a:g})" if orders == 1 else f"iw({orders}, alpha_0={a:g})"
         return NLL(nats, tokens=L, exact=orders == 1, estimator=estimator)
 
