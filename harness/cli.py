@@ -120,6 +120,41 @@ def schedule_from_args(args):
         raise ValueError(f"{flag}: {first['msg']} (got {first.get('input')!r})") from None
 
 
+FLAGS = {"steps": "--steps", "alpha_0": "--alpha-0", "blocks": "--blocks", "first_hitting": "--first-hitting"}
+
+
+def sample_schedule(args, model, length: int):
+    """The flags' schedule, with the documented default where a diffusion model needs one:
+    T = L steps (MDLM, and Eso-LM's diffusion phase when alpha_0 > 0), first hitting for
+    BD3-LM (one token per step).  A flag the model does not read is refused by name."""
+    from harness.schedules import COMMON_FIELDS, SamplingSchedule
+    from harness.sweep.schema import SCHEDULE_FIELDS
+
+    schedule = schedule_from_args(args)
+    fields = schedule.model_dump(exclude_defaults=True)
+    allowed = SCHEDULE_FIELDS.get(model.name)
+    if allowed is None:  # a custom model checks its own schedule
+        return schedule
+    extra = [f for f in fields if f not in allowed and f not in COMMON_FIELDS]
+    if extra:
+        takes = ", ".join(FLAGS[f] for f in allowed) or "no schedule flags"
+        raise ValueError(f"{FLAGS[extra[0]]} does not apply to {model.name}; it takes {takes}")
+    if model.name == "mdlm" and schedule.steps is None:
+        fields["steps"] = length
+    if model.name == "bd3lm":
+        if schedule.steps is not None and schedule.first_hitting:
+            raise ValueError("--steps and --first-hitting are two BD3-LM samplers; give one of them")
+        if schedule.steps is None:
+            fields["first_hitting"] = True
+    if model.name in ("esolm-a", "esolm-b"):
+        if schedule.steps is not None and schedule.blocks is not None:
+            raise ValueError("--steps and --blocks both set the diffusion phase; give one of them")
+        alpha_0 = schedule.alpha_0 if schedule.alpha_0 is not None else model.options().get("alpha_0", 0)
+        if schedule.steps is None and schedule.blocks is None and alpha_0 > 0:
+            fields["steps"] = length
+    return SamplingSchedule(**fields)
+
+
 def cmd_sample(args) -> None:
     from harness.checkpoint import load_checkpoint
 
@@ -131,11 +166,15 @@ def cmd_sample(args) -> None:
         prefix = torch.tensor([loaded.tokenizer.bos_id] + list(loaded.tokenizer.encode(args.prompt)))
         if len(prefix) >= length:
             raise ValueError(f"--prompt is {len(prefix)} tokens with BOS; give a --length above that")
-    gen = loaded.model.sample(args.n, length, schedule_from_args(args), generator, prefix=prefix)
+    schedule = sample_schedule(args, loaded.model, length)
+    gen = loaded.model.sample(args.n, length, schedule, generator, prefix=prefix)
     for i, row in enumerate(gen.tokens.tolist()):
         print(f"--- sample {i} ---")
         print(loaded.tokenizer.decode(row))
-    print(f"--- NFE {gen.nfe}, tokens computed {gen.tokens_computed}, {args.n} x {length} tokens ---")
+    # a forward over the batch runs every row once: each sample needed nfe forwards, unless rows differ
+    nfe = gen.nfe_per_sample.double().mean().item() if gen.nfe_per_sample is not None else float(gen.nfe)
+    print(f"--- schedule {schedule.label()}; per sample: NFE {nfe:g}, tokens computed {gen.tokens_computed / args.n:g}; "
+          f"batch of {args.n} x {length} tokens: {gen.nfe} forwards, {gen.tokens_computed} tokens computed ---")
 
 
 def cmd_sweep(args) -> None:
@@ -206,8 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--n", type=at_least(1), default=2)
     p.add_argument("--length", type=int)
-    p.add_argument("--steps", type=int, help="denoising steps T")
-    p.add_argument("--alpha-0", type=fraction, help="Eso-LM: fraction of positions filled by diffusion")
+    p.add_argument("--steps", type=int, help="denoising steps T (default: T = L for MDLM and Eso-LM's diffusion "
+                   "phase; BD3-LM defaults to --first-hitting)")
+    p.add_argument("--alpha-0", type=fraction, help="Eso-LM: fraction of positions filled by diffusion "
+                   "(default: the training value)")
     p.add_argument("--blocks", type=int, help="Eso-LM: diffusion positions revealed in this many chunks")
     p.add_argument("--first-hitting", action="store_true", help="BD3-LM: one token per step")
     p.add_argument("--top-p", type=float)
