@@ -66,6 +66,29 @@ def rows_of(results_dir: Path) -> list[dict]:
 # --------------------------------------------------------------------------------------
 # config errors: one line naming the key and the fix
 # --------------------------------------------------------------------------------------
+def test_misspelt_key_is_named_first_with_the_close_match(tmp_path, runs):
+    """'lenghts' also leaves 'lengths' missing; the typo is what the user must see."""
+    cfg = base_config(runs)
+    cfg["lenghts"] = cfg.pop("lengths")
+    with pytest.raises(ConfigError) as err:
+        sw.load_sweep_config(write(tmp_path, cfg))
+    assert str(err.value).endswith("field 'lenghts': unknown key; did you mean 'lengths'? (+1 more)"), err.value
+    cfg = base_config(runs)
+    cfg["models"][0]["train"]["train"] = {"setps": 3}
+    with pytest.raises(ConfigError, match=r"field 'models.0.train.train.setps': unknown key; did you mean 'steps'\?$"):
+        sw.load_sweep_config(write(tmp_path, cfg))
+    cfg = base_config(runs)
+    cfg["speed"] = {"repeats": 2, "zzz": 1}  # nothing close: the valid keys are listed
+    with pytest.raises(ConfigError, match=r"field 'speed.zzz': unknown key; remove it or check its spelling "
+                                          r"\(valid keys: warmup, repeats\)$"):
+        sw.load_sweep_config(write(tmp_path, cfg))
+    cfg = base_config(runs)
+    cfg["models"].append({"name": "m", "train": {"model": "mdlm"}, "schedules": [{"setps": 8}]})
+    with pytest.raises(ConfigError, match="field 'models.1.schedules.0.setps': unknown schedule field; use one of "
+                                          r"\[.*\]; did you mean 'steps'\?$"):
+        sw.load_sweep_config(write(tmp_path, cfg))
+
+
 @pytest.mark.parametrize("mutate, expect", [
     (lambda c: c["models"][0].update(trian={}), "models.0.trian': unknown key"),
     (lambda c: c.update(metrics=["gen_ppl", "perplexity"]), "unknown metric(s) ['perplexity']"),

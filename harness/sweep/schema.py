@@ -30,6 +30,7 @@ Schedules are :class:`harness.schedules.SamplingSchedule` fields; a model entry 
 from __future__ import annotations
 
 import copy
+import difflib
 import shlex
 from pathlib import Path
 from typing import Any, Literal
@@ -308,8 +309,8 @@ def parse_sweep_config(data: dict, source: str = "sweep config") -> SweepConfig:
     try:
         cfg = SweepConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source, lambda loc: merged_from_defaults(loc, raw, defaults))) \
-            from err
+        where = lambda loc: merged_from_defaults(loc, raw, defaults)  # noqa: E731
+        raise ConfigError(format_validation_error(err, source, where, SweepConfig)) from err
     check_consistency(cfg, source)
     for i, entry in enumerate(cfg.models):
         for j, raw in enumerate(entry.schedules):
@@ -317,8 +318,10 @@ def parse_sweep_config(data: dict, source: str = "sweep config") -> SweepConfig:
                 raise ConfigError(f"{source}: field 'models.{i}.schedules.{j}': expected a mapping like {{steps: 32}}")
             unknown = sorted(set(raw) - set(SamplingSchedule.model_fields))
             if unknown:
+                close = difflib.get_close_matches(unknown[0], list(SamplingSchedule.model_fields), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(f"{source}: field 'models.{i}.schedules.{j}.{unknown[0]}': unknown schedule field; "
-                                  f"use one of {sorted(SamplingSchedule.model_fields)}")
+                                  f"use one of {sorted(SamplingSchedule.model_fields)}{hint}")
         for length in entry.lengths or cfg.lengths:
             for fields in expand_schedules(entry.schedules):
                 where = f"{source}: field 'models.{i}.schedules'"
