@@ -98,6 +98,57 @@ def test_report_files_tables_protocol_and_samples(tmp_path):
     assert families == ["AR"] + ["MDLM"] * 3 + ["BD3-LM"] + ["Eso-LM (B)"] * 6
 
 
+def test_every_entry_has_its_own_colour_and_marker():
+    import pandas as pd
+
+    from harness.report.plots import entry_styles
+
+    agg = pd.DataFrame({"model_entry": ["ar", "mdlm", "esolm-b", "esolm-b-a1", "esolm-b-x", "mine"],
+                        "family": ["ar", "mdlm", "esolm-b", "esolm-b", "esolm-b", "custom"]})
+    styles = entry_styles(agg)
+    assert len({c for c, _ in styles.values()}) == 6 and len({m for _, m in styles.values()}) == 6
+    assert styles["esolm-b"][0] == rp.FAMILY_COLORS["esolm-b"]  # a family's first entry keeps its colour
+
+
+def test_labels_never_overlap_each_other_and_avoid_markers_where_there_is_room():
+    import random
+
+    from harness.report.plots import place_labels, pyplot
+
+    plt = pyplot()
+    rng = random.Random(0)
+    for crowd, spread in ((40, 0.05), (12, 1.0)):  # a tight cluster, and points with room around them
+        fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+        pts = [(1 + spread * rng.random(), 1 + spread * rng.random()) for _ in range(crowd)]
+        ax.scatter(*zip(*pts))
+        ax.set_xlim(0.5, 2.5)
+        ax.set_ylim(0.5, 2.5)
+        boxes = place_labels(fig, ax, [(p, str(i + 1), "k") for i, p in enumerate(pts)])
+        assert len(boxes) == crowd
+        for i, a in enumerate(boxes):
+            for b in boxes[:i]:
+                assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], (a, b)
+        if spread == 1.0:
+            r = 7 * fig.dpi / 72
+            for a in boxes:
+                for x, y in (ax.transData.transform(p) for p in pts):
+                    assert a[2] < x - r or x + r < a[0] or a[3] < y - r or y + r < a[1]
+        plt.close(fig)
+
+
+def test_plot_points_are_numbered_in_a_table_with_their_frontiers(tmp_path):
+    md = rp.write_report(write_results(tmp_path, demo_rows()), out_dir=tmp_path / "r").read_text()
+    table = md.split("The numbered points of the plots:")[1].split("\n## ")[0]
+    rows = [l.split(" | ") for l in table.splitlines() if l.startswith("| ") and l[2].isdigit()]
+    assert [int(r[0][2:]) for r in rows] == list(range(1, 12))
+    by_number = {int(r[0][2:]): r for r in rows}
+    time_line = next(l for l in md.splitlines() if l.startswith("Pareto frontier (gen PPL vs time)"))
+    on_time = [int(n) for n in __import__("re").findall(r"\(#(\d+),", time_line)]
+    assert on_time and all("time" in by_number[n][-1] for n in on_time)
+    assert sum("time" in r[-1] for r in rows) == len(on_time)
+    assert by_number[1][1:4] == ["ar", "AR", "default"]
+
+
 def test_perplexity_vs_alpha_0_table(tmp_path):
     """Rows from AR (alpha_0 = 0) through Eso-LM by alpha_0 to MDLM (alpha_0 = 1); gen PPL per
     Eso-LM T (MDLM's T = 128 has no Eso-LM column; AR has no T and fills every column)."""

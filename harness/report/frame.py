@@ -13,6 +13,7 @@ FAMILY_COLORS = {"ar": "#333333", "mdlm": "#1f77b4", "bd3lm": "#2ca02c", "esolm-
 FAMILY_NAMES = {"ar": "AR", "mdlm": "MDLM", "bd3lm": "BD3-LM", "esolm-a": "Eso-LM (A)", "esolm-b": "Eso-LM (B)",
                 "custom": "custom"}
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+SHADES = [0.0, -0.45, 0.45, -0.7, 0.7]  # a family's further entries: darker (-) or lighter (+)
 FAMILY_ORDER = list(FAMILY_COLORS)
 
 

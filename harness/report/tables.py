@@ -46,6 +46,20 @@ def results_table(agg) -> str:
     return md_table(headers, rows, ["l", "l", "l"] + ["r"] * (len(headers) - 3))
 
 
+def points_table(agg, numbers: dict, fronts: dict[str, set]) -> str:
+    """The numbered points of the speed-quality plots: what each is, its values, and the
+    frontiers (time, NFE) it lies on."""
+    rows = []
+    for i, n in numbers.items():
+        r = agg.loc[i]
+        on = [axis for axis, members in fronts.items() if n in members]
+        rows.append([n, r["model_entry"], FAMILY_NAMES.get(r["family"], r["family"]), r["schedule"], r["length"],
+                     fmt(float(r["seconds_per_sample"]), 4), fmt(float(r["nfe_per_sample"]), 1),
+                     fmt(float(r["gen_ppl"]), 1), fmt(float(r["entropy"]), 2), ", ".join(on) or "–"])
+    return md_table(["#", "model entry", "family", "schedule", "L", "s/sample", "NFE/sample", "gen PPL", "entropy",
+                     "frontier"], rows, ["r", "l", "l", "l", "r", "r", "r", "r", "r", "l"])
+
+
 def boundaries_table(agg) -> str:
     """BOS at position 0, EOS at L − 1 and EOS inside, per point: a format check the
     perplexities miss (gen PPL takes the first token as context only)."""

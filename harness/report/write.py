@@ -11,9 +11,12 @@ import re
 from pathlib import Path
 
 from harness.report.frame import aggregate, finite, load_frame
-from harness.report.plots import plot_alpha0, plot_pareto, plot_speed_headline, plot_speed_vs_length, short_label
-from harness.report.speed import PAPER_BD3LM, PAPER_MDLM, add_floors, cuda_rows, ratio_tables, speed_ratios, write_ratios_csv
-from harness.report.tables import alpha0_table, by_length_table, fmt, results_table, boundaries_table, times
+from harness.report.plots import (plot_alpha0, plot_pareto, plot_speed_headline, plot_speed_vs_length,
+                                  point_numbers, short_label)
+from harness.report.speed import (PAPER_BD3LM, PAPER_MDLM, add_floors, cuda_rows, ratio_tables, speed_ratios,
+                                  write_ratios_csv)
+from harness.report.tables import (alpha0_table, boundaries_table, by_length_table, fmt, points_table, results_table,
+                                   times)
 from harness.report.text import description, floor_text, measured_on, notes, protocol_table, sample_section
 
 SOURCE_FILE = "source.txt"
@@ -81,19 +84,23 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
         md += [f"## Results at L = {length}", "", f"Means over {int(sub['seeds'].max())} seed(s); "
                "lower is better for perplexities, NFE, tokens computed and seconds.", "", results_table(sub), ""]
 
-    pareto = ["## Speed vs quality", ""]
-    for x, xlabel, title, name in (
-        ("seconds_per_sample", "seconds per sample (median, log scale)", "gen PPL vs time", "pareto_time.png"),
-        ("nfe_per_sample", "network function evaluations per sample (log scale)", "gen PPL vs NFE", "pareto_nfe.png"),
+    pareto, numbers, fronts = ["## Speed vs quality", ""], point_numbers(agg), {}
+    for x, xlabel, title, name, axis in (
+        ("seconds_per_sample", "seconds per sample (median, log scale)", "gen PPL vs time", "pareto_time.png", "time"),
+        ("nfe_per_sample", "network function evaluations per sample (log scale)", "gen PPL vs NFE", "pareto_nfe.png",
+         "NFE"),
     ):
-        front = plot_pareto(agg, x, xlabel, title, out / name)
+        front = plot_pareto(agg, x, xlabel, title, out / name, numbers)
         if front is None:
             (out / name).unlink(missing_ok=True)
             continue
+        fronts[axis] = {r["number"] for r in front}
         pareto += [f"![{title}]({name})", ""]
         pareto += [f"Pareto frontier ({title}): " + ", ".join(
-            f"{r['model_entry']} {short_label(r['schedule'])} (L={r['length']}, {fmt(float(r[x]), 3)}, "
+            f"{r['model_entry']} {short_label(r['schedule'])} (#{r['number']}, L={r['length']}, {fmt(float(r[x]), 3)}, "
             f"{fmt(float(r['gen_ppl']), 1)})".replace("  ", " ") for r in front), ""]
+    if fronts:
+        pareto += ["The numbered points of the plots:", "", points_table(agg, numbers, fronts), ""]
     if len(pareto) > 2:  # a speed-only sweep has no quality axis: no empty section
         md += pareto
     if plot_alpha0(agg, out / "alpha0.png"):
