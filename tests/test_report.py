@@ -149,6 +149,31 @@ def test_plot_points_are_numbered_in_a_table_with_their_frontiers(tmp_path):
     assert by_number[1][1:4] == ["ar", "AR", "default"]
 
 
+def timed(r, repeats):
+    """A row with its per-batch repeat timings (batch of 8); the median is seconds_per_batch."""
+    r["metrics"].update(seconds_all=repeats, seconds_per_batch=sorted(repeats)[len(repeats) // 2],
+                        seconds_per_sample=sorted(repeats)[len(repeats) // 2] / 8)
+    return r
+
+
+def test_speed_spread_of_the_repeats_and_differences_within_it(tmp_path):
+    from harness.report.frame import repeat_spread
+
+    assert repeat_spread({"seconds_all": [0.08, 0.10, 0.09], "seconds_per_batch": 0.09,
+                          "seconds_per_sample": 0.09 / 8}) == pytest.approx((0.01, 0.0125))
+    assert all(math.isnan(v) for v in repeat_spread({"seconds_per_sample": 0.01}))
+    rows = [timed(row("ar", "ar", "default", 100.0, 1, 63), [0.080, 0.088, 0.120]),        # 0.0100–0.0150
+            timed(row("mdlm", "mdlm", "T=8", 900.0, 1, 8, steps=8), [0.070, 0.076, 0.082]),  # 0.0088–0.0103
+            timed(row("mdlm", "mdlm", "T=32", 800.0, 1, 32, steps=32), [0.3, 0.31, 0.32])]
+    md = rp.write_report(write_results(tmp_path, rows), out_dir=tmp_path / "r").read_text()
+    assert "| 1 | ar | AR | default | 64 | 0.0110 (0.0100–0.0150) |" in md
+    assert "may change on another run): #1 and #2." in md  # #3 is far slower than both
+    rows[0] = timed(row("ar", "ar", "default", 100.0, 1, 63), [0.090, 0.088, 0.095])  # 0.0110–0.0119: apart
+    shutil.rmtree(tmp_path / "results")
+    md = rp.write_report(write_results(tmp_path, rows), out_dir=tmp_path / "r").read_text()
+    assert "Every speed difference between a point on the time frontier and another point is larger" in md
+
+
 def test_perplexity_vs_alpha_0_table(tmp_path):
     """Rows from AR (alpha_0 = 0) through Eso-LM by alpha_0 to MDLM (alpha_0 = 1); gen PPL per
     Eso-LM T (MDLM's T = 128 has no Eso-LM column; AR has no T and fills every column)."""

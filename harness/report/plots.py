@@ -65,13 +65,17 @@ def plot_pareto(agg, x: str, xlabel: str, title: str, path: Path, numbers: dict 
     for ax, length in zip(axes[0], lengths):
         d = data[data["length"] == length]
         front = [d.index[i] for i in pareto_front(d[x].tolist(), d["gen_ppl"].tolist())]
-        labels = []
+        labels, segments = [], []
         for i, r in d.iterrows():
             color, marker = styles[r["model_entry"]]
             ax.scatter(r[x], r["gen_ppl"], s=64, marker=marker, color=color, alpha=0.8, edgecolor=color,
                        linewidth=1.0, zorder=3)
             labels.append(((r[x], r["gen_ppl"]), str(numbers[i]), color))
-        segments = []
+            lo, hi = (r.get("seconds_min_per_sample"), r.get("seconds_max_per_sample"))
+            if x == "seconds_per_sample" and finite(lo) and finite(hi):  # fastest to slowest timed repeat
+                ax.errorbar(r[x], r["gen_ppl"], xerr=[[r[x] - lo], [hi - r[x]]], fmt="none", ecolor=color,
+                            elinewidth=1.0, capsize=2.5, alpha=0.8, zorder=2)
+                segments.append(((lo, r["gen_ppl"]), (hi, r["gen_ppl"])))  # kept clear of labels too
         if front:
             fx = [d.loc[i, x] for i in front] + [d[x].max() * 2.0]
             fy = [d.loc[i, "gen_ppl"] for i in front]
@@ -97,8 +101,9 @@ def plot_pareto(agg, x: str, xlabel: str, title: str, path: Path, numbers: dict 
                           markeredgecolor="black", label="Pareto frontier (ringed)"))
     fig.legend(handles=handles, fontsize=9, loc="upper right", framealpha=0.9, title="model entry",
                title_fontsize=9)
+    bars = "; bars: fastest to slowest timed repeat" if x == "seconds_per_sample" else ""
     fig.text(0.01, 0.01, "numbers: the points of the report's table (schedule, entropy, values); ringed: on the "
-             "Pareto frontier (no other point both faster and better)", fontsize=8, color="0.3")
+             f"Pareto frontier (no other point both faster and better){bars}", fontsize=8, color="0.3")
     fig.tight_layout(rect=(0, 0.03, 1 - 2.6 / fig.get_figwidth(), 1))
     for ax, labels, segments in pending:  # after the layout is final: placement works in pixels
         place_labels(fig, ax, labels, segments=segments)

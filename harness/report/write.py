@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from harness.report.frame import aggregate, finite, load_frame
+from harness.report.frame import aggregate, finite, load_frame, within_spread
 from harness.report.plots import (plot_alpha0, plot_pareto, plot_speed_headline, plot_speed_vs_length,
                                   point_numbers, short_label)
 from harness.report.speed import (PAPER_BD3LM, PAPER_MDLM, add_floors, cuda_rows, ratio_tables, speed_ratios,
@@ -53,6 +53,20 @@ def check_report_dir(out: Path, results_dir: Path, force: bool = False) -> None:
         return
     raise ReportExists(f"{out} holds the report of {os.path.normpath(source)}, not of {results_dir}; pass --out DIR "
                        "for a new folder or --force to replace it")
+
+
+def speed_ties(agg, numbers: dict, front: set) -> str:
+    """Which speed differences at the time frontier are within the spread of the repeats."""
+    timed = [(n, agg.loc[i]) for i, n in numbers.items() if finite(agg.loc[i, "seconds_min_per_sample"])]
+    if not timed:
+        return "These rows keep no per-repeat timings, so the spread of the speed measurements is unknown."
+    ties = [f"#{b} and #{a}" for k, (a, ra) in enumerate(timed) for b, rb in timed[:k]
+            if (a in front or b in front) and ra["length"] == rb["length"] and within_spread(ra, rb)]
+    if not ties:
+        return ("Every speed difference between a point on the time frontier and another point is larger than the "
+                "spread of their timed repeats.")
+    return ("Within the spread of their timed repeats (fastest to slowest; the time order of these pairs, and so the "
+            f"time frontier, may change on another run): {', '.join(ties)}.")
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None, force: bool = False) -> Path:
@@ -101,6 +115,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
             f"{fmt(float(r['gen_ppl']), 1)})".replace("  ", " ") for r in front), ""]
     if fronts:
         pareto += ["The numbered points of the plots:", "", points_table(agg, numbers, fronts), ""]
+        pareto += [speed_ties(agg, numbers, fronts.get("time", set())), ""]
     if len(pareto) > 2:  # a speed-only sweep has no quality axis: no empty section
         md += pareto
     if plot_alpha0(agg, out / "alpha0.png"):
