@@ -89,7 +89,10 @@ def cmd_eval(args) -> None:
     data = splits[args.split]
     if args.max_sequences:
         data = data[: args.max_sequences]
-    result = test_perplexity(loaded.model, data, args.batch_size, seed=args.seed, method=method, **nll_kwargs)
+    if not args.quiet:
+        print(f"esolm eval: {loaded.model.name}, {len(data)} {args.split} sequences x {length} tokens", file=sys.stderr)
+    result = test_perplexity(loaded.model, data, args.batch_size, seed=args.seed, method=method,
+                             progress=not args.quiet, **nll_kwargs)
     result = {"checkpoint": str(loaded.path), "model": loaded.model.name, "split": args.split, "length": length,
               **result, "unigram_ppl": unigram_perplexity(splits["train"], data, loaded.tokenizer.vocab_size)}
     if args.json:
@@ -239,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it goes to stderr)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="print samples from a checkpoint")

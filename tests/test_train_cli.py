@@ -264,3 +264,20 @@ def test_unknown_device_is_a_one_line_error(checkpoints, capsys):
         main(["sample", str(checkpoints / "ar"), "--device", "tpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and "--device: unknown device 'tpu'" in err[-1]
+
+
+def test_eval_shows_progress_on_stderr_and_quiet_training_names_the_model(tmp_path, corpus, capsys, monkeypatch):
+    """eval ran for a minute with no output; --quiet sweeps printed 'step 3: valid loss' without
+    saying which model's."""
+    monkeypatch.setenv("ESOLM_CACHE", str(tmp_path / "cache"))
+    main(["train", str(write_config(tmp_path, corpus, steps=3)), "--quiet"])
+    captured = capsys.readouterr()
+    assert "t step 3: valid loss " in captured.err and "valid loss" not in captured.out
+    main(["eval", str(tmp_path / "run"), "--max-sequences", "3", "--batch-size", "1", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert "esolm eval: ar, 3 test sequences x 16 tokens" in captured.err
+    assert "test ppl" in captured.err and "3/3" in captured.err  # the bar, per batch
+    assert captured.out.startswith("ar test perplexity ") and "test ppl" not in captured.out
+    main(["eval", str(tmp_path / "run"), "--max-sequences", "3", "--device", "cpu", "--quiet"])
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.startswith("ar test perplexity ")
