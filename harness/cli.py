@@ -211,6 +211,13 @@ def cmd_compare(args) -> None:
                            csv_path=args.csv))
 
 
+def cmd_export(args) -> None:
+    from harness.export import export
+
+    n = export(args.results_dir, csv_path=args.csv, parquet_path=args.parquet)
+    print(f"export: {n} current rows (one per point) -> {args.csv or args.parquet}", file=sys.stderr)
+
+
 def cmd_lm_eval_task(args) -> None:
     from harness.lm_eval_adapter import write_lm_eval_task
 
@@ -302,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="print the full table of every point and metric")
     p.add_argument("--csv", metavar="FILE", help="write the full comparison, one row per point and metric")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="write the current rows of a results folder (one per point) as CSV or Parquet")
+    p.add_argument("results_dir")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--csv", metavar="FILE", help="CSV file ('-': stdout)")
+    out.add_argument("--parquet", metavar="FILE", help="Parquet file (needs pyarrow)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("lm-eval-task", help="write the offline lm-eval perplexity task over the test split")
     p.add_argument("directory")
