@@ -174,6 +174,24 @@ def test_speed_spread_of_the_repeats_and_differences_within_it(tmp_path):
     assert "Every speed difference between a point on the time frontier and another point is larger" in md
 
 
+def test_degenerate_mauve_is_shown_as_such_not_as_a_score(tmp_path):
+    from harness.metrics.mauve import DISJOINT_MAUVE
+
+    rows = demo_rows()[:3]
+    rows[0]["metrics"].update(mauve=0.61, mauve_degenerate=None)
+    rows[1]["metrics"].update(mauve=DISJOINT_MAUVE)  # written before the flag existed
+    rows[2]["metrics"].update(mauve=0.25, mauve_degenerate="all generated texts fall into one of 2 clusters")
+    md = rp.write_report(write_results(tmp_path, rows), out_dir=tmp_path / "r").read_text()
+    table = [l for l in md.split("## Results at L = 64")[1].split("\n## ")[0].splitlines() if l.startswith("| ")]
+    mauve = table[0].split(" | ").index("MAUVE")
+    assert [l.split(" | ")[mauve] for l in table[2:]] == ["0.610", "degenerate", "degenerate"]
+    assert "0.004" not in md and "0.250" not in md
+    note = next(l for l in md.splitlines() if l.startswith('- MAUVE is shown as "degenerate" at 2 of 3 points'))
+    assert "all generated texts fall into one of 2 clusters" in note and "recognised by its value" in note
+    stored = [json.loads(l)["metrics"]["mauve"] for l in (tmp_path / "results/demo/points.jsonl").open()]
+    assert stored == [0.61, DISJOINT_MAUVE, 0.25]  # the raw values stay in the rows
+
+
 def test_perplexity_vs_alpha_0_table(tmp_path):
     """Rows from AR (alpha_0 = 0) through Eso-LM by alpha_0 to MDLM (alpha_0 = 1); gen PPL per
     Eso-LM T (MDLM's T = 128 has no Eso-LM column; AR has no T and fills every column)."""

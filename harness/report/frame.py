@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from harness.metrics.mauve import recorded_degenerate
 from harness.results_store import latest_rows, read_points
 
 FAMILY_COLORS = {"ar": "#333333", "mdlm": "#1f77b4", "bd3lm": "#2ca02c", "esolm-a": "#ff7f0e",
@@ -33,6 +34,7 @@ def load_frame(results_dir: str | Path):
     for row in rows:
         item = {k: v for k, v in row.items() if k != "metrics"}
         item.update(row.get("metrics", {}))
+        item["mauve_degenerate"] = recorded_degenerate(row.get("metrics", {}))
         flat.append(item)
     df = pd.DataFrame(flat)
     for col in ("gen_ppl", "gen_ppl_mean", "entropy", "test_ppl", "mauve", "seconds_per_sample", "tokens_per_second",
@@ -73,6 +75,9 @@ def aggregate(df):
                            "eos_inside_per_sample") if c in df]
     agg = df.groupby(keys, sort=False, dropna=False)[numeric].mean().reset_index()
     agg["seeds"] = df.groupby(keys, sort=False, dropna=False)["seed"].nunique().values
+    if "mauve_degenerate" in df:  # a seed's degenerate MAUVE makes the mean degenerate too
+        agg["mauve_degenerate"] = df.groupby(keys, sort=False, dropna=False)["mauve_degenerate"].agg(
+            lambda v: next((x for x in v if isinstance(x, str)), None)).values
     for col, how in (("seconds_min_per_sample", "min"), ("seconds_max_per_sample", "max")):  # over seeds and repeats
         agg[col] = df.groupby(keys, sort=False, dropna=False)[col].agg(how).values if col in df else float("nan")
     for col in ("device", "block_size", "first_hitting"):

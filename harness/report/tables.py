@@ -42,7 +42,8 @@ def results_table(agg) -> str:
     for _, r in agg.iterrows():
         rows.append([r["model_entry"], FAMILY_NAMES.get(r["family"], r["family"]), r["schedule"],
                      fmt(r["alpha_0"], 4) if finite(r["alpha_0"]) else "–"]
-                    + [times(r[c]) if c == "x_floor" else fmt(float(r[c]), d) for c, _, d in cols])
+                    + [times(r[c]) if c == "x_floor" else "degenerate" if c == "mauve" and isinstance(r.get("mauve_degenerate"), str)
+                       else fmt(float(r[c]), d) for c, _, d in cols])
     return md_table(headers, rows, ["l", "l", "l"] + ["r"] * (len(headers) - 3))
 
 
