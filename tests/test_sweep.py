@@ -441,14 +441,19 @@ def test_ray_backend(tmp_path, runs, monkeypatch):
         monkeypatch.setitem(sys.modules, "ray", None)
         with pytest.raises(ConfigError, match="install ray"):
             run(path, tmp_path / "results")
-    # a minimal synchronous stand-in checks the driver: tasks submitted, rows appended as they finish
+    # a minimal synchronous stand-in checks the driver: training and point tasks submitted, rows
+    # appended as they finish (tests/test_ray.py runs a real Ray instance)
     fake = types.SimpleNamespace(initialized=False, submitted=[])
     fake.is_initialized = lambda: fake.initialized
     fake.init = lambda **k: setattr(fake, "initialized", True)
 
+    def submit(fn, args):
+        fake.submitted.append(next((a.key for a in args if isinstance(a, sw.Point)), f"train {args[0]}"))
+        return fn(*args)
+
     def remote(**opts):
         def wrap(fn):
-            return types.SimpleNamespace(remote=lambda *a: (fake.submitted.append(a[-1].key), fn(*a))[1])
+            return types.SimpleNamespace(remote=lambda *a: submit(fn, a))
         return wrap
 
     fake.remote = remote
@@ -457,8 +462,8 @@ def test_ray_backend(tmp_path, runs, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", fake)
     results = tmp_path / "results"
     run(path, results)
-    assert fake.initialized and fake.submitted == ["ar/default/L16/s0", "ar/default/L16/s1"]
-    assert [r["key"] for r in rows_of(results / "t")] == fake.submitted
+    assert fake.initialized and fake.submitted == ["train ar", "ar/default/L16/s0", "ar/default/L16/s1"]
+    assert [r["key"] for r in rows_of(results / "t")] == fake.submitted[1:]
 
 
 def test_set_overrides_make_a_variant_and_its_results_keep_the_merged_config(tmp_path, runs, capsys):

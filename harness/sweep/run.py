@@ -78,8 +78,9 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
     needed = {p.entry for p in todo}
     if todo and isinstance(cfg.evaluator, EvaluatorRef) and ({"gen_ppl", "mauve"} & set(cfg.metrics)):
         needed.add(cfg.evaluator.model_entry)
-    checkpoints = train_entries(cfg, needed, progress)
-    ctx.checkpoints = checkpoints
+    on_ray = cfg.backend == "ray" and bool(todo)
+    if not on_ray:  # Ray trains on its workers
+        ctx.checkpoints = train_entries(cfg, needed, progress)
     for row in existing:  # reuse test perplexities of finished points (same entry, length, options)
         m = row.get("metrics", {})
         if "test_ppl_key" in m:
@@ -92,10 +93,10 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
 
     bar = tqdm(total=len(todo), desc=f"sweep {cfg.name}", unit="pt", disable=not progress, dynamic_ncols=True)
     try:
-        if cfg.backend == "ray" and todo:
+        if on_ray:
             from harness.sweep.ray_runner import run_ray
 
-            run_ray(results_dir / "config.yaml", cfg, todo, checkpoints, results_dir, bar)  # with any --set
+            run_ray(results_dir / "config.yaml", cfg, todo, needed, results_dir, bar, ctx.commit)  # with any --set
         else:
             run_local(ctx, todo, results_dir, bar)
     finally:
