@@ -218,7 +218,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             if rank == 0:
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
-                bar.write(f"{cfg.name} step {step}: valid loss {record['valid_loss']:.4f}", file=sys.stderr)
+                bar.write(f"{cfg.name} step {step}: valid loss {record['valid_loss']:.4f}")
         if step % o.ckpt_every == 0 or step == o.steps:
             checkpoint(step)
         if steps_since and step % 10 == 0:
