@@ -64,13 +64,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from harness.config import (ConfigError, DataSpec, Strict, TrainConfig, format_validation_error, parse, read_yaml,
                             resolve_device)
 from harness.nn.steps import FALLBACKS, resolve_mode
-from harness.schedules import SHORT_NAMES, SamplingSchedule
+from harness.schedules import SamplingSchedule
 
 METRICS = ("test_ppl", "gen_ppl", "entropy", "mauve", "speed")
 FAMILIES = ("ar", "mdlm", "bd3lm", "esolm-a", "esolm-b")
 # Schedule fields each built-in family reads (checked before any training starts).
 SCHEDULE_FIELDS = {"ar": (), "mdlm": ("steps",), "bd3lm": ("steps", "first_hitting"),
-                   "esolm-a": ("steps", "alpha_0", "blocks"), "esolm-b": ("steps", "alpha_0", "blocks")}
+                   **dict.fromkeys(("esolm-a", "esolm-b"), ("steps", "alpha_0", "blocks", "split", "stride", "shuffle"))}
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 POINTS_FILE = "points.jsonl"
 SAMPLES_DIR = "samples"
@@ -196,9 +196,14 @@ def deep_merge(base: dict, over: dict) -> dict:
 _LEN_EXPR = re.compile(r"^\s*L\s*(?:([*/])\s*(\d+)\s*)?$")
 
 
+def is_length_expression(value) -> bool:
+    """A string starting with L ("L/8"); other strings are plain values (split: fixed)."""
+    return isinstance(value, str) and value.strip().startswith("L")
+
+
 def resolve_value(value, length: int):
     """'L', 'L/8', 'L*2' -> an int for this length; anything else unchanged."""
-    if not isinstance(value, str):
+    if not is_length_expression(value):
         return value
     m = _LEN_EXPR.match(value)
     if not m:
@@ -233,10 +238,7 @@ def check_schedule(model: str | None, schedule: SamplingSchedule) -> None:
     if model == "bd3lm" and (schedule.steps is None) == (not schedule.first_hitting):
         raise ValueError("bd3lm needs exactly one of 'steps' (per block) or 'first_hitting: true' in every schedule")
     if model in ("esolm-a", "esolm-b"):
-        if schedule.steps is not None and schedule.blocks is not None:
-            raise ValueError(f"{model}: give 'steps' or 'blocks' in a schedule, not both")
-        if schedule.steps is None and schedule.blocks is None and schedule.alpha_0 != 0:
-            raise ValueError(f"{model} needs 'steps' or 'blocks' for its diffusion phase, e.g. {{alpha_0: 0.25, steps: 32}}")
+        schedule.check_diffusion_phase(model, schedule.alpha_0)
 
 
 def check_consistency(cfg: SweepConfig, source: str) -> None:
@@ -431,7 +433,7 @@ def expand_points(cfg: SweepConfig) -> list[Point]:
                     point = Point(len(points), entry.name, schedule.model_dump(exclude_defaults=True),
                                   schedule.label(), length, seed, group_label(schedule, fields))
                     if point.key in seen:
-                        if any(isinstance(v, str) for v in fields.values()):
+                        if any(map(is_length_expression, fields.values())):
                             continue
                         raise ConfigError(f"sweep {cfg.name}: point {point.key} appears twice; "
                                           "remove the repeated schedule")
@@ -442,14 +444,7 @@ def expand_points(cfg: SweepConfig) -> list[Point]:
 
 def group_label(schedule: SamplingSchedule, raw: dict) -> str:
     """Like ``schedule.label()`` but with the config's length expressions ("T=L/8")."""
-    if not any(isinstance(v, str) for v in raw.values()):
-        return schedule.label()
-    parts = []
-    for key, value in schedule.model_dump(exclude_defaults=True).items():
-        value = raw[key] if isinstance(raw.get(key), str) else value
-        short = SHORT_NAMES[key]
-        parts.append(f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}")
-    return ",".join(parts) or "default"
+    return schedule.label({k: v for k, v in raw.items() if is_length_expression(v)})
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:
@@ -592,7 +587,8 @@ def evaluator_identity(cfg: SweepConfig):
 def point_hash(cfg: SweepConfig, entry: ModelEntry, point: Point, device: torch.device) -> str:
     metrics = sorted(cfg.metrics)
     spec = {
-        "entry": entry_identity(cfg, entry), "schedule": point.schedule, "length": point.length, "seed": point.seed,
+        "entry": entry_identity(cfg, entry), "length": point.length, "seed": point.seed,
+        "schedule": SamplingSchedule(**point.schedule).hash_fields("split" in SCHEDULE_FIELDS.get(entry.family, ())),
         "num_samples": cfg.num_samples, "batch_size": cfg.batch_size, "metrics": metrics,
         "device": device.type, "precision": cfg.precision,
     }
@@ -891,6 +887,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "schedule_fields": point.schedule,
         "alpha_0": alpha_0,
         "alpha_0_train": options.get("alpha_0"),
+        "diffusion_split": schedule.diffusion_split() if is_esolm else None,  # absent in older rows: "fixed"
         "length": point.length,
         "seed": point.seed,
         "num_samples": cfg.num_samples,
