@@ -419,3 +419,45 @@ def test_registry_builds_both_variants():
     assert a.options() == dict(alpha_0=0.5, batch_split=0.5, eps=1e-3)
     with pytest.raises(ValueError, match="alpha_0"):
         build_model("esolm-b", cfg, SPECIAL, alpha_0=1.5)
+
+
+# --- the official strided schedule (subcontext_len) ----------------------------------------
+def test_strided_order_reveals_the_official_sets():
+    model = tiny_model("esolm-b", max_len=16)
+    order, counts = model.strided_order(12, SamplingSchedule(stride=4), 0.5)
+    # sets {r, r + 4, r + 8}: the first alpha_0 · S = 2 are the diffusion steps, the rest left to right
+    assert order.tolist() == [0, 4, 8, 1, 5, 9, 2, 3, 6, 7, 10, 11] and counts == [3, 3]
+    order, counts = model.strided_order(12, SamplingSchedule(stride=3), 1.0)
+    assert order.tolist() == [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11] and counts == [4, 4, 4]
+    assert model.strided_order(12, SamplingSchedule(stride=4), 0.0)[0].tolist() == list(range(12))
+    seen = set()
+    for seed in range(10):
+        order, counts = model.strided_order(12, SamplingSchedule(stride=4, shuffle=True), 0.75,
+                                            torch.Generator().manual_seed(seed))
+        sets = [order[3 * i: 3 * i + 3].tolist() for i in range(3)]
+        assert counts == [3, 3, 3] and len({s[0] % 4 for s in sets}) == 3
+        assert all(sorted(s) == [s[0] % 4 + 4 * j for j in range(3)] for s in sets)  # a whole residue class
+        rest = order[9:].tolist()
+        assert rest == sorted(rest) and sorted(order.tolist()) == list(range(12))
+        seen.add(tuple(order.tolist()))
+    assert len(seen) > 5  # shuffled within and between sets
+    with pytest.raises(ValueError, match="'stride': 5 does not divide the 12"):
+        model.strided_order(12, SamplingSchedule(stride=5), 0.4)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("alpha_0,shuffle", [(0.25, False), (0.5, True), (1.0, False)])
+def test_strided_sampler_shares_one_order_and_equals_full_recompute(name, alpha_0, shuffle):
+    model = tiny_model(name, max_len=16)
+    sched = SamplingSchedule(alpha_0=alpha_0, stride=4, shuffle=shuffle)
+    cached = model.sample(3, 12, sched, torch.Generator().manual_seed(2))
+    full = model.sample(3, 12, sched, torch.Generator().manual_seed(2), use_cache=False)
+    assert torch.equal(cached.tokens, full.tokens) and (cached.tokens != SPECIAL.mask).all()
+    m = round(alpha_0 * 4)
+    assert cached.extra["reveal_counts"] == [3] * m and cached.extra["split"] == "fixed"
+    assert cached.nfe == m + 12 - 3 * m
+    # one order for the batch: a row's diffusion positions are the same residue classes as row 0's
+    orders = []
+    model.decode = (lambda decode: lambda order, *a, **k: orders.append(order) or decode(order, *a, **k))(model.decode)
+    model.sample(3, 12, sched, torch.Generator().manual_seed(2))
+    assert (orders[0] == orders[0][:1]).all()
