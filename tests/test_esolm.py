@@ -115,6 +115,9 @@ def test_binomial_split_limits_and_sampler_record():
         binomial, fixed = (model.reveal_counts(12, SamplingSchedule(steps=7, split=split), 1.0,
                                                torch.Generator().manual_seed(seed)) for split in ("binomial", "fixed"))
         assert binomial == fixed
+    same = [model.sample(2, 16, SamplingSchedule(alpha_0=1.0, steps=5, split=split), torch.Generator().manual_seed(4))
+            for split in ("binomial", "fixed")]
+    assert torch.equal(same[0].tokens, same[1].tokens) and same[0].nfe == same[1].nfe  # the same samples
     sizes = set()
     for seed in range(8):
         gen = model.sample(3, 16, SamplingSchedule(alpha_0=0.5, steps=4), torch.Generator().manual_seed(seed))

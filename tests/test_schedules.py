@@ -83,3 +83,14 @@ def test_sweep_config_names_a_bad_split(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(sw.ConfigError, match=r"mdlm does not use schedule field\(s\) \['split'\]"):
         sw.load_sweep_config(path)
+
+
+def test_sample_flags_build_the_schedule():
+    from harness.cli import build_parser, schedule_from_args
+
+    args = build_parser().parse_args(["sample", "run", "--alpha-0", "0.5", "--steps", "8", "--split", "fixed"])
+    assert schedule_from_args(args) == SamplingSchedule(alpha_0=0.5, steps=8, split="fixed")
+    args = build_parser().parse_args(["sample", "run", "--stride", "4", "--shuffle"])
+    assert schedule_from_args(args) == SamplingSchedule(stride=4, shuffle=True)
+    with pytest.raises(ValueError, match="--stride"):
+        schedule_from_args(build_parser().parse_args(["sample", "run", "--stride", "0"]))
