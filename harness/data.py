@@ -459,15 +459,9 @@ def _corpus_hash(corpus) -> str:
 def build_splits(corpus: str | os.PathLike | Sequence[str | os.PathLike], tokenizer: Tokenizer,
                  seq_len: int, seed: int = 0, valid_frac: float = 0.05,
                  test_frac: float = 0.05) -> dict[str, torch.Tensor]:
-    """Load -> split by document -> tokenize -> pack each split separately.
-
-    Returns ``{"train", "valid", "test"}`` -> LongTensor ``(N, seq_len)``.
-    Cached under :func:`cache_dir` keyed by (corpus contents, tokenizer
-    fingerprint, seq_len, seed, fractions), so repeated runs skip tokenizing;
-    a cache that cannot be written is silently skipped.
-    """
-    # The module's own source is part of the key: a change to splitting or packing
-    # must never be served stale tokenized data.
+    """Load -> split by document -> tokenize -> pack each split: ``{"train", "valid", "test"}``
+    -> LongTensor (N, seq_len), cached by corpus contents, tokenizer, settings and this
+    module's source (a change to splitting or packing is never served stale data)."""
     key = {"code": file_sha256(Path(__file__)), "corpus": _corpus_hash(corpus),
            "tokenizer": tokenizer.fingerprint, "seq_len": seq_len, "seed": seed,
            "valid_frac": valid_frac, "test_frac": test_frac}
