@@ -90,13 +90,15 @@ def cmd_eval(args) -> None:
     if args.max_sequences:
         data = data[: args.max_sequences]
     result = test_perplexity(loaded.model, data, args.batch_size, seed=args.seed, method=method, **nll_kwargs)
-    result = {"checkpoint": str(loaded.path), "model": loaded.model.name, "split": args.split, "length": length,
+    result = {"checkpoint": str(loaded.path), "model": loaded.model.name, "data_protocol": spec.protocol,
+              "split": args.split, "length": length,
               **result, "unigram_ppl": unigram_perplexity(splits["train"], data, loaded.tokenizer.vocab_size)}
     if args.json:
         print(json.dumps(result))
     else:
         kind = "exact" if result.get("exact") else "upper bound"
-        print(f"{result['model']} {args.split} perplexity {result['ppl']:.3f} ({kind}; estimator "
+        print(f"{result['model']} {args.split} perplexity {result['ppl']:.3f} ({kind}; data protocol "
+              f"{spec.protocol}; estimator "
               f"{result['estimator']}; {result['n_sequences']} sequences x {length} tokens); "
               f"unigram baseline {result['unigram_ppl']:.1f}")
 
@@ -106,10 +108,13 @@ def schedule_from_args(args):
 
     from harness.schedules import SamplingSchedule
 
-    fields = {"steps": args.steps, "alpha_0": args.alpha_0, "blocks": args.blocks, "top_p": args.top_p}
+    fields = {"steps": args.steps, "alpha_0": args.alpha_0, "blocks": args.blocks, "top_p": args.top_p,
+              "split": getattr(args, "split", None), "stride": getattr(args, "stride", None)}
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.first_hitting:
         fields["first_hitting"] = True
+    if getattr(args, "shuffle", False):
+        fields["shuffle"] = True
     if getattr(args, "given_bos", False):
         fields["given_bos"] = True
     try:
@@ -217,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="denoising steps T")
     p.add_argument("--alpha-0", type=fraction, help="Eso-LM: fraction of positions filled by diffusion")
     p.add_argument("--blocks", type=int, help="Eso-LM: diffusion positions revealed in this many chunks")
+    p.add_argument("--split", choices=["binomial", "fixed"], help="Eso-LM with --steps: the papers' random "
+                   "diffusion-position count (binomial, default) or round(alpha_0·L) (fixed)")
+    p.add_argument("--stride", type=int, help="Eso-LM: the official strided schedule, {r, r + S, ...} per step")
+    p.add_argument("--shuffle", action="store_true", help="with --stride: shuffle the sets and within them")
     p.add_argument("--first-hitting", action="store_true", help="BD3-LM: one token per step")
     p.add_argument("--top-p", type=float)
     p.add_argument("--given-bos", action="store_true",

@@ -45,7 +45,7 @@ METRICS = ("test_ppl", "gen_ppl", "entropy", "mauve", "speed")
 FAMILIES = ("ar", "mdlm", "bd3lm", "esolm-a", "esolm-b")
 # Schedule fields each built-in family reads (checked before any training starts).
 SCHEDULE_FIELDS = {"ar": (), "mdlm": ("steps",), "bd3lm": ("steps", "first_hitting"),
-                   "esolm-a": ("steps", "alpha_0", "blocks"), "esolm-b": ("steps", "alpha_0", "blocks")}
+                   **dict.fromkeys(("esolm-a", "esolm-b"), ("steps", "alpha_0", "blocks", "split", "stride", "shuffle"))}
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -178,10 +178,7 @@ def check_schedule(model: str | None, schedule: SamplingSchedule) -> None:
     if model == "bd3lm" and (schedule.steps is None) == (not schedule.first_hitting):
         raise ValueError("bd3lm needs exactly one of 'steps' (per block) or 'first_hitting: true' in every schedule")
     if model in ("esolm-a", "esolm-b"):
-        if schedule.steps is not None and schedule.blocks is not None:
-            raise ValueError(f"{model}: give 'steps' or 'blocks' in a schedule, not both")
-        if schedule.steps is None and schedule.blocks is None and schedule.alpha_0 != 0:
-            raise ValueError(f"{model} needs 'steps' or 'blocks' for its diffusion phase, e.g. {{alpha_0: 0.25, steps: 32}}")
+        schedule.check_diffusion_phase(model, schedule.alpha_0)
 
 
 def check_consistency(cfg: SweepConfig, source: str) -> None:
