@@ -146,3 +146,26 @@ def test_step_mask_reads_like_the_sampler_windows():
     assert torch.equal(m[4:, 4:], masks.causal(4).int()) and not m[4:, :4].any()
     batch = torch.tensor([[-1, 0, 0, 1], [0, 1, 2, 3]])
     assert masks.esolm_steps(batch).shape == (2, 8, 8) and torch.equal(masks.esolm_steps(batch)[0].int(), m)
+
+
+def test_bench_likelihood_command_writes_resumes_and_refuses_other_settings(tmp_path, capsys):
+    import json
+
+    from harness.cli import main
+
+    out = tmp_path / "bench"
+    args = ["bench-likelihood", "--out", str(out), "--models", "mdlm,esolm-b", "--lengths", "8",
+            "--batch-sizes", "2", "--vocab", "16", "--repeats", "1", "--no-backward", "--device", "cpu", "--quiet"]
+    main(args)
+    rows = [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()]
+    by = {(r["setup"], r["scorer"]): r for r in rows}
+    assert set(by) == {("mdlm", "exact"), ("mdlm", "elbo(draws=1)"), ("esolm-b", "exact")}
+    assert by["esolm-b", "exact"]["passes"] == 1 and by["mdlm", "elbo(draws=1)"]["passes"] == 1
+    assert 1 <= by["mdlm", "exact"]["passes"] <= 2  # T = L/4 = 2 steps
+    assert by["esolm-b", "exact"]["max_abs_diff_vs_sampler"] < 1e-4
+    assert "Eso-LM (B) exact: 1 pass" in (out / "report.md").read_text()
+    main(args)  # finished points are kept, not redone
+    assert len((out / "points.jsonl").read_text().splitlines()) == len(rows)
+    with pytest.raises(SystemExit) as exit_:
+        main(args + ["--vocab", "32"])  # the last --vocab wins
+    assert exit_.value.code == 2 and "other settings (vocab)" in capsys.readouterr().err
