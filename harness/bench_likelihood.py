@@ -90,7 +90,12 @@ def bench_point(setup: str, length: int, batch: int, cfg: dict, device: torch.de
             def step():
                 model.zero_grad(set_to_none=True)
                 fn(gen).log_prob.sum().backward()
-            row["seconds_backward"] = timed(step, device, cfg["repeats"])
+            try:
+                row["seconds_backward"] = timed(step, device, cfg["repeats"])
+            except torch.OutOfMemoryError:  # every pass's graph lives until backward: passes x activations
+                model.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache() if device.type == "cuda" else None
+                row["seconds_backward"], row["note"] = None, "fwd+bwd: out of memory"
         # The exact scorer must reproduce the sampler's own log-probabilities (float tolerance).
         row["max_abs_diff_vs_sampler"] = float((result.log_prob - recorded).abs().max()) if result.exact else None
         rows.append(row)
@@ -133,7 +138,7 @@ def run_bench(out: str | Path, setups: list[str], lengths: list[int], batches: l
                 for r in new:
                     progress(f"{setup:8s} L={length:5d} B={batch:3d} {r['scorer']:14s} passes {r['passes']:5d} "
                              f"{r['seconds'] * 1e3:9.1f} ms" + (f"  fwd+bwd {r['seconds_backward'] * 1e3:9.1f} ms"
-                                                                 if "seconds_backward" in r else ""))
+                                                                 if r.get("seconds_backward") else ""))
     (out / "report.md").write_text(report(rows, cfg))
     return out
 
@@ -156,7 +161,7 @@ def report(rows: list[dict], cfg: dict) -> str:
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in point:
             diff = "" if r["max_abs_diff_vs_sampler"] is None else f"{r['max_abs_diff_vs_sampler']:.1e}"
-            bwd = f"{r['seconds_backward'] * 1e3:.1f}" if "seconds_backward" in r else ""
+            bwd = f"{r['seconds_backward'] * 1e3:.1f}" if r.get("seconds_backward") else r.get("note", "")
             lines.append(f"| {r['setup']} | {r['schedule']} | {r['scorer']} | {r['passes']} | {r['tokens_computed']} "
                          f"| {r['seconds'] * 1e3:.1f} | {bwd} | {diff} | {r['sample_nfe']} "
                          f"| {r['sample_seconds'] * 1e3:.1f} |")
