@@ -339,8 +339,8 @@ class EsoLM(LanguageModel):
     def sorted_steps(self, counts: list[int], given: int, n: int) -> torch.Tensor:
         """(n, given + Σ counts): the step of each sorted index (−1 for the given ones), from
         the host-side counts: no device read-back."""
-        steps = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long))
-        return torch.cat([torch.full((given,), -1), steps]).to(self.device).expand(n, -1)
+        steps = [-1] * given + [k for k, count in enumerate(counts) for _ in range(count)]
+        return torch.tensor(steps, dtype=torch.long).to(self.device).expand(n, -1)
 
     def sample_log_prob(self, generation: Generation, top_p: float = 1.0) -> SampleLogProb:
         """Exact (see :meth:`LanguageModel.sample_log_prob`), in the sorted order of the sample.
