@@ -151,12 +151,12 @@ def report(rows: list[dict], cfg: dict) -> str:
              f"`{cfg['preset']}`, vocabulary {cfg['vocab']}, random weights; seconds are medians of "
              f"{cfg['repeats']} (one warm-up), `fwd+bwd` = scoring plus backward (a policy-gradient step). "
              f"`exact` = log p(tokens | order, steps), equal to the sampler's own log-probabilities "
-             f"(|Δ| column); `elbo(draws=1)` = one-draw NELBO, a bound on the marginal log p(x), not that "
+             f"(max diff column); `elbo(draws=1)` = one-draw NELBO, a bound on the marginal log p(x), not that "
              f"quantity.\n"]
     for length, batch in sorted({(r["length"], r["batch"]) for r in rows}):
         point = [r for r in rows if r["length"] == length and r["batch"] == batch]
         lines += [f"\n## L = {length}, batch {batch}\n",
-                  "| model | schedule | scorer | passes | tokens computed | ms | fwd+bwd ms | |Δ| vs sampler "
+                  "| model | schedule | scorer | passes | tokens computed | ms | fwd+bwd ms | max diff vs sampler "
                   "| sampler NFE | sampling ms |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in point:
