@@ -139,7 +139,7 @@ def cmd_sample(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from harness.sweep import run_sweep
+    from harness.sweep.run import run_sweep
 
     out = run_sweep(args.config, shard=args.shard, entries=args.entries, results_root=args.results,
                     report=not args.no_report, progress=not args.quiet, reports_root=args.reports,
@@ -150,7 +150,7 @@ def cmd_sweep(args) -> None:
 def cmd_report(args) -> None:
     from harness.report import write_report
 
-    out = write_report(args.results_dir, out_dir=args.out)
+    out = write_report(args.results_dir, out_dir=args.out, force=args.force)
     print(f"report: {out}")
 
 
@@ -165,7 +165,16 @@ def cmd_rescore(args) -> None:
 def cmd_compare(args) -> None:
     from harness.compare import compare_files
 
-    sys.exit(compare_files(args.reference, args.candidate, tolerances=args.tolerances))
+    sys.exit(compare_files(args.reference, args.candidate, tolerances=args.tolerances, verbose=args.verbose,
+                           csv_path=args.csv))
+
+
+def cmd_import(args) -> None:
+    from harness.official import import_checkpoint
+
+    path = import_checkpoint(args.src, args.model, args.out, block_size=args.block_size, alpha_0=args.alpha_0,
+                             use_ema=not args.no_ema, corpus=args.corpus)
+    print(f"checkpoint: {path}")
 
 
 def int_list(text: str) -> list[int]:
@@ -243,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="i/n: run only every n-th point starting at i (e.g. for SLURM arrays)")
     p.add_argument("--entries", help="a,b,...: run only these model entries (and train only what they need)")
     p.add_argument("--results", default="results", help="root folder for results/<sweep>/points.jsonl")
-    p.add_argument("--reports", default="reports", help="root folder for the report (reports/<sweep>/)")
+    p.add_argument("--reports", help="root folder for the report (default: reports/ beside the results root, "
+                   "as esolm report)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -253,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write plots and report.md from a results folder")
     p.add_argument("results_dir")
-    p.add_argument("--out", help="output folder (default: reports/<results folder name> beside the "
-                   "results root, e.g. out/results/x -> out/reports/x)")
+    p.add_argument("--out", help="output folder (default: reports/<results folder name> beside the results: "
+                   "results/x -> reports/x, out/results/x -> out/reports/x, /tmp/c/x -> /tmp/c/reports/x)")
+    p.add_argument("--force", action="store_true", help="replace a report made from other results")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("rescore", help="re-score a results folder's saved samples with another evaluator")
@@ -267,10 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_rescore)
 
-    p = sub.add_parser("compare", help="CI gate: exit 1 when CANDIDATE regresses against REFERENCE")
+    p = sub.add_parser("compare", help="CI gate: exit 1 when CANDIDATE regresses against REFERENCE, 2 when a point "
+                                       "cannot be compared (invalid values, another evaluator or config)")
     p.add_argument("reference")
     p.add_argument("candidate")
-    p.add_argument("--tolerances", help="YAML file of per-metric tolerances")
+    p.add_argument("--tolerances", help="YAML file of per-metric tolerances (metric: off opts a metric out)")
+    p.add_argument("--verbose", action="store_true", help="print the full table of every point and metric")
+    p.add_argument("--csv", metavar="FILE", help="write the full comparison, one row per point and metric")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench-likelihood", help="time and passes to score a model's own samples (exact log p and "
@@ -289,6 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_likelihood)
+
+    p = sub.add_parser("import", help="turn a released official checkpoint (Hugging Face folder or Lightning "
+                       ".ckpt) into a harness checkpoint")
+    p.add_argument("src", help="a Hugging Face folder (config.json + model.safetensors) or a Lightning .ckpt")
+    p.add_argument("--model", required=True, choices=["ar", "mdlm", "bd3lm", "esolm-a", "esolm-b"])
+    p.add_argument("--out", required=True, help="run folder for the checkpoint (must not hold one yet)")
+    p.add_argument("--block-size", type=at_least(1), help="BD3-LM: L' when the source does not record it")
+    p.add_argument("--alpha-0", type=fraction, help="Eso-LM: the training alpha_0 when the source does not "
+                   "record it (or to override it)")
+    p.add_argument("--no-ema", action="store_true", help=".ckpt: take state_dict instead of the EMA weights")
+    p.add_argument("--corpus", nargs="+", help="text files eval/sweeps read for this checkpoint (default: bundled)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("lm-eval-task", help="write the offline lm-eval perplexity task over the test split")
     p.add_argument("directory")

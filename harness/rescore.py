@@ -19,8 +19,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from harness import sweep as sw
+from harness import results_store as store
 from harness.config import ConfigError, resolve_device
+from harness.sweep.point import test_texts
+from harness.sweep.schema import entry_train_config, load_sweep_config
 
 NO_SAMPLES = "no saved samples"
 
@@ -39,12 +41,6 @@ def evaluator_slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip("_.") or "rescored"
 
 
-def read_samples(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 class References:
     """Held-out test texts per (entry, length, n), from the entry's own data and tokenizer.
 
@@ -56,7 +52,7 @@ class References:
         path = results_dir / "config.yaml"
         if not path.is_file():
             raise ConfigError(f"--mauve: {str(path)!r} is missing; MAUVE needs the sweep config for the reference texts")
-        self.cfg = sw.load_sweep_config(path)
+        self.cfg = load_sweep_config(path)
         self._data: dict[str, tuple] = {}
         self._tokenizers: dict[str, object] = {}  # a BPE takes seconds to train; entries usually share one
 
@@ -68,7 +64,7 @@ class References:
             if entry.train is not None:
                 from harness.train import build_tokenizer
 
-                spec = sw.entry_train_config(self.cfg, entry).data
+                spec = entry_train_config(self.cfg, entry).data
                 key = spec.model_dump_json(exclude={"seq_len"})
                 if key not in self._tokenizers:
                     self._tokenizers[key] = build_tokenizer(spec)
@@ -77,13 +73,17 @@ class References:
                 from harness.checkpoint import load_checkpoint
                 from harness.config import DataSpec
 
-                ck = load_checkpoint(entry.checkpoint, device="cpu")
+                from harness.official import foreign_source
+
+                path = entry.checkpoint  # a released file was imported into the sweep's run folder
+                path = Path(self.cfg.runs_dir) / self.cfg.name / entry.name if foreign_source(path) else path
+                ck = load_checkpoint(path, device="cpu")
                 self._data[name] = (DataSpec(**ck.config["data"]), ck.tokenizer)
         return self._data[name]
 
     def texts(self, name: str, length: int, n: int) -> list[str]:
         """Same texts as :func:`harness.sweep.reference_texts` for that entry."""
-        return sw.test_texts(*self._entry_data(name), length, n)
+        return test_texts(*self._entry_data(name), length, n)
 
 
 def _command(results_dir, spec, out_dir, mauve, reference_samples) -> str:
@@ -103,10 +103,10 @@ def rescore(results_dir, evaluator_spec: str, out_dir=None, mauve: bool = False,
     from harness.evaluators import get_evaluator
 
     results_dir = Path(results_dir)
-    if results_dir.name == sw.POINTS_FILE and results_dir.is_file():  # as compare and report accept
+    if results_dir.name == store.POINTS_FILE and results_dir.is_file():  # as compare and report accept
         results_dir = results_dir.parent
-    if not (results_dir / sw.POINTS_FILE).is_file():
-        raise ConfigError(f"RESULTS_DIR {str(results_dir)!r} has no {sw.POINTS_FILE}; pass a sweep results folder")
+    if not (results_dir / store.POINTS_FILE).is_file():
+        raise ConfigError(f"RESULTS_DIR {str(results_dir)!r} has no {store.POINTS_FILE}; pass a sweep results folder")
     command = _command(results_dir, evaluator_spec, out_dir, mauve, reference_samples)
     out_dir = Path(out_dir) if out_dir else results_dir.with_name(f"{results_dir.name}_{evaluator_slug(evaluator_spec)}")
     if out_dir.resolve() == results_dir.resolve():
@@ -120,13 +120,13 @@ def rescore(results_dir, evaluator_spec: str, out_dir=None, mauve: bool = False,
     except (ValueError, ImportError, FileNotFoundError) as err:
         raise ConfigError(f"--evaluator {evaluator_spec!r}: {str(err).splitlines()[0]}") from err
 
-    rows = list(sw.latest_rows(sw.read_points(results_dir)).values())
-    saved = {r["key"]: read_samples(results_dir / sw.SAMPLES_DIR / f"{sw.safe_name(r['key'])}.jsonl") for r in rows}
+    rows = list(store.latest_rows(store.read_points(results_dir)).values())
+    saved = {r["key"]: store.read_samples(store.sample_path(results_dir, r["key"])) for r in rows}
     if not any(saved.values()):
-        raise ConfigError(f"RESULTS_DIR {str(results_dir)!r} has no saved samples in {sw.SAMPLES_DIR}/; re-run its "
+        raise ConfigError(f"RESULTS_DIR {str(results_dir)!r} has no saved samples in {store.SAMPLES_DIR}/; re-run its "
                           "sweep with save_samples: null (every text) or a count, then rescore")
-    out_points = out_dir / sw.POINTS_FILE
-    foreign = [r["key"] for r in sw.read_points(out_points) if "rescore_evaluator" not in r["metrics"]]
+    out_points = out_dir / store.POINTS_FILE
+    foreign = [r["key"] for r in store.read_points(out_points) if "rescore_evaluator" not in r["metrics"]]
     if foreign:
         raise ConfigError(f"--out {str(out_dir)!r} holds results that are not a rescore ({foreign[0]!r} and "
                           f"{len(foreign) - 1} more); rescore never overwrites a sweep's results, pick another folder")
@@ -139,11 +139,11 @@ def rescore(results_dir, evaluator_spec: str, out_dir=None, mauve: bool = False,
         print(f"rescore: {len(partial)} points are scored on fewer texts than the sweep drew (save_samples); "
               "gen_ppl_samples in each row gives the count", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sw.repair_tail(out_points)
+    store.repair_tail(out_points)
     # A point is done when this evaluator scored the source row it has now: a point the sweep
     # has re-run since (a newer timestamp, e.g. after a sampler change) is scored again.
     source_time = {r["key"]: r.get("timestamp") for r in rows}
-    done = {r["key"] for r in sw.read_points(out_points)
+    done = {r["key"] for r in store.read_points(out_points)
             if r.get("metrics", {}).get("rescore_evaluator") == evaluator.name
             and r.get("timestamp") == source_time.get(r["key"])
             and (r["metrics"].get("rescore_mauve") or not mauve or r["metrics"].get("rescore_note") == NO_SAMPLES)}
@@ -159,16 +159,16 @@ def rescore(results_dir, evaluator_spec: str, out_dir=None, mauve: bool = False,
     if len(todo) < len(rows):
         print(f"rescore: {len(rows) - len(todo)} of {len(rows)} points already in {out_points}", file=sys.stderr)
     for row in tqdm(todo, desc=f"rescore {evaluator.name}", unit="pt", disable=not progress, dynamic_ncols=True):
-        name = f"{sw.safe_name(row['key'])}.jsonl"
+        name = f"{store.safe_name(row['key'])}.jsonl"
         records = saved[row["key"]]  # read once, above
         row = json.loads(json.dumps(row))  # a deep copy
         metrics = row.setdefault("metrics", {})
         metrics["rescore_evaluator"] = evaluator.name
         if not records:
             metrics["rescore_note"] = NO_SAMPLES
-            if (results_dir / sw.SAMPLES_DIR / name).is_file():
-                sw.write_atomic(out_dir / sw.SAMPLES_DIR / name, "")
-            sw.append_row(out_points, row)
+            if (results_dir / store.SAMPLES_DIR / name).is_file():
+                store.write_atomic(out_dir / store.SAMPLES_DIR / name, "")
+            store.append_row(out_points, row)
             continue
         texts = [r["text"] for r in records]
         scored = evaluator.score(texts)
@@ -181,8 +181,8 @@ def rescore(results_dir, evaluator_spec: str, out_dir=None, mauve: bool = False,
         elif metrics.get("mauve") is not None:
             metrics.setdefault("mauve_evaluator", metrics["rescored_from"])  # old MAUVE keeps its own evaluator
         metrics["rescore_mauve"] = mauve
-        sw.write_atomic(out_dir / sw.SAMPLES_DIR / name, "".join(json.dumps(r) + "\n" for r in records))
-        sw.append_row(out_points, row)
+        store.write_atomic(out_dir / store.SAMPLES_DIR / name, "".join(json.dumps(r) + "\n" for r in records))
+        store.append_row(out_points, row)
     return out_dir
 
 

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import torch
 
-from harness.sweep import (POINTS_FILE, entry_train_config, forward_cost, latest_rows, load_sweep_config,
-                           read_points, write_atomic)
+from harness.results_store import POINTS_FILE, latest_rows, read_points, write_atomic
+from harness.sweep.point import forward_cost
+from harness.sweep.schema import entry_train_config, load_sweep_config
 
 NO_KV_CACHE = {"mdlm"}  # families whose sampler runs full forwards only (key_reads is always 0)
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

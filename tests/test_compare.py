@@ -182,17 +182,110 @@ def test_end_to_end_tiny_sweep_compared_with_itself(tmp_path):
     assert json.loads((results / "points.jsonl").read_text().splitlines()[0])["sweep"] == "e2e"
 
 
-def test_notes_say_when_gen_ppl_evaluators_differ_or_a_reference_value_is_unusable(tmp_path):
+@pytest.mark.parametrize("changes, reason", [
+    ({"gen_ppl": -1.0}, "candidate gen_ppl -1 is not a perplexity (a perplexity is at least 1)"),
+    ({"test_ppl": 0.0}, "candidate test_ppl 0 is not a perplexity"),
+    ({"gen_ppl": float("nan")}, "candidate gen_ppl nan is not a finite number"),
+    ({"test_ppl": float("inf")}, "candidate test_ppl inf is not a finite number"),
+    ({"entropy": -0.5}, "candidate entropy -0.5 must not be negative"),
+    ({"tokens_computed_per_sample": 0}, "candidate tokens_computed_per_sample 0 must be positive"),
+    ({"gen_ppl": "n/a"}, "candidate gen_ppl 'n/a' is not a finite number"),
+])
+def test_invalid_candidate_values_are_not_comparable_never_improvements(tmp_path, changes, reason):
+    code, out = gate(REFERENCE, degraded(**changes), tmp_path)
+    assert code == 2, out
+    assert f"NOT COMPARABLE mdlm/T=8/L64/s0 {reason}" in out
+    assert "1 not comparable" in out and "0 improved" in out and "PASS" not in out
+    metric = next(iter(changes))
+    code, out = gate(REFERENCE, degraded(**changes), tmp_path, {metric: "off"})  # the user opts out
+    assert code == 0 and "PASS" in out, out
+
+
+@pytest.mark.parametrize("value", [float("nan"), None, -3.0])
+def test_unusable_reference_against_a_far_worse_candidate_is_not_comparable(tmp_path, value):
+    ref = copy.deepcopy(REFERENCE)
+    if value is None:
+        del ref[1]["metrics"]["gen_ppl"]
+    else:
+        ref[1]["metrics"]["gen_ppl"] = value
+    code, out = gate(ref, degraded(gen_ppl=9000.0), tmp_path)  # 10x worse than the true 900
+    assert code == 2, out
+    expect = "reference has no gen_ppl" if value is None else "reference gen_ppl"
+    assert f"NOT COMPARABLE mdlm/T=8/L64/s0 {expect}" in out
+    assert gate(ref, degraded(gen_ppl=9000.0), tmp_path, {"gen_ppl": "advisory"})[0] == 0
+    # a metric neither side measured is simply not compared
+    cand = degraded()
+    for rows in (ref, cand):
+        rows[1]["metrics"].pop("gen_ppl", None)
+    assert gate(ref, cand, tmp_path)[0] == 0
+
+
+def test_another_evaluator_or_config_is_not_comparable(tmp_path):
     ref, cand = copy.deepcopy(REFERENCE), copy.deepcopy(REFERENCE)
     for r in ref:
         r["metrics"]["evaluator"] = "harness-ar:ar@step20"
     for r in cand:
         r["metrics"]["evaluator"] = "harness-ar:ar@step60"
-    ref[0]["metrics"]["entropy"] = float("nan")
     code, out = gate(ref, cand, tmp_path)
-    assert code == 0  # nothing regressed, but the table says what it could not gate
-    assert "gen_ppl evaluator differs: harness-ar:ar@step20 -> harness-ar:ar@step60" in out
-    assert "reference entropy nan unusable; not gated" in out
+    assert code == 2
+    assert ("NOT COMPARABLE ar/default/L64/s0 gen_ppl scored by another evaluator (harness-ar:ar@step20 -> "
+            "harness-ar:ar@step60)") in out
+    assert gate(ref, cand, tmp_path, {"gen_ppl": "off"})[0] == 0  # gen_ppl_mean is off, mauve advisory by default
+
+    cand = copy.deepcopy(REFERENCE)
+    cand[0]["config_hash"] = "c" * 16
+    code, out = gate(REFERENCE, cand, tmp_path)
+    assert code == 2 and f"NOT COMPARABLE ar/default/L64/s0 made from a different config (config hash {'h' * 16} -> "\
+                          f"{'c' * 16}" in out
+    assert gate(REFERENCE, cand, tmp_path, {"config_hash": "off"})[0] == 0
+    with pytest.raises(cp.ToleranceError, match="'config_hash': 'loose' not understood; use off or check"):
+        gate(REFERENCE, cand, tmp_path, {"config_hash": "loose"})
+
+
+def test_regression_beside_an_invalid_value_is_named_and_exit_is_2(tmp_path):
+    rows = degraded(gen_ppl=-1.0, nfe=9)
+    code, out = gate(REFERENCE, rows, tmp_path)
+    assert code == 2
+    assert ("NOT COMPARABLE mdlm/T=8/L64/s0 candidate gen_ppl -1 is not a perplexity (a perplexity is at least 1); "
+            "REGRESSED nfe: 8 -> 9 (+1, +12.50%) (tolerance exact)") in out
+
+
+def test_default_output_is_one_line_per_failing_point_and_a_summary(tmp_path):
+    rows = degraded(gen_ppl=2000.0, tokens_computed_per_sample=600.0)
+    code, out = gate(REFERENCE, rows, tmp_path)
+    lines = out.strip().splitlines()
+    assert code == 1 and lines == [
+        "REGRESSED mdlm/T=8/L64/s0 gen_ppl: 900 -> 2000 (+1100, +122.22%) (tolerance +5%); "
+        "tokens_computed_per_sample: 512 -> 600 (+88, +17.19%) (tolerance exact)",
+        "2 reference points: 1 ok, 0 improved, 1 REGRESSED, 0 missing, 0 not comparable; 0 new in candidate",
+        "FAIL"]
+    ref = write(tmp_path / "ref" / "points.jsonl", REFERENCE)
+    cand = write(tmp_path / "cand" / "points.jsonl", rows)
+    verbose = io.StringIO()
+    assert cp.compare_files(ref, cand, out=verbose, verbose=True, csv_path=tmp_path / "cmp.csv") == 1
+    table = verbose.getvalue().splitlines()
+    assert table[0].split()[:3] == ["point", "status", "test_ppl"] and "gen_ppl [+5%]" in table[0]
+    assert any(line.startswith("ar/default/L64/s0") and " ok " in line for line in table)  # ok points too
+    assert verbose.getvalue().endswith(out)
+    import csv
+
+    with open(tmp_path / "cmp.csv") as fh:
+        got = {(r["point"], r["metric"]): r for r in csv.DictReader(fh)}
+    assert got[("mdlm/T=8/L64/s0", "gen_ppl")]["status"] == "REGRESSED"
+    assert float(got[("mdlm/T=8/L64/s0", "gen_ppl")]["candidate"]) == 2000.0
+    assert got[("ar/default/L64/s0", "nfe")]["status"] == "ok" and got[("ar/default/L64/s0", "nfe")]["tolerance"] == "exact"
+
+
+def test_cli_not_comparable_exit_code_and_flags(tmp_path, capsys):
+    from harness.cli import main
+
+    ref = write(tmp_path / "ref" / "points.jsonl", REFERENCE)
+    bad = write(tmp_path / "bad" / "points.jsonl", degraded(test_ppl=0.0))
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", str(ref), str(bad), "--verbose", "--csv", str(tmp_path / "t.csv")])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 2 and "NOT COMPARABLE mdlm/T=8/L64/s0 candidate test_ppl 0" in out
+    assert (tmp_path / "t.csv").read_text().startswith("point,point_status,metric,status")
 
 
 def test_malformed_row_is_a_one_line_error_not_a_regression(tmp_path, capsys):

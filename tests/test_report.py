@@ -354,7 +354,59 @@ def test_default_report_folder_sits_beside_the_results_root():
     """make smoke writes out/results/smoke; its report must not overwrite the committed reports/smoke."""
     assert rp.default_report_dir(Path("results/smoke")) == Path("reports/smoke")
     assert rp.default_report_dir(Path("out/results/smoke")) == Path("out/reports/smoke")
-    assert rp.default_report_dir(Path("/tmp/candidate/smoke")) == Path("reports/smoke")
+    assert rp.default_report_dir(Path("/tmp/candidate/smoke")) == Path("/tmp/candidate/reports/smoke")
+    assert rp.default_report_dir(Path("smoke")) == Path("reports/smoke")
+
+
+def test_a_report_of_other_results_is_never_replaced_without_force(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+    from harness.report.write import SOURCE_FILE, ReportExists
+
+    mine = write_results(tmp_path, demo_rows())
+    other = tmp_path / "elsewhere" / "demo"
+    shutil.copytree(mine, other)
+    out = tmp_path / "reports" / "demo"
+    rp.write_report(mine, out_dir=out)
+    assert (out / SOURCE_FILE).read_text() == "../../results/demo\n"  # relative: survives a moved checkout
+    before = (out / "report.md").read_text()
+    rp.write_report(mine, out_dir=out)  # the same results: replaced freely
+    with pytest.raises(ReportExists, match="holds the report of .*results/demo, not of .*elsewhere/demo; pass "
+                                           "--out DIR for a new folder or --force"):
+        rp.write_report(other, out_dir=out)
+    assert (out / "report.md").read_text() == before
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", str(other), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.count("\n") == 0 and "--force" in err
+    # the new user's case: results not under results/ go beside them, not to ./reports
+    main(["report", "elsewhere/demo"])
+    assert (tmp_path / "elsewhere" / "reports" / "demo" / "report.md").is_file()
+    assert (out / "report.md").read_text() == before
+    main(["report", str(other), "--out", str(out), "--force"])
+    assert (out / SOURCE_FILE).read_text() == "../../elsewhere/demo\n"
+    # a report from before source.txt: its protocol table names the results (relative to the cwd)
+    (out / SOURCE_FILE).unlink()
+    with pytest.raises(ReportExists):
+        rp.write_report(mine, out_dir=out)
+    rp.write_report(other, out_dir=out)
+
+
+def test_sweep_keeps_its_results_when_the_report_folder_is_taken(tmp_path, capsys):
+    from harness.report.write import SOURCE_FILE
+    from harness.sweep import run_sweep
+
+    taken = tmp_path / "reports" / "t"
+    taken.mkdir(parents=True)
+    (taken / SOURCE_FILE).write_text("../../somewhere/else\n")
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(json.dumps({
+        "name": "t", "lengths": [16], "num_samples": 2, "batch_size": 2, "metrics": ["entropy"], "device": "cpu",
+        "models": [{"name": "ar", "init": "random", "train": {
+            "model": "ar", "backbone": {"preset": "tiny"}, "data": {"seq_len": 16, "bpe_vocab_size": 300}}}]}))
+    results = run_sweep(cfg, results_root=tmp_path / "results", progress=False)
+    assert len((results / "points.jsonl").read_text().splitlines()) == 1
+    assert "report not written: " in capsys.readouterr().err and not (taken / "report.md").exists()
 
 
 def test_speed_ratios_at_the_floors(tmp_path):

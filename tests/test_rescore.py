@@ -16,7 +16,8 @@ from harness import sweep as sw
 from harness.cli import main
 from harness.config import ConfigError
 from harness.evaluators import get_evaluator
-from harness.rescore import NO_SAMPLES, evaluator_slug, read_samples, rescore
+from harness.rescore import NO_SAMPLES, evaluator_slug, rescore
+from harness.results_store import read_samples
 
 TRAIN = {"backbone": {"preset": "tiny"}, "data": {"seq_len": 16, "bpe_vocab_size": 300},
          "train": {"steps": 2, "batch_size": 4, "warmup_steps": 1, "eval_every": 2, "eval_batches": 1,

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from harness import sweep as sw
+from harness.sweep import local as runner  # the local runner calls compute_point
 from harness.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +190,7 @@ def test_sweep_rows_resume_after_injected_crash(tmp_path, runs, monkeypatch):
         calls.append(point.key)
         return real(ctx, point)
 
-    monkeypatch.setattr(sw, "compute_point", crash_after_two)
+    monkeypatch.setattr(runner, "compute_point", crash_after_two)
     with pytest.raises(RuntimeError, match="injected crash"):
         run(cfg_path, results)
     out = results / "t"
@@ -198,7 +199,7 @@ def test_sweep_rows_resume_after_injected_crash(tmp_path, runs, monkeypatch):
     mtime = ckpt.stat().st_mtime_ns
 
     calls.clear()
-    monkeypatch.setattr(sw, "compute_point", lambda ctx, p: (calls.append(p.key), real(ctx, p))[1])
+    monkeypatch.setattr(runner, "compute_point", lambda ctx, p: (calls.append(p.key), real(ctx, p))[1])
     run(cfg_path, results)
     assert calls == ["ar/default/L16/s2", "ar/default/L16/s3"]  # only the missing points
     rows = rows_of(out)
@@ -247,7 +248,7 @@ def test_changed_config_recomputes_and_newest_row_wins(tmp_path, runs, monkeypat
     # same command again: the changed point is now finished
     calls = []
     real = sw.compute_point
-    monkeypatch.setattr(sw, "compute_point", lambda ctx, p: (calls.append(p.key), real(ctx, p))[1])
+    monkeypatch.setattr(runner, "compute_point", lambda ctx, p: (calls.append(p.key), real(ctx, p))[1])
     run(write(tmp_path, cfg), results)
     assert calls == []
 
@@ -319,7 +320,7 @@ def test_resume_after_killed_process(tmp_path, runs, monkeypatch):
     assert 1 <= len(done) < 8
     calls = []
     real = sw.compute_point
-    monkeypatch.setattr(sw, "compute_point", lambda ctx, p: (calls.append(p.key), real(ctx, p))[1])
+    monkeypatch.setattr(runner, "compute_point", lambda ctx, p: (calls.append(p.key), real(ctx, p))[1])
     run(path, results)
     assert len(calls) == 8 - len(done) and not (set(calls) & done)
     keys = [r["key"] for r in sw.read_points(points)]

@@ -1,0 +1,98 @@
+"""The report's data: one row per point from the results store, metrics as columns, seeds
+averaged, and the Pareto frontier."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from harness.results_store import latest_rows, read_points
+
+FAMILY_COLORS = {"ar": "#333333", "mdlm": "#1f77b4", "bd3lm": "#2ca02c", "esolm-a": "#ff7f0e",
+                 "esolm-b": "#d62728", "custom": "#9467bd"}
+FAMILY_NAMES = {"ar": "AR", "mdlm": "MDLM", "bd3lm": "BD3-LM", "esolm-a": "Eso-LM (A)", "esolm-b": "Eso-LM (B)",
+                "custom": "custom"}
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+FAMILY_ORDER = list(FAMILY_COLORS)
+
+
+def load_frame(results_dir: str | Path):
+    """One row per point (newest line per key), metrics flattened into columns."""
+    import pandas as pd
+
+    every = read_points(results_dir, strict=True)
+    sweeps = sorted({str(r.get("sweep")) for r in every})
+    if len(sweeps) > 1:  # rows are merged by key: another sweep's row would silently replace this one's
+        raise ValueError(f"{results_dir}: rows of sweeps {sweeps} in one results file; every sweep writes its own "
+                         "folder, so report each folder separately")
+    rows = list(latest_rows(every).values())
+    if not rows:
+        raise ValueError(f"{results_dir}: the results file has no finished points yet; run the sweep first")
+    flat = []
+    for row in rows:
+        item = {k: v for k, v in row.items() if k != "metrics"}
+        item.update(row.get("metrics", {}))
+        flat.append(item)
+    df = pd.DataFrame(flat)
+    for col in ("gen_ppl", "gen_ppl_mean", "entropy", "test_ppl", "mauve", "seconds_per_sample", "tokens_per_second",
+                "nfe_per_sample", "nfe", "tokens_computed_per_sample", "degenerate", "alpha_0", "alpha_0_train",
+                "batch_size", "weight_bytes", "matmul_parameters", "key_reads_per_sample", "kv_bytes_per_key",
+                "bos_first", "eos_last", "eos_inside_per_sample"):
+        if col not in df:
+            df[col] = float("nan")
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    options = df["model_options"] if "model_options" in df else [None] * len(df)
+    fields = df["schedule_fields"] if "schedule_fields" in df else [None] * len(df)
+    df["block_size"] = [o.get("block_size") if isinstance(o, dict) else None for o in options]
+    df["first_hitting"] = [bool(f.get("first_hitting")) if isinstance(f, dict) else False for f in fields]
+    if "device" not in df:
+        df["device"] = ""
+    return df
+
+
+def aggregate(df):
+    """Mean over seeds of each (model entry, schedule, length)."""
+    keys = ["model_entry", "family", "schedule", "length"]
+    numeric = [c for c in ("gen_ppl", "gen_ppl_mean", "entropy", "degenerate", "mauve", "test_ppl", "nfe",
+                           "nfe_per_sample", "tokens_computed_per_sample", "seconds_per_sample", "tokens_per_second",
+                           "alpha_0", "alpha_0_train", "floor_seconds_per_sample", "bos_first", "eos_last",
+                           "eos_inside_per_sample") if c in df]
+    agg = df.groupby(keys, sort=False, dropna=False)[numeric].mean().reset_index()
+    agg["seeds"] = df.groupby(keys, sort=False, dropna=False)["seed"].nunique().values
+    for col in ("device", "block_size", "first_hitting"):
+        if col in df:
+            agg[col] = df.groupby(keys, sort=False, dropna=False)[col].first().values
+    if "floor_seconds_per_sample" not in agg:
+        agg["floor_seconds_per_sample"] = float("nan")
+    agg["x_floor"] = agg["seconds_per_sample"] / agg["floor_seconds_per_sample"]
+    steps = df.groupby(keys, sort=False, dropna=False)["schedule_fields"].first().values
+    agg["steps"] = [s.get("steps") if isinstance(s, dict) else None for s in steps]
+    if "schedule_group" in df:
+        groups = df.groupby(keys, sort=False, dropna=False)["schedule_group"].first().values
+        agg["group"] = [g if isinstance(g, str) and g else s for g, s in zip(groups, agg["schedule"])]
+    else:
+        agg["group"] = agg["schedule"]
+    order = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    entries = list(dict.fromkeys(df["model_entry"]))
+    agg["_f"] = agg["family"].map(lambda f: order.get(f, 99))
+    agg["_e"] = agg["model_entry"].map(entries.index)
+    agg["_o"] = range(len(agg))
+    return agg.sort_values(["length", "_f", "_e", "_o"]).drop(columns=["_f", "_e", "_o"]).reset_index(drop=True)
+
+
+def pareto_front(xs, ys) -> list[int]:
+    """Indices of points that no other point beats on both x and y (lower is better), by x."""
+    pts = sorted((x, y, i) for i, (x, y) in enumerate(zip(xs, ys)) if finite(x) and finite(y))
+    front, best = [], math.inf
+    for x, y, i in pts:
+        if y < best:
+            front.append(i)
+            best = y
+    return front
+
+
+def finite(v) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False

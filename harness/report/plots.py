@@ -1,0 +1,379 @@
+"""Plots: gen PPL against time and NFE (with the Pareto frontier), perplexity against
+alpha_0, seconds per sample against length, and the paper-settings speed headline."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+from harness.report.frame import FAMILY_COLORS, FAMILY_NAMES, FAMILY_ORDER, MARKERS, finite, pareto_front
+from harness.report.speed import cuda_rows, cuda_timed, pick, steps_is
+from harness.report.text import measured_on
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _style(agg):
+    """Colour per family, marker per model entry (entries of one family get distinct markers)."""
+    markers, per_family = {}, {}
+    for entry, family in dict.fromkeys(zip(agg["model_entry"], agg["family"])):
+        k = per_family.get(family, 0)
+        markers[entry] = MARKERS[k % len(MARKERS)]
+        per_family[family] = k + 1
+    return markers
+
+
+def short_label(label: str) -> str:
+    return "" if label == "default" else label.replace(",", " ")
+
+
+def plot_pareto(agg, x: str, xlabel: str, title: str, path: Path) -> list[dict] | None:
+    """gen PPL vs ``x`` per length; returns the frontier rows, or None when nothing to plot."""
+    plt = pyplot()
+    from matplotlib.lines import Line2D
+
+    data = agg[agg["gen_ppl"].map(finite) & agg[x].map(finite) & (agg[x] > 0)]
+    if data.empty:
+        return None
+    lengths = sorted(data["length"].unique())
+    markers = _style(agg)
+    fig, axes = plt.subplots(1, len(lengths), figsize=(8.5 * len(lengths) + 3, 6.5), squeeze=False, dpi=130)
+    frontier_rows, pending = [], []
+    for ax, length in zip(axes[0], lengths):
+        d = data[data["length"] == length].reset_index(drop=True)
+        labels = []
+        for _, r in d.iterrows():
+            color = FAMILY_COLORS.get(r["family"])
+            ax.scatter(r[x], r["gen_ppl"], s=70, marker=markers[r["model_entry"]], color=color,
+                       edgecolor="white", linewidth=0.8, zorder=3)
+            text = short_label(r["schedule"]) or FAMILY_NAMES.get(r["family"], r["family"])
+            if finite(r.get("entropy")):
+                text = f"{text}  H={r['entropy']:.2f}"
+            labels.append(((r[x], r["gen_ppl"]), text, color))
+        front = pareto_front(d[x].tolist(), d["gen_ppl"].tolist())
+        segments = []
+        if front:
+            fx = [d.loc[i, x] for i in front] + [d[x].max() * 2.0]
+            fy = [d.loc[i, "gen_ppl"] for i in front]
+            fy.append(fy[-1])
+            ax.step(fx, fy, where="post", color="0.45", linestyle="--", linewidth=1.2, zorder=2)
+            frontier_rows += [d.loc[i].to_dict() for i in front]
+            for k in range(len(fx) - 1):  # the step line's pieces, kept clear of labels
+                segments += [((fx[k], fy[k]), (fx[k + 1], fy[k])), ((fx[k + 1], fy[k]), (fx[k + 1], fy[k + 1]))]
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _plain_ticks(ax)
+        ax.set_xlabel(xlabel, fontsize=11)
+        ax.set_ylabel("generative perplexity (log scale, lower is better)", fontsize=11)
+        ax.set_title(f"{title}, L = {length}", fontsize=12)
+        ax.grid(True, which="both", alpha=0.25)
+        _pad_log(ax, d[x], d["gen_ppl"])
+        pending.append((ax, labels, segments))
+    handles = [Line2D([], [], color=FAMILY_COLORS.get(fam), marker=markers[entry], linestyle="", markersize=8,
+                      label=f"{entry} ({FAMILY_NAMES.get(fam, fam)})")
+               for entry, fam in dict.fromkeys(zip(data["model_entry"], data["family"]))]
+    handles.append(Line2D([], [], color="0.45", linestyle="--", label="Pareto frontier"))
+    fig.legend(handles=handles, fontsize=9, loc="upper right", framealpha=0.9, title="model entry",
+               title_fontsize=9)
+    fig.text(0.01, 0.01, "point labels: schedule (T = steps, a0 = alpha_0 at evaluation) and H = mean unigram entropy "
+             "of the samples in nats (low H = collapsed samples)", fontsize=8, color="0.3")
+    fig.tight_layout(rect=(0, 0.03, 1 - 2.6 / fig.get_figwidth(), 1))
+    for ax, labels, segments in pending:  # after the layout is final: placement works in pixels
+        place_labels(fig, ax, labels, segments=segments)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return frontier_rows
+
+
+# Label offsets tried in turn (points): right, left, above, below, then further out.
+_OFFSETS = [(7, 3, "left"), (7, -11, "left"), (-7, 3, "right"), (-7, -11, "right"), (0, 9, "center"),
+            (0, -18, "center"), (12, 14, "left"), (-12, 14, "right"), (12, -24, "left"), (-12, -24, "right"),
+            (0, 22, "center"), (0, -30, "center"), (22, 26, "left"), (-22, 26, "right"), (22, -36, "left"),
+            (-22, -36, "right"), (0, 36, "center"), (0, -44, "center")]
+
+
+def place_labels(fig, ax, labels: list[tuple[tuple[float, float], str, str]], fontsize: int = 8,
+                 segments=()) -> None:
+    """Annotate points without overlapping other labels, markers or the given line segments (data
+    coordinates; horizontal/vertical), greedily over candidate offsets; labels pushed away from
+    their point get a thin leader line."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    occupied = []
+    for (px, py), _, _ in labels:
+        cx, cy = to_px((px, py))
+        occupied.append((cx - 6, cy - 6, cx + 6, cy + 6))
+    for a, b in segments:
+        (ax_, ay), (bx, by) = to_px(a), to_px(b)
+        occupied.append((min(ax_, bx) - 2, min(ay, by) - 2, max(ax_, bx) + 2, max(ay, by) + 2))
+    axbox = ax.get_window_extent(renderer)
+
+    def overlaps(b):
+        return sum(1 for o in occupied if not (b[2] < o[0] or b[0] > o[2] or b[3] < o[1] or b[1] > o[3]))
+
+    def relpos(dx, dy):
+        """Where on the label box the leader line starts: the corner / edge facing the point."""
+        return (0.0 if dx > 0 else 1.0 if dx < 0 else 0.5), (0.0 if dy > 0 else 1.0)
+
+    def leader_crossings(start, b, rel):
+        """Boxes crossed by the leader line from the point to the label's anchor."""
+        end = (b[0] + rel[0] * (b[2] - b[0]), b[1] + rel[1] * (b[3] - b[1]))
+        hits = set()
+        for k in range(1, 10):
+            px, py = start[0] + (end[0] - start[0]) * k / 10, start[1] + (end[1] - start[1]) * k / 10
+            hits.update(i for i, o in enumerate(occupied) if o[0] <= px <= o[2] and o[1] <= py <= o[3]
+                        and not (o[0] <= start[0] <= o[2] and o[1] <= start[1] <= o[3]))
+        return len(hits)
+
+    for xy, text, color in sorted(labels, key=lambda item: -item[0][1]):
+        best = None
+        for dx, dy, ha in _OFFSETS:
+            ann = ax.annotate(text, xy, xytext=(dx, dy), textcoords="offset points", ha=ha, va="bottom",
+                              fontsize=fontsize, color=color, zorder=4)
+            bb = ann.get_window_extent(renderer)
+            box = (bb.x0 - 1, bb.y0 - 1, bb.x1 + 1, bb.y1 + 1)
+            outside = box[0] < axbox.x0 or box[2] > axbox.x1 or box[1] < axbox.y0 or box[3] > axbox.y1
+            far = abs(dx) > 10 or abs(dy) > 20
+            score = overlaps(box) + (10 if outside else 0) + (leader_crossings(to_px(xy), box, relpos(dx, dy))
+                                                               if far else 0)
+            if best is None or score < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (score, ann, box, (dx, dy))
+            else:
+                ann.remove()
+            if score == 0:
+                break
+        _, ann, box, (dx, dy) = best
+        if abs(dx) > 10 or abs(dy) > 20:
+            ann.arrow_patch = None
+            ann.remove()
+            ann = ax.annotate(text, xy, xytext=(dx, dy), textcoords="offset points", ha=ann.get_ha(), va="bottom",
+                              fontsize=fontsize, color=color, zorder=4,
+                              arrowprops=dict(arrowstyle="-", color=color, lw=0.6, alpha=0.7, shrinkA=0, shrinkB=4,
+                                              relpos=relpos(dx, dy)))
+        occupied.append(box)
+
+
+def _plain_ticks(ax, axes: str = "xy") -> None:
+    """Plain numbers (not 6x10^2) on log axes, with labelled minor ticks when the range is small."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    fmt_tick = FuncFormatter(lambda v, _: f"{v:g}")
+    for name in axes:
+        axis = ax.xaxis if name == "x" else ax.yaxis
+        axis.set_major_formatter(fmt_tick)
+        axis.set_minor_locator(LogLocator(base=10, subs=(2, 3, 5)))
+        axis.set_minor_formatter(fmt_tick)
+    ax.tick_params(axis="both", which="minor", labelsize=8)
+
+
+def _pad_log(ax, xs, ys):
+    """Room on the right for labels and around the points on log axes."""
+    x0, x1 = float(xs.min()), float(xs.max())
+    y0, y1 = float(ys.min()), float(ys.max())
+    ax.set_xlim(x0 / 1.6, x1 * 3.0)
+    ax.set_ylim(y0 / 1.15, y1 * 1.25)
+
+
+def plot_alpha0(agg, path: Path) -> bool:
+    plt = pyplot()
+
+    eso = agg[agg["family"].isin(["esolm-a", "esolm-b"]) & agg["alpha_0"].map(finite)]
+    if eso.empty:
+        return False
+    lengths = sorted(eso["length"].unique())
+    panels = [("test_ppl", "test perplexity (NELBO bound)"), ("gen_ppl", "generative perplexity")]
+    panels = [(c, t) for c, t in panels if eso[c].map(finite).any()]
+    if not panels:
+        return False
+    markers = _style(agg)
+    trained = {e: f" (trained a0={a:g})" for e, a in zip(eso["model_entry"], eso["alpha_0_train"]) if finite(a)}
+    fig, axes = plt.subplots(len(lengths), len(panels), figsize=(7.5 * len(panels), 5.5 * len(lengths)), squeeze=False)
+    for row_axes, length in zip(axes, lengths):
+        ref = agg[agg["length"] == length]
+        e = eso[eso["length"] == length]
+        for ax, (col, title) in zip(row_axes, panels):
+            if col == "test_ppl":
+                groups = e.groupby(["model_entry", "family"], sort=False)
+                for (entry, fam), g in groups:
+                    g = g.groupby("alpha_0", as_index=False)[col].mean().sort_values("alpha_0")
+                    ax.plot(g["alpha_0"], g[col], marker=markers[entry], color=FAMILY_COLORS[fam],
+                            label=f"{entry}{trained.get(entry, '')}")
+            else:
+                groups = e.groupby(["model_entry", "family", "steps"], sort=False, dropna=False)
+                styles = ["-", "--", ":", "-."]
+                steps_seen = {}
+                for (entry, fam, steps), g in groups:
+                    ls = styles[steps_seen.setdefault(entry, []).__len__() % len(styles)]
+                    steps_seen[entry].append(steps)
+                    g = g.sort_values("alpha_0")
+                    label = f"{entry}{trained.get(entry, '')}" + (f", T={int(steps)}" if finite(steps) else "")
+                    ax.plot(g["alpha_0"], g[col], marker=markers[entry], linestyle=ls, color=FAMILY_COLORS[fam],
+                            label=label)
+            refs = _reference_lines(ax, ref, col)
+            values = [v for v in list(e[col]) + refs if finite(v)]
+            if values:
+                lo, hi = min(values), max(values)
+                pad = 0.08 * (hi - lo or abs(hi) or 1.0)
+                ax.set_ylim(lo - pad, hi + pad)
+            ax.set_xlabel("alpha_0 at evaluation (fraction of tokens generated by diffusion)", fontsize=10)
+            ax.set_ylabel(title, fontsize=10)
+            ax.set_title(f"{title} vs alpha_0, L = {length}", fontsize=11)
+            ticks = sorted(set(e["alpha_0"].round(4)))
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=45 if len(ticks) > 6 else 0)
+            ax.set_xlim(min(ticks) - 0.05, max(ticks) + 0.05)
+            ax.grid(True, alpha=0.25)
+            ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
+def _reference_lines(ax, ref, col) -> list[float]:
+    """AR and MDLM as horizontal lines (MDLM at its largest T for gen PPL); returns their values."""
+    drawn = []
+    for fam, color in (("ar", FAMILY_COLORS["ar"]), ("mdlm", FAMILY_COLORS["mdlm"])):
+        rows = ref[(ref["family"] == fam) & ref[col].map(finite)]
+        if rows.empty:
+            continue
+        if col == "gen_ppl" and fam == "mdlm" and rows["steps"].map(finite).any():
+            r = rows.loc[rows["steps"].astype(float).idxmax()]
+            value, label = r[col], f"{FAMILY_NAMES[fam]} ({r['model_entry']}) {short_label(r['schedule'])}".strip()
+        else:
+            r = rows.iloc[0]
+            value, label = rows[col].mean(), f"{FAMILY_NAMES[fam]} ({r['model_entry']})"
+        ax.axhline(value, color=color, linestyle="--", linewidth=1.2, alpha=0.8)
+        ax.annotate(f"{label}: {value:.1f}", (0.01, value), xycoords=("axes fraction", "data"), xytext=(0, 3),
+                    textcoords="offset points", fontsize=8, color=color)
+        drawn.append(float(value))
+    return drawn
+
+
+def plot_speed_vs_length(agg, path: Path, measured: str = "") -> bool:
+    """Seconds per sample vs L: one panel per family (AR drawn in every panel for reference),
+    one colour per schedule within a panel."""
+    plt = pyplot()
+    from matplotlib import colormaps
+
+    data = agg[agg["seconds_per_sample"].map(finite)]
+    if data["length"].nunique() < 2:
+        return False
+    families = [f for f in FAMILY_ORDER if f in set(data["family"]) and f != "ar"] or ["ar"]
+    ar = data[data["family"] == "ar"]
+    cols = min(len(families), 2)
+    rows = math.ceil(len(families) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, 5.2 * rows), squeeze=False, sharey=True)
+    lengths = sorted(data["length"].unique())
+    for ax, fam in zip(axes.flat, families):
+        sub = data[data["family"] == fam]
+        curves = list(dict.fromkeys(zip(sub["model_entry"], sub["group"])))
+        cmap = colormaps["viridis"]
+        # Eso-LM: colour = alpha_0, line style = steps; otherwise one colour per curve
+        by_alpha = sub["alpha_0"].map(finite).all() and sub["alpha_0"].nunique() > 1
+        alphas = sorted(sub["alpha_0"].unique(), reverse=True) if by_alpha else []
+        steps = list(dict.fromkeys(sub["steps"])) if by_alpha else []
+        styles = ["-", "--", ":", "-."]
+        for k, (entry, group) in enumerate(curves):
+            g = sub[(sub["model_entry"] == entry) & (sub["group"] == group)].sort_values("length")
+            if by_alpha:
+                color = cmap(alphas.index(g["alpha_0"].iloc[0]) / max(1, len(alphas) - 1) * 0.9)
+                style = styles[steps.index(g["steps"].iloc[0]) % len(styles)]
+            else:
+                color, style = cmap(k / max(1, len(curves) - 1) * 0.9), "-"
+            label = f"{entry} {short_label(group)}".strip() if sub["model_entry"].nunique() > 1 else (short_label(group) or entry)
+            ax.plot(g["length"], g["seconds_per_sample"], marker="o", color=color, linestyle=style, label=label,
+                    linewidth=1.6)
+        if fam != "ar":
+            for entry, g in ar.groupby("model_entry", sort=False):
+                g = g.sort_values("length")
+                ax.plot(g["length"], g["seconds_per_sample"], color=FAMILY_COLORS["ar"], linestyle="--", marker="s",
+                        markersize=4, label=f"AR ({entry})", linewidth=1.4)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(lengths)
+        ax.set_xticklabels([str(int(v)) for v in lengths])
+        ax.minorticks_off()
+        _plain_ticks(ax, "y")
+        ax.set_title(FAMILY_NAMES.get(fam, fam), fontsize=12, color=FAMILY_COLORS.get(fam))
+        ax.set_xlabel("sequence length L")
+        ax.set_ylabel("seconds per sample (median)")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=7.5, ncol=2 if len(curves) > 6 else 1, loc="upper left", framealpha=0.9)
+    for ax in list(axes.flat)[len(families):]:
+        ax.set_visible(False)
+    fig.suptitle("Sampling time per sample vs length (log-log; lower is better)"
+                 + (f"\n{measured.rstrip('.')}" if measured else ""), fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
+# (label, family, line style, marker, test(row)): the paper's sampler settings, by resolved steps
+HEADLINE = [
+    ("AR", "ar", "-", "s", lambda r: True),
+    ("MDLM T=L/8", "mdlm", "-", "o", lambda r: steps_is(r, r["length"] // 8)),
+    ("MDLM T=L", "mdlm", "--", "o", lambda r: steps_is(r, r["length"])),
+    ("BD3-LM L'=4", "bd3lm", "-", "^", lambda r: r["first_hitting"] and r["block_size"] == 4),
+    ("BD3-LM L'=16", "bd3lm", "--", "v", lambda r: r["first_hitting"] and r["block_size"] == 16),
+    ("Eso-LM (B) a0=1 T=L/8", "esolm-b", "-", "D", lambda r: r["alpha_0"] == 1.0 and steps_is(r, r["length"] // 8)),
+    ("Eso-LM (B) a0=1 T=L", "esolm-b", "--", "D", lambda r: r["alpha_0"] == 1.0 and steps_is(r, r["length"])),
+    ("Eso-LM (B) a0=0.25 T=128", "esolm-b", ":", "P", lambda r: r["alpha_0"] == 0.25 and steps_is(r, 128)),
+]
+
+
+def plot_speed_headline(agg, df, path: Path) -> bool:
+    """Seconds per sample vs L for the paper's settings (CUDA rows), one line each."""
+    data = cuda_timed(agg)
+    if data.empty:
+        return False
+    curves = []
+    for label, fam, style, marker, test in HEADLINE:
+        pts = []
+        for L in sorted(data["length"].unique()):
+            r = pick(data[(data["length"] == L) & (data["family"] == fam)], test)
+            if r is not None:
+                pts.append((int(L), float(r["seconds_per_sample"])))
+        if pts:
+            curves.append((label, fam, style, marker, pts))
+    if not curves:
+        return False
+    plt = pyplot()
+    cuda = cuda_rows(df)
+    fig, ax = plt.subplots(figsize=(10, 6), dpi=130)
+    for label, fam, style, marker, pts in curves:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=FAMILY_COLORS[fam], linestyle=style, marker=marker,
+                linewidth=2, markersize=7, label=label)
+    lengths = sorted({p[0] for c in curves for p in c[4]})
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(lengths)
+    ax.set_xticklabels([str(v) for v in lengths])
+    ax.minorticks_off()
+    _plain_ticks(ax, "y")
+    if len(lengths) > 1:
+        ax.set_xlim(lengths[0] / 1.25, lengths[-1] * 1.25)
+    ys = [p[1] for c in curves for p in c[4]]
+    ax.set_ylim(min(ys) / 1.3, max(ys) * 1.3)
+    ax.set_xlabel("sequence length L (tokens, log scale)", fontsize=11)
+    ax.set_ylabel("seconds per sample (log scale, lower is better)", fontsize=11)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=9.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9, title="sampler",
+              title_fontsize=10)
+    ax.set_title("Sampling time per sample vs length\n" + textwrap.fill(measured_on(cuda).rstrip("."), 80),
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return True

@@ -1,0 +1,100 @@
+"""Grid expansion: a config's model entries x lengths x schedules x seeds -> :class:`Point` s.
+
+Schedule values may be lists (expanded as a product) and length expressions ("L", "L/8",
+"L*2", resolved per length).  Point indices follow config order, so ``--shard i/n`` picks
+the same points on every machine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from harness.config import ConfigError
+from harness.schedules import SHORT_NAMES, SamplingSchedule
+
+if TYPE_CHECKING:
+    from harness.sweep.schema import SweepConfig
+
+_LEN_EXPR = re.compile(r"^\s*L\s*(?:([*/])\s*(\d+)\s*)?$")
+
+
+def resolve_value(value, length: int):
+    """'L', 'L/8', 'L*2' -> an int for this length; anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    m = _LEN_EXPR.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a length expression; use a number or 'L', 'L/8', 'L*2'")
+    op, k = m.group(1), int(m.group(2) or 1)
+    if op == "/":
+        if k == 0 or length % k:
+            raise ValueError(f"{value!r} at length {length} is not a whole number; pick a divisor of {length}")
+        return length // k
+    return length * k if op == "*" else length
+
+
+def expand_schedules(raw: list[dict]) -> list[dict]:
+    """Each dict whose values are lists expands to the product of those lists (in order)."""
+    out = []
+    for item in raw:
+        keys = list(item)
+        values = [v if isinstance(v, list) else [v] for v in item.values()]
+        for combo in itertools.product(*values):
+            out.append(dict(zip(keys, combo)))
+    return out
+
+
+@dataclass(frozen=True)
+class Point:
+    index: int
+    entry: str
+    schedule: dict
+    label: str
+    length: int
+    seed: int
+    group: str = ""  # the label with length expressions kept ("T=L/8"): the same curve across lengths
+
+    @property
+    def key(self) -> str:
+        return f"{self.entry}/{self.label}/L{self.length}/s{self.seed}"
+
+
+def expand_points(cfg: SweepConfig) -> list[Point]:
+    """model entry -> length -> schedule -> seed, in config order (stable indices for --shard).
+
+    A schedule written with a length expression that lands on an earlier point (T = L/8 is
+    T = 128 at L = 1024) is that point, and is skipped; a literal repeat is a config error."""
+    points, seen = [], set()
+    for entry in cfg.models:
+        for length in entry.lengths or cfg.lengths:
+            for fields in expand_schedules(entry.schedules):
+                resolved = {k: resolve_value(v, length) for k, v in fields.items()}
+                schedule = SamplingSchedule(**resolved)
+                for seed in cfg.seeds:
+                    point = Point(len(points), entry.name, schedule.model_dump(exclude_defaults=True),
+                                  schedule.label(), length, seed, group_label(schedule, fields))
+                    if point.key in seen:
+                        if any(isinstance(v, str) for v in fields.values()):
+                            continue
+                        raise ConfigError(f"sweep {cfg.name}: point {point.key} appears twice; "
+                                          "remove the repeated schedule")
+                    seen.add(point.key)
+                    points.append(point)
+    return points
+
+
+def group_label(schedule: SamplingSchedule, raw: dict) -> str:
+    """Like ``schedule.label()`` but with the config's length expressions ("T=L/8")."""
+    if not any(isinstance(v, str) for v in raw.values()):
+        return schedule.label()
+    parts = []
+    for key, value in schedule.model_dump(exclude_defaults=True).items():
+        value = raw[key] if isinstance(raw.get(key), str) else value
+        short = SHORT_NAMES[key]
+        parts.append(f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}")
+    return ",".join(parts) or "default"
+
+

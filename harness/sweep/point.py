@@ -1,0 +1,225 @@
+"""One point: sample, score, time, and the row and sample records it leaves in the results
+store (:func:`compute_point`, :func:`save_point`)."""
+
+from __future__ import annotations
+
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.config import DataSpec
+from harness.nn.steps import FALLBACKS, resolve_mode
+from harness.results_store import POINTS_FILE, append_row, write_samples
+from harness.schedules import SamplingSchedule
+from harness.sweep.context import Context, LoadedEntry, git_commit
+from harness.sweep.grid import Point
+from harness.sweep.identity import point_hash, point_seed, ppl_cache_key
+from harness.sweep.schema import FAMILIES, ModelEntry, SweepConfig
+
+
+def compute_test_ppl(ctx: Context, entry: ModelEntry, loaded: LoadedEntry, length: int, alpha_0) -> dict:
+    from harness.metrics.likelihood import test_perplexity
+    from harness.train import load_splits
+
+    key = ppl_cache_key(ctx.cfg, entry, length, alpha_0, ctx.device)
+    if key not in ctx.test_ppl_cache:
+        spec = ctx.cfg.test_ppl
+        data = load_splits(loaded.data, loaded.tokenizer, seq_len=length)[spec.split]
+        if spec.max_sequences:
+            data = data[: spec.max_sequences]
+        kwargs = {}
+        if spec.draws != 1:
+            kwargs["draws"] = spec.draws
+        if alpha_0 is not None:
+            kwargs["alpha_0"] = alpha_0
+        with ctx.autocast():
+            result = test_perplexity(loaded.model, data, spec.batch_size, seed=spec.seed, **kwargs)
+        ctx.test_ppl_cache[key] = {"test_ppl": result["ppl"], "test_ppl_estimator": result["estimator"],
+                                   "test_ppl_exact": result["exact"], "test_ppl_sequences": result["n_sequences"],
+                                   "test_ppl_split": spec.split, "test_ppl_key": key}
+    return ctx.test_ppl_cache[key]
+
+
+def reference_texts(ctx: Context, loaded: LoadedEntry, length: int, n: int) -> list[str]:
+    return test_texts(loaded.data, loaded.tokenizer, length, n)
+
+
+def test_texts(data: DataSpec, tokenizer, length: int, n: int) -> list[str]:
+    """The first n held-out test sequences of ``length`` tokens as text (MAUVE's references)."""
+    from harness.train import load_splits
+
+    rows = load_splits(data, tokenizer, seq_len=length)["test"][:n]
+    return [tokenizer.decode(row[1:].tolist()) for row in rows]
+
+
+def forward_cost(model) -> dict:
+    """What one forward must at least do, for the report's floors (PERF.md): read every
+    weight but the embedding table (only looked up), 2 FLOPs per such weight per token, and
+    the K and V of every layer for each cache slot it attends to (``key_reads``)."""
+    net = getattr(model, "net", None)
+    if net is None:
+        return {}
+    weights = [p for name, p in net.named_parameters() if not name.startswith("embed.")]
+    cfg = getattr(net, "cfg", None)
+    # K and V of every layer, in the dtype new_cache allocates (the head's)
+    kv = 2 * cfg.n_layers * cfg.d_model * net.head.weight.element_size() if cfg is not None else None
+    return {"matmul_parameters": sum(p.numel() for p in weights),
+            "weight_bytes": sum(p.numel() * p.element_size() for p in weights),
+            "kv_bytes_per_key": kv}
+
+
+def sample_boundaries(tokens: torch.Tensor, bos: int, eos: int) -> dict:
+    """Where samples put BOS and EOS.  Every training row is [BOS] + text + [EOS] (SPEC §0
+    wrap packing), so a model that learned the format starts with BOS and ends with EOS; AR
+    is given its BOS, the diffusion samplers generate position 0, and with rotary positions
+    only they can place it (and EOS at L − 1) only relative to tokens already revealed.
+    EOS inside a sample marks document boundaries (the data has one every document)."""
+    inside = tokens[:, 1:-1] == eos
+    return {"bos_first": (tokens[:, 0] == bos).double().mean().item(),
+            "eos_last": (tokens[:, -1] == eos).double().mean().item(),
+            "eos_inside_per_sample": inside.sum(dim=1).double().mean().item()}
+
+
+def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
+    """Run one point: sample, score, time. Returns (row, sample records)."""
+    cfg = ctx.cfg
+    entry = ctx.entry(point.entry)
+    loaded = ctx.load(point.entry)
+    model, tok = loaded.model, loaded.tokenizer
+    sampler = ctx.sampler(loaded)
+    sampler.step_mode = None if cfg.step_mode == "auto" else cfg.step_mode
+    fallbacks = len(FALLBACKS)
+    model.check_length(point.length)
+    schedule = SamplingSchedule(**point.schedule)
+    options = model.options() if hasattr(model, "options") else {}
+    model_name = loaded.model_name
+    family = model_name if model_name in FAMILIES else "custom"
+    is_esolm = family in ("esolm-a", "esolm-b") or "alpha_0" in options
+    alpha_0 = (schedule.alpha_0 if schedule.alpha_0 is not None else options.get("alpha_0")) if is_esolm else None
+
+    # --- samples ---------------------------------------------------------------------
+    generator = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
+    rows, nfe_batches, tokens_computed, nfe_rows, extra, key_reads = [], [], 0, [], {}, 0
+    done = 0
+    while done < cfg.num_samples:
+        n = min(cfg.batch_size, cfg.num_samples - done)
+        with torch.no_grad(), ctx.sampling_autocast():
+            gen = sampler.sample(n, point.length, schedule, generator)
+        rows.append(gen.tokens.cpu())
+        nfe_batches.append(int(gen.nfe))
+        tokens_computed += int(gen.tokens_computed)
+        key_reads += int(gen.key_reads)
+        if gen.nfe_per_sample is not None:
+            nfe_rows.extend(int(v) for v in torch.as_tensor(gen.nfe_per_sample).reshape(-1).tolist())
+        else:
+            nfe_rows.extend([int(gen.nfe)] * n)
+        for k, v in (gen.extra or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                extra.setdefault(k, []).append(v)
+        done += n
+    tokens = torch.cat(rows)
+    texts = [tok.decode(row[1:].tolist() if int(row[0]) == tok.bos_id else row.tolist()) for row in tokens]
+
+    metrics: dict[str, Any] = {
+        "nfe": sum(nfe_batches) / len(nfe_batches),
+        "nfe_per_batch": nfe_batches,
+        "nfe_per_sample": sum(nfe_rows) / len(nfe_rows),
+        "tokens_computed_per_sample": tokens_computed / cfg.num_samples,
+        "key_reads_per_sample": key_reads / cfg.num_samples,
+    }
+    metrics.update(sample_boundaries(tokens, tok.bos_id, tok.eos_id))
+    for k, values in extra.items():
+        metrics[f"extra_{k}"] = sum(values) / len(values)
+    records = [{"i": i, "text": t} for i, t in enumerate(texts)]
+
+    if "entropy" in cfg.metrics:
+        from harness.metrics.entropy import sample_entropies
+
+        ent = sample_entropies(tokens, ignore_ids={tok.bos_id, tok.mask_id})
+        metrics.update(entropy=ent["entropy_mean"], degenerate=ent["n_degenerate"],
+                       degenerate_rule=ent["degenerate_rule"])
+        for rec, h in zip(records, ent["entropy_per_sample"]):
+            rec["entropy"] = h
+    if "gen_ppl" in cfg.metrics:
+        scored = ctx.evaluator().score(texts)
+        metrics.update(gen_ppl=scored.ppl, gen_ppl_mean=scored.mean_sample_ppl, gen_ppl_tokens=scored.n_tokens,
+                       evaluator=scored.evaluator)
+        for rec, p in zip(records, scored.sample_ppl):
+            rec["gen_ppl"] = p
+    if "mauve" in cfg.metrics:
+        from harness.metrics.mauve import mauve_score
+
+        n_ref = cfg.mauve.reference_samples or cfg.num_samples
+        kwargs = {"num_buckets": cfg.mauve.num_buckets} if cfg.mauve.num_buckets else {}
+        result = mauve_score(ctx.evaluator(), texts, reference_texts(ctx, loaded, point.length, n_ref), **kwargs)
+        metrics.update(mauve=result["mauve"], mauve_note=result.get("reason"), mauve_n=[result["n_p"], result["n_q"]])
+        metrics.setdefault("evaluator", ctx.evaluator().name)
+    if "test_ppl" in cfg.metrics:
+        metrics.update(compute_test_ppl(ctx, entry, loaded, point.length, alpha_0 if is_esolm else None))
+    if "speed" in cfg.metrics:
+        from harness.metrics.speed import time_sampling
+
+        def one_batch():
+            # The samples' own seed: the timed runs take the shapes the sampling pass took, so
+            # the CUDA graphs they replay were captured before the clock started.
+            timing_gen = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
+            with torch.no_grad(), ctx.sampling_autocast():
+                return sampler.sample(cfg.batch_size, point.length, schedule, timing_gen)
+
+        sp = time_sampling(one_batch, warmup=cfg.speed.warmup, repeats=cfg.speed.repeats, device=ctx.device,
+                           dtype=ctx.dtype)
+        if ctx.device.type == "cuda":
+            metrics["graph_fallbacks"] = len(FALLBACKS) - fallbacks  # step shapes run eagerly, not as graphs
+        metrics.update(seconds_per_sample=sp["seconds_per_sample"], tokens_per_second=sp["tokens_per_second"],
+                       seconds_per_batch=sp["seconds_median"], seconds_all=sp["seconds_all"],
+                       gpu_peak_memory_bytes=sp["peak_memory_bytes"], gpu_energy_per_sample_joules=sp["energy_per_sample_joules"],
+                       gpu_mean_power_watts=sp["mean_power_watts"], telemetry_note=sp.get("telemetry_reason"))
+
+    row = {
+        "sweep": cfg.name,
+        "key": point.key,
+        "config_hash": point_hash(cfg, entry, point, ctx.device),
+        "model_entry": entry.name,
+        "family": family,
+        "model": model_name,
+        "model_options": options,
+        "init": entry.init if entry.train is not None else "checkpoint",
+        "checkpoint": loaded.checkpoint,
+        "parameters": loaded.meta.get("parameters"),
+        **forward_cost(sampler),
+        "train_step": loaded.meta.get("step"),
+        "schedule": point.label,
+        "schedule_group": point.group,
+        "schedule_fields": point.schedule,
+        "alpha_0": alpha_0,
+        "alpha_0_train": options.get("alpha_0"),
+        "length": point.length,
+        "seed": point.seed,
+        "num_samples": cfg.num_samples,
+        "batch_size": cfg.batch_size,
+        "metrics": metrics,
+        "device": str(ctx.device),
+        "device_name": _device_name(ctx.device),
+        "dtype": ctx.dtype,
+        "step_mode": resolve_mode(sampler.step_mode, ctx.device),
+        "git_commit": ctx.commit if ctx.commit is not None else git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return row, records
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
+
+
+def save_point(results_dir: Path, cfg: SweepConfig, row: dict, records: list[dict]) -> None:
+    """Samples first, then the row: a row in points.jsonl always has its samples file."""
+    write_samples(results_dir, row["key"], records if cfg.save_samples is None else records[: cfg.save_samples])
+    append_row(results_dir / POINTS_FILE, row)

@@ -1,0 +1,152 @@
+"""``esolm sweep CONFIG``: train (or load) every model entry, then run each point and append
+its row to the results store (:mod:`harness.results_store`).
+
+Re-running the same command skips points whose key AND config hash are already in the
+results file (:mod:`harness.sweep.identity`), so a crashed or interrupted sweep resumes
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from harness.config import ConfigError, read_yaml, resolve_device
+from harness.results_store import POINTS_FILE, read_points, repair_tail, write_atomic
+from harness.sweep.context import Context, git_commit
+from harness.sweep.identity import point_hash
+from harness.sweep.local import run_local
+from harness.sweep.schema import (EvaluatorRef, SweepConfig, apply_overrides, check_checkpoint_entries,
+                                  effective_config_text, entry_train_config, parse_sweep_config)
+from harness.sweep.shard import parse_entries, parse_shard, select_points
+
+
+def train_entries(cfg: SweepConfig, names: set[str], progress: bool) -> dict[str, str]:
+    """Checkpoint path of every named entry, training (or resuming) train entries first."""
+    from harness.train import train
+
+    paths = {}
+    for entry in cfg.models:
+        if entry.name not in names or entry.init == "random":
+            continue
+        if entry.checkpoint is not None:
+            from harness.checkpoint import resolve_checkpoint_path
+
+            paths[entry.name] = str(resolve_checkpoint_path(entry.checkpoint))
+            continue
+        paths[entry.name] = str(train(entry_train_config(cfg, entry), resume=True, progress=progress))
+    return paths
+
+
+
+
+def missing_paths(cfg: SweepConfig, names: set[str], source: str) -> None:
+    """Pre-flight: every checkpoint and evaluator path the run needs exists, else one stderr
+    line per missing path and a ConfigError before anything is imported, trained or written."""
+    from harness.official import foreign_source
+
+    wanted = [(f"models.{i}.checkpoint", foreign_source(e.checkpoint) or e.checkpoint)
+              for i, e in enumerate(cfg.models) if e.name in names and e.checkpoint is not None]
+    for i, e in enumerate(cfg.models):  # the text an imported checkpoint's test_ppl reads
+        corpus = (e.import_args or {}).get("corpus") if e.name in names and e.checkpoint is not None else None
+        wanted += [(f"models.{i}.import_args.corpus", p) for p in corpus or () if isinstance(corpus, list)]
+    scored = {"gen_ppl", "mauve"} & set(cfg.metrics)
+    if scored and isinstance(cfg.evaluator, str) and cfg.evaluator.partition(":")[0].lower() in ("hf", "ar"):
+        wanted.append(("evaluator", cfg.evaluator.partition(":")[2].strip()))
+    missing = [f"{source}: field '{field}': {'checkpoint ' if field.endswith('checkpoint') else ''}{path!r} not found"
+               for field, path in wanted if not Path(path).expanduser().exists()]
+    if len(missing) > 1:
+        for line in missing:
+            print(f"esolm: missing: {line}", file=sys.stderr)
+    if missing:
+        more = f" (+{len(missing) - 1} more, listed above)" if len(missing) > 1 else ""
+        raise ConfigError(f"{missing[0]}{more}; fix the path(s) in the config or with --set; nothing was run")
+
+
+def import_entries(cfg: SweepConfig, names: set[str], source: str) -> None:
+    """Checkpoint entries naming a released file (``hf:/folder`` or a ``.ckpt``) are imported
+    once into <runs_dir>/<name>/<entry>/ (harness.official) and read like any checkpoint after."""
+    from harness.official import foreign_source, imported_checkpoint
+
+    missing_paths(cfg, names, source)
+    for i, entry in enumerate(cfg.models):
+        if entry.name in names and entry.checkpoint is not None and foreign_source(entry.checkpoint):
+            try:
+                entry.checkpoint = str(imported_checkpoint(entry.checkpoint, entry.model,
+                                                           Path(cfg.runs_dir) / cfg.name / entry.name,
+                                                           entry.import_args))
+            except (ValueError, FileNotFoundError) as err:
+                raise ConfigError(f"{source}: field 'models.{i}.checkpoint': {str(err).splitlines()[0]}") from None
+
+
+def run_sweep(config_path: str | Path, shard: str | None = None, results_root: str | Path = "results",
+              report: bool = True, progress: bool = True, reports_root: str | Path | None = None,
+              entries: str | list[str] | None = None, overrides: list[str] | tuple = ()) -> Path:
+    """Run (or resume) a sweep; returns the results folder ``<results_root>/<name>``."""
+    data = apply_overrides(read_yaml(config_path), overrides)  # read and merged once, kept below
+    cfg = parse_sweep_config(data, str(config_path))
+    shard_i, shard_n = parse_shard(shard)
+    only = parse_entries(cfg, entries)
+    if cfg.backend == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"{config_path}: field 'backend': 'ray' needs the ray package; install ray "
+                              "(pip install ray) or set backend: local") from None
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    points = select_points(cfg, (shard_i, shard_n), only)
+    evaluator_entry = {cfg.evaluator.model_entry} if isinstance(cfg.evaluator, EvaluatorRef) else set()
+    import_entries(cfg, {p.entry for p in points} | evaluator_entry, str(config_path))
+    check_checkpoint_entries(cfg, {p.entry for p in points}, str(config_path))
+    results_dir = Path(results_root) / cfg.name
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(results_dir / "config.yaml", effective_config_text(config_path, overrides, data))
+    path = results_dir / POINTS_FILE
+    repair_tail(path)
+    existing = read_points(path)
+    finished = {(r["key"], r.get("config_hash")) for r in existing}
+    entries = {m.name: m for m in cfg.models}
+    todo = [p for p in points if (p.key, point_hash(cfg, entries[p.entry], p, device)) not in finished]
+    skipped = len(points) - len(todo)
+
+    ctx = Context(cfg, device, {}, commit=git_commit())
+    if todo and ({"gen_ppl", "mauve"} & set(cfg.metrics)) and not isinstance(cfg.evaluator, EvaluatorRef):
+        ctx.evaluator()  # a missing evaluator fails now, not after hours of training
+    needed = {p.entry for p in todo}
+    if todo and isinstance(cfg.evaluator, EvaluatorRef) and ({"gen_ppl", "mauve"} & set(cfg.metrics)):
+        needed.add(cfg.evaluator.model_entry)
+    checkpoints = train_entries(cfg, needed, progress)
+    ctx.checkpoints = checkpoints
+    for row in existing:  # reuse test perplexities of finished points (same entry, length, options)
+        m = row.get("metrics", {})
+        if "test_ppl_key" in m:
+            ctx.test_ppl_cache[m["test_ppl_key"]] = {k: v for k, v in m.items() if k.startswith("test_ppl")}
+
+    if skipped:
+        print(f"sweep {cfg.name}: {skipped} of {len(points)} points already in {path}; running {len(todo)}",
+              file=sys.stderr)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc=f"sweep {cfg.name}", unit="pt", disable=not progress, dynamic_ncols=True)
+    try:
+        if cfg.backend == "ray" and todo:
+            from harness.sweep.ray_runner import run_ray
+
+            run_ray(results_dir / "config.yaml", cfg, todo, checkpoints, results_dir, bar)  # with any --set
+        else:
+            run_local(ctx, todo, results_dir, bar)
+    finally:
+        bar.close()
+    if report:
+        from harness.report.write import ReportExists, default_report_dir, write_report
+
+        out_dir = Path(reports_root) / cfg.name if reports_root is not None else default_report_dir(results_dir)
+        try:
+            print(f"report: {write_report(results_dir, out_dir=out_dir)}", file=sys.stderr)
+        except ReportExists as err:  # the results are kept; only the report is not written
+            print(f"sweep {cfg.name}: report not written: {err}", file=sys.stderr)
+    return results_dir

@@ -1,0 +1,349 @@
+"""The sweep config: its schema, ``--set`` overrides and the checks made before anything runs.
+
+Config schema (one-line errors name the key and the fix)::
+
+    name: smoke                      # results/<name>/, runs/<name>/<entry>/, reports/<name>/
+    lengths: [64]
+    num_samples: 16
+    batch_size: 8
+    seeds: [0]
+    metrics: [test_ppl, gen_ppl, entropy, speed]       # + mauve
+    evaluator: {model_entry: ar}     # or "smollm2", "hf:/path", "ar:/path/to/checkpoint.pt"
+    train_defaults: {data: {seq_len: 64}, train: {steps: 300}}   # deep-merged into every train block
+    models:
+      - name: ar
+        train: {model: ar}           # a TrainConfig minus its name: trained into runs/<name>/ar/
+      - name: mdlm
+        train: {model: mdlm}
+        schedules: [{steps: [8, 32, 128]}]             # lists expand as a product
+      - name: mine
+        checkpoint: path/to/checkpoint.pt              # an existing checkpoint (optionally model: mdlm)
+      - name: speed-mdlm
+        init: random                 # random weights (seed train.seed), no training: speed sweeps
+        train: {model: mdlm, backbone: {preset: small, max_len: 8192}, data: {tokenizer: gpt2}}
+        schedules: [{steps: [L/8, L/4, L]}]            # "L", "L/k", "L*k": resolved per length
+
+Schedules are :class:`harness.schedules.SamplingSchedule` fields; a model entry without
+``schedules`` runs the model's default schedule once (AR needs none).
+"""
+
+from __future__ import annotations
+
+import copy
+import shlex
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from harness.config import ConfigError, Strict, TrainConfig, format_validation_error, parse, read_yaml
+from harness.schedules import SamplingSchedule
+from harness.sweep.grid import expand_schedules, resolve_value
+
+METRICS = ("test_ppl", "gen_ppl", "entropy", "mauve", "speed")
+FAMILIES = ("ar", "mdlm", "bd3lm", "esolm-a", "esolm-b")
+# Schedule fields each built-in family reads (checked before any training starts).
+SCHEDULE_FIELDS = {"ar": (), "mdlm": ("steps",), "bd3lm": ("steps", "first_hitting"),
+                   "esolm-a": ("steps", "alpha_0", "blocks"), "esolm-b": ("steps", "alpha_0", "blocks")}
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class TrainBlock(TrainConfig):
+    """A :class:`TrainConfig` without its name: the sweep names the run after the entry."""
+
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _no_name(self):
+        if self.name is not None:
+            raise ValueError("a train block takes its name from the model entry; remove 'name'")
+        return self
+
+
+class EvaluatorRef(Strict):
+    model_entry: str = Field(description="name of an AR model entry of this sweep")
+
+
+class PerplexitySpec(Strict):
+    batch_size: int = Field(16, ge=1)
+    max_sequences: int | None = Field(256, ge=1, description="first N held-out sequences (null: all)")
+    split: Literal["valid", "test"] = "test"
+    draws: int = Field(1, ge=1, description="Monte-Carlo t draws per sequence (diffusion models)")
+    seed: int = 0
+
+
+class SpeedSpec(Strict):
+    warmup: int = Field(1, ge=0)
+    repeats: int = Field(3, ge=1)
+
+
+class MauveSpec(Strict):
+    reference_samples: int | None = Field(None, ge=2, description="held-out texts to compare with (default: num_samples)")
+    num_buckets: int | None = Field(None, ge=2, description="k-means clusters (default: max(2, n // 10))")
+
+
+class ModelEntry(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    checkpoint: str | None = None
+    train: TrainBlock | None = None
+    init: Literal["trained", "random"] = "trained"
+    model: str | None = Field(None, description="checkpoint entries: the model the checkpoint must hold")
+    import_args: dict[str, Any] | None = Field(None, description="a checkpoint naming a released file (hf:/folder "
+                                               "or a .ckpt): block_size, alpha_0, ema, corpus as for esolm import")
+    schedules: list[dict[str, Any]] = Field(default_factory=lambda: [{}])
+    lengths: list[int] | None = Field(None, min_length=1, description="overrides the sweep's lengths")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.checkpoint is None) == (self.train is None):
+            raise ValueError("give exactly one of 'checkpoint: PATH' or 'train: {...}'")
+        if self.init == "random" and self.train is None:
+            raise ValueError("init: random builds the model of a 'train:' block; add one (its steps are ignored)")
+        if self.model is not None and self.train is not None:
+            raise ValueError("'model' is for checkpoint entries; set train.model instead")
+        if self.import_args is not None and self.train is not None:
+            raise ValueError("'import_args' is for checkpoint entries naming a released file")
+        if not self.schedules:
+            raise ValueError("schedules must not be empty; omit it to run the model's default schedule")
+        return self
+
+    @property
+    def model_name(self) -> str | None:
+        return self.train.model if self.train is not None else self.model
+
+    @property
+    def family(self) -> str:
+        name = self.model_name
+        return name if name in FAMILIES else "custom"
+
+
+class SweepConfig(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    models: list[ModelEntry] = Field(min_length=1)
+    lengths: list[int] = Field(min_length=1)
+    num_samples: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    metrics: list[str] = Field(min_length=1, description=f"subset of {list(METRICS)}")
+    evaluator: str | EvaluatorRef | None = None
+    test_ppl: PerplexitySpec = Field(default_factory=PerplexitySpec)
+    speed: SpeedSpec = Field(default_factory=SpeedSpec)
+    mauve: MauveSpec = Field(default_factory=MauveSpec)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    step_mode: Literal["auto", "dynamic", "static", "graph", "compiled"] = Field(
+        "auto", description="how the cached samplers run their steps (harness/nn/steps.py): auto = CUDA graphs "
+                            "on a GPU and plain eager steps on a CPU, or $ESOLM_STEP_MODE")
+    backend: Literal["local", "ray"] = "local"
+    runs_dir: str = Field("runs", description="trained entries go to <runs_dir>/<name>/<entry>/")
+    save_samples: int | None = Field(None, ge=0, description="texts kept per point in samples/ (null: all)")
+    train_defaults: dict[str, Any] = Field(default_factory=dict, description="deep-merged into every train block")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value):
+        unknown = [m for m in value if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+        if len(set(value)) != len(value):
+            raise ValueError("a metric is listed twice; list each once")
+        return value
+
+    @field_validator("lengths")
+    @classmethod
+    def _positive_lengths(cls, value):
+        if any(v < 2 for v in value):
+            raise ValueError("every length must be at least 2")
+        return value
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def check_schedule(model: str | None, schedule: SamplingSchedule) -> None:
+    """The fields a built-in model reads and needs (custom models check their own at run time)."""
+    allowed = SCHEDULE_FIELDS.get(model or "")
+    if allowed is None:
+        return
+    schedule.require_only(model, *allowed)
+    if model == "mdlm" and schedule.steps is None:
+        raise ValueError("mdlm needs 'steps' in every schedule, e.g. schedules: [{steps: [8, 32]}]")
+    if model == "bd3lm" and (schedule.steps is None) == (not schedule.first_hitting):
+        raise ValueError("bd3lm needs exactly one of 'steps' (per block) or 'first_hitting: true' in every schedule")
+    if model in ("esolm-a", "esolm-b"):
+        if schedule.steps is not None and schedule.blocks is not None:
+            raise ValueError(f"{model}: give 'steps' or 'blocks' in a schedule, not both")
+        if schedule.steps is None and schedule.blocks is None and schedule.alpha_0 != 0:
+            raise ValueError(f"{model} needs 'steps' or 'blocks' for its diffusion phase, e.g. {{alpha_0: 0.25, steps: 32}}")
+
+
+def check_consistency(cfg: SweepConfig, source: str) -> None:
+    from harness.models import REGISTRY
+
+    names = [m.name for m in cfg.models]
+    for i, entry in enumerate(cfg.models):  # before the evaluator check, which reads the model names
+        model, where = (entry.train.model, "train.model") if entry.train is not None else (entry.model, "model")
+        if model is not None and model not in REGISTRY and ":" not in model:
+            raise ConfigError(f"{source}: field 'models.{i}.{where}': unknown model {model!r}; use one of "
+                              f"{sorted(REGISTRY)} or a dotted path 'package.module:Class'")
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"{source}: field 'models.{i}.name': {name!r} is used twice; give every entry its own name")
+    needs_eval = sorted({"gen_ppl", "mauve"} & set(cfg.metrics))
+    if needs_eval and cfg.evaluator is None:
+        raise ConfigError(f"{source}: field 'evaluator': metrics {needs_eval} need an evaluator; set evaluator: "
+                          "{model_entry: <ar entry>}, 'smollm2', 'hf:/path' or 'ar:/path/to/checkpoint.pt'")
+    if isinstance(cfg.evaluator, EvaluatorRef):
+        ref = next((m for m in cfg.models if m.name == cfg.evaluator.model_entry), None)
+        if ref is None:
+            raise ConfigError(f"{source}: field 'evaluator.model_entry': {cfg.evaluator.model_entry!r} is not a model "
+                              f"entry; use one of {names}")
+        if ref.model_name not in (None, "ar") or ref.init == "random":
+            raise ConfigError(f"{source}: field 'evaluator.model_entry': {ref.name!r} must be a trained AR entry "
+                              "(train: {model: ar}) or an AR checkpoint")
+
+
+def check_checkpoint_entries(cfg: SweepConfig, names: set[str], source: str) -> None:
+    """Checkpoint entries exist and hold the sweep's lengths: checked before anything is
+    written or trained (train entries are checked when the config is parsed)."""
+    from harness.checkpoint import check_model, read_state
+
+    for i, entry in enumerate(cfg.models):
+        if entry.checkpoint is None or entry.name not in names:
+            continue
+        where = f"{source}: field 'models.{i}.checkpoint'"
+        try:
+            state = read_state(entry.checkpoint, mmap=True)
+            check_model(state, entry.checkpoint, entry.model)
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from None
+        max_len = state["backbone"]["max_len"]
+        too_long = [length for length in entry.lengths or cfg.lengths if length > max_len]
+        if too_long:
+            raise ConfigError(f"{where}: length(s) {too_long} exceed the checkpoint's max_len {max_len}; "
+                              f"lower the sweep's lengths (or this entry's lengths:) to <= {max_len}")
+
+
+def load_sweep_config(path: str | Path, overrides: list[str] | tuple = ()) -> SweepConfig:
+    source = str(path)
+    data = apply_overrides(read_yaml(path), overrides)
+    return parse_sweep_config(data, source)
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple) -> dict:
+    """``--set KEY=VALUE``: a copy of the raw config with VALUE (read as YAML) at the dotted
+    KEY (``step_mode=compiled``, ``speed.repeats=5``, ``models.0.schedules=[{steps: 8}]``),
+    so a variant of a shipped config needs no copy of the file.  Validation happens after."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set step_mode=compiled")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: VALUE is not valid YAML: {str(err).splitlines()[0]}") from None
+        parts = key.strip().split(".")
+        node = data
+        for depth, part in enumerate(parts):
+            if isinstance(node, list) and not (part.isdigit() and int(part) < len(node)):
+                raise ConfigError(f"--set {item!r}: field {'.'.join(parts[:depth])!r} is a list of {len(node)}; "
+                                  f"use an index 0..{len(node) - 1}")
+            if not isinstance(node, (list, dict)):
+                raise ConfigError(f"--set {item!r}: field {'.'.join(parts[:depth])!r} is not a mapping")
+            index = int(part) if isinstance(node, list) else part
+            if depth == len(parts) - 1:
+                node[index] = value
+            else:
+                node = node[index] if isinstance(node, list) else node.setdefault(part, {})
+    return data
+
+
+def effective_config_text(path: str | Path, overrides: list[str] | tuple, data: dict) -> str:
+    """The config a results folder keeps: the file itself, or with --set the merged config
+    ``data`` (and the command that made it), so report, rescore and Ray workers read what ran."""
+    if not overrides:
+        return Path(path).read_text()
+    sets = " ".join(f"--set {shlex.quote(o)}" for o in overrides)
+    return f"# {path} {sets}\n" + yaml.safe_dump(data, sort_keys=False)
+
+
+def merged_from_defaults(loc: tuple, raw: dict, defaults: dict) -> str | None:
+    """'train_defaults.a.b (merged into models.i.train)' when a bad key under models.i.train
+    came from train_defaults, not from the entry itself."""
+    if len(loc) < 4 or loc[0] != "models" or loc[2] != "train" or not isinstance(loc[1], int):
+        return None
+
+    def has(tree, path):
+        for key in path:
+            if not isinstance(tree, dict) or key not in tree:
+                return False
+            tree = tree[key]
+        return True
+
+    entries = raw.get("models") if isinstance(raw.get("models"), list) else []
+    own = entries[loc[1]].get("train") if loc[1] < len(entries) and isinstance(entries[loc[1]], dict) else None
+    rest = [str(part) for part in loc[3:]]
+    if has(defaults, rest) and not has(own or {}, rest):
+        return f"train_defaults.{'.'.join(rest)} (merged into models.{loc[1]}.train)"
+    return None
+
+
+def parse_sweep_config(data: dict, source: str = "sweep config") -> SweepConfig:
+    raw = data
+    data = dict(data)
+    defaults = data.get("train_defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{source}: field 'train_defaults': expected a mapping of train-block keys")
+    if isinstance(data.get("models"), list):
+        models = []
+        for entry in data["models"]:
+            if isinstance(entry, dict) and isinstance(entry.get("train"), dict):
+                entry = {**entry, "train": deep_merge(defaults, entry["train"])}
+            models.append(entry)
+        data["models"] = models
+    try:
+        cfg = SweepConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source, lambda loc: merged_from_defaults(loc, raw, defaults))) \
+            from err
+    check_consistency(cfg, source)
+    for i, entry in enumerate(cfg.models):
+        for j, raw in enumerate(entry.schedules):
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{source}: field 'models.{i}.schedules.{j}': expected a mapping like {{steps: 32}}")
+            unknown = sorted(set(raw) - set(SamplingSchedule.model_fields))
+            if unknown:
+                raise ConfigError(f"{source}: field 'models.{i}.schedules.{j}.{unknown[0]}': unknown schedule field; "
+                                  f"use one of {sorted(SamplingSchedule.model_fields)}")
+        for length in entry.lengths or cfg.lengths:
+            for fields in expand_schedules(entry.schedules):
+                where = f"{source}: field 'models.{i}.schedules'"
+                try:
+                    resolved = {k: resolve_value(v, length) for k, v in fields.items()}
+                except ValueError as err:
+                    raise ConfigError(f"{where}: {err}") from err
+                schedule = parse(SamplingSchedule, resolved, f"{source}: models.{i}.schedules ({fields})")
+                try:
+                    check_schedule(entry.model_name, schedule)
+                except ValueError as err:
+                    raise ConfigError(f"{where}: {err}") from err
+            if entry.train is not None:
+                max_len = entry.train.backbone.max_len or entry.train.data.seq_len
+                if length > max_len:
+                    raise ConfigError(f"{source}: field 'models.{i}.train': length {length} exceeds the model's max_len "
+                                      f"{max_len}; raise train.backbone.max_len or lower the sweep's lengths")
+    return cfg
+
+
+def entry_train_config(cfg: SweepConfig, entry: ModelEntry) -> TrainConfig:
+    block = entry.train.model_dump(exclude={"name"})
+    block["out_dir"] = block["out_dir"] or str(Path(cfg.runs_dir) / cfg.name / entry.name)
+    return TrainConfig.model_validate({**block, "name": f"{cfg.name}-{entry.name}"})
