@@ -182,6 +182,27 @@ def cmd_import(args) -> None:
     print(f"checkpoint: {path}")
 
 
+def int_list(text: str) -> list[int]:
+    """argparse type: comma-separated positive ints (e.g. 64,128)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"give positive integers, got {text!r}")
+    return values
+
+
+def cmd_bench_likelihood(args) -> None:
+    from harness.bench_likelihood import run_bench
+
+    out = run_bench(args.out, [m for m in args.models.split(",") if m], args.lengths, args.batch_sizes,
+                    preset=args.preset, vocab=args.vocab, dtype=args.dtype, repeats=args.repeats,
+                    backward=not args.no_backward, seed=args.seed, device=_device(args.device),
+                    progress=(lambda line: None) if args.quiet else print)
+    print(f"results: {out} (report: {out / 'report.md'})")
+
+
 def cmd_lm_eval_task(args) -> None:
     from harness.lm_eval_adapter import write_lm_eval_task
 
@@ -274,6 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="print the full table of every point and metric")
     p.add_argument("--csv", metavar="FILE", help="write the full comparison, one row per point and metric")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("bench-likelihood", help="time and passes to score a model's own samples (exact log p and "
+                       "NELBO), per model, length and batch size")
+    p.add_argument("--out", required=True, help="results folder (points.jsonl, report.md); a re-run resumes it")
+    p.add_argument("--models", default="ar,mdlm,bd3lm-4,esolm-a,esolm-b",
+                   help="comma-separated, from harness.bench_likelihood.SETUPS")
+    p.add_argument("--lengths", type=int_list, default=[64, 128, 256], help="e.g. 64,128,256")
+    p.add_argument("--batch-sizes", type=int_list, default=[1, 8], help="e.g. 1,8")
+    p.add_argument("--preset", default="tiny", help="backbone preset (tiny, mini, medium, small)")
+    p.add_argument("--vocab", type=at_least(3), default=2048, help="vocabulary size, [MASK] included")
+    p.add_argument("--dtype", default="fp32", help="fp32 or fp64")
+    p.add_argument("--repeats", type=at_least(1), default=3)
+    p.add_argument("--no-backward", action="store_true", help="time scoring only, not scoring + backward")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench_likelihood)
 
     p = sub.add_parser("import", help="turn a released official checkpoint (Hugging Face folder or Lightning "
                        ".ckpt) into a harness checkpoint")

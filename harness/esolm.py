@@ -36,7 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from harness.models import NLL, Generation, LanguageModel
+from harness.models import NLL, Generation, LanguageModel, SampleLogProb, scored_sum
 from harness.nn import masks
 from harness.nn.steps import static_steps
 from harness.sampling import sample_tokens
@@ -357,14 +357,57 @@ class EsoLM(LanguageModel):
         n_diff = sum(counts)
         if prefix is not None:
             order = torch.cat([torch.arange(given, device=self.device).expand(n, given), order], 1)
-        x, computed, key_reads = self.decode(order, given + n_diff, counts + [1] * (free - n_diff),
+        all_counts = counts + [1] * (free - n_diff)
+        x, computed, key_reads = self.decode(order, given + n_diff, all_counts,
                                   lambda logits, start, stop: sample_tokens(logits, generator, schedule.top_p),
                                   use_cache, prefix)
-        tokens = x.gather(1, order.argsort(1))
+        inverse = order.argsort(1)
+        tokens = x.gather(1, inverse)
         extra = dict(alpha_0=a, split=schedule.diffusion_split(), diffusion_positions=n_diff, diffusion_steps=len(counts),
                      sequential_steps=free - n_diff, reveal_counts=counts)
         return Generation(tokens, nfe=len(counts) + free - n_diff, tokens_computed=computed, extra=extra,
-                          key_reads=key_reads)
+                          key_reads=key_reads, step=self.sorted_steps(all_counts, given, n).gather(1, inverse),
+                          order=order)
+
+    def sorted_steps(self, counts: list[int], given: int, n: int) -> torch.Tensor:
+        """(n, given + Σ counts): the step of each sorted index (−1 for the given ones), from
+        the host-side counts: no device read-back."""
+        steps = [-1] * given + [k for k, count in enumerate(counts) for _ in range(count)]
+        return torch.tensor(steps, dtype=torch.long).to(self.device).expand(n, -1)
+
+    def sample_log_prob(self, generation: Generation, top_p: float = 1.0) -> SampleLogProb:
+        """Exact (see :meth:`LanguageModel.sample_log_prob`), in the sorted order of the sample.
+
+        (B): ONE forward on [all-MASK] ⊕ x under :func:`masks.esolm_steps`: each [MASK] query
+        sees the clean tokens of earlier steps and the [MASK]s of its own step before it —
+        exactly its window in the cached sampler.
+        (A): the clean tokens attend to each other both ways, so their encoding changes with
+        every diffusion step: one forward per diffusion step (its clean tokens and its
+        [MASK]s), plus one sequential-term forward (the diffusion output as a bidirectional
+        prefix) for the whole sequential phase.  Passes: diffusion steps + 1.
+        """
+        order, step = generation.order, generation.step
+        x, s = generation.tokens.gather(1, order), step.gather(1, order)
+        n, L = x.shape
+        total = torch.zeros(n, dtype=torch.float64, device=x.device)
+        if self.variant == "B":
+            steps = s[0] if bool((s == s[:1]).all()) else s  # one (2L, 2L) mask when rows share steps
+            z = torch.full_like(x, self.special.mask)
+            logits = self.net(torch.cat([z, x], 1), torch.cat([order, order], 1), masks.esolm_steps(steps))[:, :L]
+            total = total + scored_sum(self.drawn_log_probs(logits, x, top_p), s)
+            return SampleLogProb(total, passes=1, tokens_computed=n * 2 * L, exact=True, estimator="exact")
+        diffusion_steps = generation.extra["diffusion_steps"]
+        for k in range(diffusion_steps):
+            clean = s < k
+            logits = self._diffusion_logits(torch.where(clean, x, self.special.mask), order, clean.sum(1))
+            total = total + scored_sum(self.drawn_log_probs(logits, x, top_p), s, s == k)
+        passes, computed = diffusion_steps, diffusion_steps * n * L
+        if bool((s >= diffusion_steps).any()):
+            clean = s < diffusion_steps
+            logits = self._sequential_logits(torch.where(clean, x, self.special.mask), x, order, clean.sum(1))
+            total = total + scored_sum(self.drawn_log_probs(logits, x, top_p), s, ~clean)
+            passes, computed = passes + 1, computed + n * 2 * L
+        return SampleLogProb(total, passes=passes, tokens_computed=computed, exact=True, estimator="exact")
 
 
 class EsoLMB(EsoLM):
