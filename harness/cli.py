@@ -93,13 +93,15 @@ def cmd_eval(args) -> None:
         print(f"esolm eval: {loaded.model.name}, {len(data)} {args.split} sequences x {length} tokens", file=sys.stderr)
     result = test_perplexity(loaded.model, data, args.batch_size, seed=args.seed, method=method,
                              progress=not args.quiet, **nll_kwargs)
-    result = {"checkpoint": str(loaded.path), "model": loaded.model.name, "split": args.split, "length": length,
+    result = {"checkpoint": str(loaded.path), "model": loaded.model.name, "data_protocol": spec.protocol,
+              "split": args.split, "length": length,
               **result, "unigram_ppl": unigram_perplexity(splits["train"], data, loaded.tokenizer.vocab_size)}
     if args.json:
         print(json.dumps(result))
     else:
         kind = "exact" if result.get("exact") else "upper bound"
-        print(f"{result['model']} {args.split} perplexity {result['ppl']:.3f} ({kind}; estimator "
+        print(f"{result['model']} {args.split} perplexity {result['ppl']:.3f} ({kind}; data protocol "
+              f"{spec.protocol}; estimator "
               f"{result['estimator']}; {result['n_sequences']} sequences x {length} tokens); "
               f"unigram baseline {result['unigram_ppl']:.1f}")
 
@@ -109,10 +111,13 @@ def schedule_from_args(args):
 
     from harness.schedules import SamplingSchedule
 
-    fields = {"steps": args.steps, "alpha_0": args.alpha_0, "blocks": args.blocks, "top_p": args.top_p}
+    fields = {"steps": args.steps, "alpha_0": args.alpha_0, "blocks": args.blocks, "top_p": args.top_p,
+              "split": getattr(args, "split", None), "stride": getattr(args, "stride", None)}
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.first_hitting:
         fields["first_hitting"] = True
+    if getattr(args, "shuffle", False):
+        fields["shuffle"] = True
     if getattr(args, "given_bos", False):
         fields["given_bos"] = True
     try:
@@ -123,7 +128,8 @@ def schedule_from_args(args):
         raise ValueError(f"{flag}: {first['msg']} (got {first.get('input')!r})") from None
 
 
-FLAGS = {"steps": "--steps", "alpha_0": "--alpha-0", "blocks": "--blocks", "first_hitting": "--first-hitting"}
+FLAGS = {"steps": "--steps", "alpha_0": "--alpha-0", "blocks": "--blocks", "first_hitting": "--first-hitting",
+         "split": "--split", "stride": "--stride", "shuffle": "--shuffle"}
 
 
 def sample_schedule(args, model, length: int):
@@ -150,10 +156,12 @@ def sample_schedule(args, model, length: int):
         if schedule.steps is None:
             fields["first_hitting"] = True
     if model.name in ("esolm-a", "esolm-b"):
-        if schedule.steps is not None and schedule.blocks is not None:
-            raise ValueError("--steps and --blocks both set the diffusion phase; give one of them")
+        given = [FLAGS[k] for k in ("steps", "blocks", "stride") if fields.get(k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} {'both' if len(given) == 2 else 'all'} set the diffusion phase; "
+                             "give one of them")
         alpha_0 = schedule.alpha_0 if schedule.alpha_0 is not None else model.options().get("alpha_0", 0)
-        if schedule.steps is None and schedule.blocks is None and alpha_0 > 0:
+        if not given and alpha_0 > 0:
             fields["steps"] = length
     return SamplingSchedule(**fields)
 
@@ -218,6 +226,35 @@ def cmd_export(args) -> None:
     print(f"export: {n} current rows (one per point) -> {args.csv or args.parquet}", file=sys.stderr)
 
 
+def cmd_import(args) -> None:
+    from harness.official import import_checkpoint
+
+    path = import_checkpoint(args.src, args.model, args.out, block_size=args.block_size, alpha_0=args.alpha_0,
+                             use_ema=not args.no_ema, corpus=args.corpus)
+    print(f"checkpoint: {path}")
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: comma-separated positive ints (e.g. 64,128)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"give positive integers, got {text!r}")
+    return values
+
+
+def cmd_bench_likelihood(args) -> None:
+    from harness.bench_likelihood import run_bench
+
+    out = run_bench(args.out, [m for m in args.models.split(",") if m], args.lengths, args.batch_sizes,
+                    preset=args.preset, vocab=args.vocab, dtype=args.dtype, repeats=args.repeats,
+                    backward=not args.no_backward, seed=args.seed, device=_device(args.device),
+                    progress=(lambda line: None) if args.quiet else print)
+    print(f"results: {out} (report: {out / 'report.md'})")
+
+
 def cmd_lm_eval_task(args) -> None:
     from harness.lm_eval_adapter import write_lm_eval_task
 
@@ -261,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha-0", type=fraction, help="Eso-LM: fraction of positions filled by diffusion "
                    "(default: the training value)")
     p.add_argument("--blocks", type=int, help="Eso-LM: diffusion positions revealed in this many chunks")
+    p.add_argument("--split", choices=["binomial", "fixed"], help="Eso-LM with --steps: the papers' random "
+                   "diffusion-position count (binomial, default) or round(alpha_0·L) (fixed)")
+    p.add_argument("--stride", type=int, help="Eso-LM: the official strided schedule, {r, r + S, ...} per step")
+    p.add_argument("--shuffle", action="store_true", help="with --stride: shuffle the sets and within them")
     p.add_argument("--first-hitting", action="store_true", help="BD3-LM: one token per step")
     p.add_argument("--top-p", type=float)
     p.add_argument("--given-bos", action="store_true",
@@ -316,6 +357,35 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--csv", metavar="FILE", help="CSV file ('-': stdout)")
     out.add_argument("--parquet", metavar="FILE", help="Parquet file (needs pyarrow)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench-likelihood", help="time and passes to score a model's own samples (exact log p and "
+                       "NELBO), per model, length and batch size")
+    p.add_argument("--out", required=True, help="results folder (points.jsonl, report.md); a re-run resumes it")
+    p.add_argument("--models", default="ar,mdlm,bd3lm-4,esolm-a,esolm-b",
+                   help="comma-separated, from harness.bench_likelihood.SETUPS")
+    p.add_argument("--lengths", type=int_list, default=[64, 128, 256], help="e.g. 64,128,256")
+    p.add_argument("--batch-sizes", type=int_list, default=[1, 8], help="e.g. 1,8")
+    p.add_argument("--preset", default="tiny", help="backbone preset (tiny, mini, medium, small)")
+    p.add_argument("--vocab", type=at_least(3), default=2048, help="vocabulary size, [MASK] included")
+    p.add_argument("--dtype", default="fp32", help="fp32 or fp64")
+    p.add_argument("--repeats", type=at_least(1), default=3)
+    p.add_argument("--no-backward", action="store_true", help="time scoring only, not scoring + backward")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench_likelihood)
+
+    p = sub.add_parser("import", help="turn a released official checkpoint (Hugging Face folder or Lightning "
+                       ".ckpt) into a harness checkpoint")
+    p.add_argument("src", help="a Hugging Face folder (config.json + model.safetensors) or a Lightning .ckpt")
+    p.add_argument("--model", required=True, choices=["ar", "mdlm", "bd3lm", "esolm-a", "esolm-b"])
+    p.add_argument("--out", required=True, help="run folder for the checkpoint (must not hold one yet)")
+    p.add_argument("--block-size", type=at_least(1), help="BD3-LM: L' when the source does not record it")
+    p.add_argument("--alpha-0", type=fraction, help="Eso-LM: the training alpha_0 when the source does not "
+                   "record it (or to override it)")
+    p.add_argument("--no-ema", action="store_true", help=".ckpt: take state_dict instead of the EMA weights")
+    p.add_argument("--corpus", nargs="+", help="text files eval/sweeps read for this checkpoint (default: bundled)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("lm-eval-task", help="write the offline lm-eval perplexity task over the test split")
     p.add_argument("directory")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from harness.nn.transformer import PRESETS
 
@@ -64,6 +64,36 @@ class DataSpec(Strict):
     bpe_vocab_size: int = Field(2048, ge=260)
     seq_len: int = Field(128, ge=4)
     split_seed: int = 0
+    hf_dataset: str | None = Field(None, description="a local Hugging Face dataset folder (save_to_disk, or "
+                                   ".parquet/.arrow files), read offline, instead of corpus")
+    text_field: str = Field("text", description="hf_dataset: the column holding the text")
+    protocol: Literal["documents", "owt", "lm1b"] = Field(
+        "documents", description="documents: whole documents hashed into train/valid/test, wrapped; owt: the "
+        "papers' OpenWebText split (last valid_docs documents held out) and wrap; lm1b: padded sentences, the "
+        "dataset's own train/test splits (harness/protocols.py)")
+    valid_docs: int = Field(100_000, ge=1, description="owt: documents held out for validation (the papers' 100k)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.hf_dataset is not None and self.corpus != "bundled":
+            raise ValueError("give data.corpus or data.hf_dataset, not both")
+        if self.protocol == "lm1b" and self.hf_dataset is None:
+            raise ValueError("protocol 'lm1b' reads the train and test splits of a data.hf_dataset folder; set one")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Fields added after results were committed are left out at their defaults, so the
+        recipes (and point hashes) of every earlier config stay what they were."""
+        out = handler(self)
+        for key in ("hf_dataset", "text_field", "protocol", "valid_docs"):
+            if key in out and out[key] == type(self).model_fields[key].default:
+                del out[key]
+        return out
+
+    @property
+    def is_default_protocol(self) -> bool:
+        return self.protocol == "documents" and self.hf_dataset is None
 
 
 class OptimSpec(Strict):

@@ -73,7 +73,11 @@ class References:
                 from harness.checkpoint import load_checkpoint
                 from harness.config import DataSpec
 
-                ck = load_checkpoint(entry.checkpoint, device="cpu")
+                from harness.official import foreign_source
+
+                path = entry.checkpoint  # a released file was imported into the sweep's run folder
+                path = Path(self.cfg.runs_dir) / self.cfg.name / entry.name if foreign_source(path) else path
+                ck = load_checkpoint(path, device="cpu")
                 self._data[name] = (DataSpec(**ck.config["data"]), ck.tokenizer)
         return self._data[name]
 

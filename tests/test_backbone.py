@@ -116,3 +116,32 @@ def test_modulated_norm_is_layer_norm_then_scale_and_shift():
     expected = torch.autograd.grad(three_ops.square().sum(), (scale, shift))
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_head_bias_adds_to_every_logit_and_old_configs_have_none():
+    """``head_bias`` (the released DiT checkpoints' output bias) shifts every position's
+    logits by the bias, in the plain and the fixed-shape cached forward alike; a backbone dict
+    saved before the option existed builds the bias-free head it was trained with."""
+    from dataclasses import replace
+
+    from harness.nn.transformer import BackboneConfig, Transformer
+
+    cfg = BackboneConfig.from_preset("tiny", vocab_size=20, max_len=8)
+    old = {k: v for k, v in cfg.to_dict().items() if k != "head_bias"}
+    assert BackboneConfig(**old) == cfg and cfg.head_bias is False
+    assert "head.bias" not in Transformer(cfg).state_dict()
+
+    torch.manual_seed(0)
+    plain = Transformer(cfg).double()
+    biased = Transformer(replace(cfg, head_bias=True)).double()
+    missing, unexpected = biased.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["head.bias"] and unexpected == []
+    bias = torch.randn(20, dtype=torch.float64)
+    with torch.no_grad():
+        biased.head.bias.copy_(bias)
+    x, pos = torch.randint(0, 20, (2, 8)), torch.arange(8)
+    torch.testing.assert_close(biased(x, pos, masks.causal(8)), plain(x, pos, masks.causal(8)) + bias,
+                               rtol=1e-12, atol=1e-12)
+    cache = biased.new_cache(2, 8)
+    step = biased.forward_static(x, pos.expand(2, 8), cache, torch.tensor([0]), torch.tensor([0]), 8)
+    torch.testing.assert_close(step, biased(x, pos, masks.causal(8)), rtol=1e-10, atol=1e-10)

@@ -47,6 +47,9 @@ class BackboneConfig:
     dropout: float = 0.0
     rope_base: float = 10_000.0
     adaln: bool = True  # adaLN-Zero modulation fed a constant (no time conditioning)
+    # A bias on the output head: the released DiT checkpoints have one (harness/official.py);
+    # off by default so every checkpoint saved before the option existed loads unchanged.
+    head_bias: bool = False
 
     @classmethod
     def from_preset(cls, preset: str, vocab_size: int, **overrides) -> "BackboneConfig":
@@ -161,7 +164,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Token embedding -> blocks (pre-LN, rotary, masked SDPA) -> final norm -> untied head."""
+    """Token embedding -> blocks (pre-LN, rotary, masked SDPA) -> final norm -> untied head
+    (with a bias when ``cfg.head_bias``)."""
 
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
@@ -172,7 +176,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model, elementwise_affine=not cfg.adaln)
         self.final_modulation = nn.Parameter(torch.zeros(2, cfg.d_model)) if cfg.adaln else None
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
         self.apply(self._init)
 
     @staticmethod

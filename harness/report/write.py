@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from harness.report.frame import aggregate, finite, load_frame, within_spread
+from harness.report.paper import paper_section
 from harness.report.plots import (plot_alpha0, plot_pareto, plot_speed_headline, plot_speed_vs_length,
                                   point_numbers, short_label)
 from harness.report.speed import (PAPER_BD3LM, PAPER_MDLM, add_floors, cuda_rows, ratio_tables, speed_ratios,
@@ -98,6 +99,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
         md += [f"## Results at L = {length}", "", f"Means over {int(sub['seeds'].max())} seed(s); "
                "lower is better for perplexities, NFE, tokens computed and seconds.", "", results_table(sub), ""]
 
+    md += paper_section(df, results_dir)  # only with imported checkpoints measured as in the papers
     pareto, numbers, fronts = ["## Speed vs quality", ""], point_numbers(agg), {}
     for x, xlabel, title, name, axis in (
         ("seconds_per_sample", "seconds per sample (median, log scale)", "gen PPL vs time", "pareto_time.png", "time"),

@@ -197,6 +197,8 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "schedule_fields": point.schedule,
         "alpha_0": alpha_0,
         "alpha_0_train": options.get("alpha_0"),
+        "diffusion_split": schedule.diffusion_split() if is_esolm else None,  # absent in older rows: "fixed"
+        "data_protocol": loaded.data.protocol,  # absent in older rows: "documents"
         "length": point.length,
         "seed": point.seed,
         "num_samples": cfg.num_samples,

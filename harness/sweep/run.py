@@ -42,6 +42,45 @@ def train_entries(cfg: SweepConfig, names: set[str], progress: bool) -> dict[str
 
 
 
+def missing_paths(cfg: SweepConfig, names: set[str], source: str) -> None:
+    """Pre-flight: every checkpoint and evaluator path the run needs exists, else one stderr
+    line per missing path and a ConfigError before anything is imported, trained or written."""
+    from harness.official import foreign_source
+
+    wanted = [(f"models.{i}.checkpoint", foreign_source(e.checkpoint) or e.checkpoint)
+              for i, e in enumerate(cfg.models) if e.name in names and e.checkpoint is not None]
+    for i, e in enumerate(cfg.models):  # the text an imported checkpoint's test_ppl reads
+        corpus = (e.import_args or {}).get("corpus") if e.name in names and e.checkpoint is not None else None
+        wanted += [(f"models.{i}.import_args.corpus", p) for p in corpus or () if isinstance(corpus, list)]
+    scored = {"gen_ppl", "mauve"} & set(cfg.metrics)
+    if scored and isinstance(cfg.evaluator, str) and cfg.evaluator.partition(":")[0].lower() in ("hf", "ar"):
+        wanted.append(("evaluator", cfg.evaluator.partition(":")[2].strip()))
+    missing = [f"{source}: field '{field}': {'checkpoint ' if field.endswith('checkpoint') else ''}{path!r} not found"
+               for field, path in wanted if not Path(path).expanduser().exists()]
+    if len(missing) > 1:
+        for line in missing:
+            print(f"esolm: missing: {line}", file=sys.stderr)
+    if missing:
+        more = f" (+{len(missing) - 1} more, listed above)" if len(missing) > 1 else ""
+        raise ConfigError(f"{missing[0]}{more}; fix the path(s) in the config or with --set; nothing was run")
+
+
+def import_entries(cfg: SweepConfig, names: set[str], source: str) -> None:
+    """Checkpoint entries naming a released file (``hf:/folder`` or a ``.ckpt``) are imported
+    once into <runs_dir>/<name>/<entry>/ (harness.official) and read like any checkpoint after."""
+    from harness.official import foreign_source, imported_checkpoint
+
+    missing_paths(cfg, names, source)
+    for i, entry in enumerate(cfg.models):
+        if entry.name in names and entry.checkpoint is not None and foreign_source(entry.checkpoint):
+            try:
+                entry.checkpoint = str(imported_checkpoint(entry.checkpoint, entry.model,
+                                                           Path(cfg.runs_dir) / cfg.name / entry.name,
+                                                           entry.import_args))
+            except (ValueError, FileNotFoundError) as err:
+                raise ConfigError(f"{source}: field 'models.{i}.checkpoint': {str(err).splitlines()[0]}") from None
+
+
 def run_sweep(config_path: str | Path, shard: str | None = None, results_root: str | Path = "results",
               report: bool = True, progress: bool = True, reports_root: str | Path | None = None,
               entries: str | list[str] | None = None, overrides: list[str] | tuple = ()) -> Path:
@@ -60,6 +99,8 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     points = select_points(cfg, (shard_i, shard_n), only)
+    evaluator_entry = {cfg.evaluator.model_entry} if isinstance(cfg.evaluator, EvaluatorRef) else set()
+    import_entries(cfg, {p.entry for p in points} | evaluator_entry, str(config_path))
     check_checkpoint_entries(cfg, {p.entry for p in points}, str(config_path))
     results_dir = Path(results_root) / cfg.name
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ METRICS = ("test_ppl", "gen_ppl", "entropy", "mauve", "speed")
 FAMILIES = ("ar", "mdlm", "bd3lm", "esolm-a", "esolm-b")
 # Schedule fields each built-in family reads (checked before any training starts).
 SCHEDULE_FIELDS = {"ar": (), "mdlm": ("steps",), "bd3lm": ("steps", "first_hitting"),
-                   "esolm-a": ("steps", "alpha_0", "blocks"), "esolm-b": ("steps", "alpha_0", "blocks")}
+                   **dict.fromkeys(("esolm-a", "esolm-b"), ("steps", "alpha_0", "blocks", "split", "stride", "shuffle"))}
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -90,6 +90,8 @@ class ModelEntry(Strict):
     train: TrainBlock | None = None
     init: Literal["trained", "random"] = "trained"
     model: str | None = Field(None, description="checkpoint entries: the model the checkpoint must hold")
+    import_args: dict[str, Any] | None = Field(None, description="a checkpoint naming a released file (hf:/folder "
+                                               "or a .ckpt): block_size, alpha_0, ema, corpus as for esolm import")
     schedules: list[dict[str, Any]] = Field(default_factory=lambda: [{}])
     lengths: list[int] | None = Field(None, min_length=1, description="overrides the sweep's lengths")
 
@@ -101,6 +103,8 @@ class ModelEntry(Strict):
             raise ValueError("init: random builds the model of a 'train:' block; add one (its steps are ignored)")
         if self.model is not None and self.train is not None:
             raise ValueError("'model' is for checkpoint entries; set train.model instead")
+        if self.import_args is not None and self.train is not None:
+            raise ValueError("'import_args' is for checkpoint entries naming a released file")
         if not self.schedules:
             raise ValueError("schedules must not be empty; omit it to run the model's default schedule")
         return self
@@ -175,10 +179,7 @@ def check_schedule(model: str | None, schedule: SamplingSchedule) -> None:
     if model == "bd3lm" and (schedule.steps is None) == (not schedule.first_hitting):
         raise ValueError("bd3lm needs exactly one of 'steps' (per block) or 'first_hitting: true' in every schedule")
     if model in ("esolm-a", "esolm-b"):
-        if schedule.steps is not None and schedule.blocks is not None:
-            raise ValueError(f"{model}: give 'steps' or 'blocks' in a schedule, not both")
-        if schedule.steps is None and schedule.blocks is None and schedule.alpha_0 != 0:
-            raise ValueError(f"{model} needs 'steps' or 'blocks' for its diffusion phase, e.g. {{alpha_0: 0.25, steps: 32}}")
+        schedule.check_diffusion_phase(model, schedule.alpha_0)
 
 
 def check_consistency(cfg: SweepConfig, source: str) -> None:
