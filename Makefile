@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,eval,mauve
+EXTRAS ?= dev,eval,mauve,dist
 
 .PHONY: install smoke test bench clean
 

@@ -102,10 +102,6 @@ class Tokenizer(ABC):
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, mask_id={self.mask_id})"
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @contextmanager
 def _tiktoken_no_cache():
     """tiktoken copies even local files into a temp "data-gym" cache; an empty
@@ -330,37 +326,44 @@ def _corpus_hash(corpus) -> str:
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"corpus file not found: {p}")
-        h.update(p.name.encode("utf-8") + b"\x00" + _sha256_file(p).encode("ascii") + b"\x00")
+        h.update(p.name.encode("utf-8") + b"\x00" + file_sha256(p).encode("ascii") + b"\x00")
     return h.hexdigest()
 
 
 def build_splits(corpus: str | os.PathLike | Sequence[str | os.PathLike], tokenizer: Tokenizer,
                  seq_len: int, seed: int = 0, valid_frac: float = 0.05,
                  test_frac: float = 0.05) -> dict[str, torch.Tensor]:
-    """Load -> split by document -> tokenize -> pack each split separately.
+    """Load -> split by document -> tokenize -> pack each split: ``{"train", "valid", "test"}``
+    -> LongTensor (N, seq_len), cached by corpus contents, tokenizer, settings and the source
+    of this module and harness.corpus (a change to splitting or packing is never served stale data)."""
+    key = {"code": file_sha256(Path(__file__)) + file_sha256(Path(__file__).parent / "corpus.py"),
+           "corpus": _corpus_hash(corpus),
+           "tokenizer": tokenizer.fingerprint, "seq_len": seq_len, "seed": seed,
+           "valid_frac": valid_frac, "test_frac": test_frac}
 
-    Returns ``{"train", "valid", "test"}`` -> LongTensor ``(N, seq_len)``.
-    Cached under :func:`cache_dir` keyed by (corpus contents, tokenizer
-    fingerprint, seq_len, seed, fractions), so repeated runs skip tokenizing;
-    a cache that cannot be written is silently skipped.
-    """
-    # The source of this module and of harness.corpus is part of the key: a change to splitting or packing
-    # must never be served stale tokenized data.
-    code = hashlib.sha256(Path(__file__).read_bytes() + (Path(__file__).parent / "corpus.py").read_bytes()).hexdigest()
-    key_src = json.dumps({"format": CACHE_FORMAT, "code": code, "corpus": _corpus_hash(corpus),
-                          "tokenizer": tokenizer.fingerprint, "seq_len": seq_len, "seed": seed,
-                          "valid_frac": valid_frac, "test_frac": test_frac}, sort_keys=True)
-    key = hashlib.sha256(key_src.encode("utf-8")).hexdigest()[:24]
-    path = cache_dir() / f"splits-{key}.pt"
+    def build():
+        splits = split_documents(load_corpus(corpus), valid_frac=valid_frac, test_frac=test_frac, seed=seed)
+        return {name: pack(tokenizer.encode_batch([d.text for d in docs]), seq_len, tokenizer.bos_id, tokenizer.eos_id)
+                for name, docs in splits.items()}
+
+    return cached_splits(key, build)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cached_splits(key: dict, build) -> dict[str, torch.Tensor]:
+    """``build()`` once per ``key`` (JSON-able), kept under :func:`cache_dir`; a corrupt file
+    is rebuilt and a cache that cannot be written is skipped."""
+    name = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **key}, sort_keys=True).encode("utf-8")).hexdigest()[:24]
+    path = cache_dir() / f"splits-{name}.pt"
     if path.is_file():
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # corrupt / partial file: rebuild it
             pass
-    splits = split_documents(load_corpus(corpus), valid_frac=valid_frac, test_frac=test_frac, seed=seed)
-    out = {name: pack(tokenizer.encode_batch([d.text for d in docs]), seq_len,
-                      tokenizer.bos_id, tokenizer.eos_id)
-           for name, docs in splits.items()}
+    out = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")

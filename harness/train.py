@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from harness import data as data_lib
+from harness import protocols
 from harness.checkpoint import CHECKPOINT_NAME, read_state, restore_tokenizer, save_checkpoint, tokenizer_files
 from harness.config import ConfigError, DataSpec, TrainConfig, resolve_device
 from harness.models import LanguageModel, SpecialTokens, build_model
@@ -30,12 +31,18 @@ def build_tokenizer(spec: DataSpec):
     """GPT-2 BPE, or a small byte-level BPE trained on the TRAIN split only."""
     if spec.tokenizer == "gpt2":
         return data_lib.get_tokenizer("gpt2")
-    docs = data_lib.load_bundled_corpus() if spec.corpus == "bundled" else data_lib.load_text_files(spec.corpus)
-    train_docs = data_lib.split_documents(docs, seed=spec.split_seed)["train"]
-    return data_lib.get_tokenizer("bpe", train_texts=[d.text for d in train_docs], vocab_size=spec.bpe_vocab_size)
+    if not spec.is_default_protocol:
+        train_texts = protocols.protocol_texts(spec)["train"]
+    else:
+        docs = data_lib.load_bundled_corpus() if spec.corpus == "bundled" else data_lib.load_text_files(spec.corpus)
+        train_texts = [d.text for d in data_lib.split_documents(docs, seed=spec.split_seed)["train"]]
+    return data_lib.get_tokenizer("bpe", train_texts=train_texts, vocab_size=spec.bpe_vocab_size)
 
 
 def load_splits(spec: DataSpec, tokenizer, seq_len: int | None = None) -> dict[str, torch.Tensor]:
+    """train / valid / test rows under the spec's data protocol (harness/protocols.py)."""
+    if not spec.is_default_protocol:
+        return protocols.build_protocol_splits(spec, tokenizer, seq_len or spec.seq_len)
     return data_lib.build_splits(spec.corpus, tokenizer, seq_len or spec.seq_len, spec.split_seed)
 
 
@@ -291,7 +298,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, rank: int) -> Path:
             if rank == 0:
                 with log_path.open("a") as f:
                     f.write(json.dumps(finite_or_none(record)) + "\n")
-                bar.write(f"step {step}: valid loss {record['valid_loss']:.4f}")
+                bar.write(f"{cfg.name} step {step}: valid loss {record['valid_loss']:.4f}")
         if step % o.ckpt_every == 0 or step == o.steps:
             checkpoint(step)
         if steps_since and step % 10 == 0:

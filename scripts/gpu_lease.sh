@@ -11,6 +11,9 @@
 #   speed   esolm sweep configs/paper_speed.yaml (resumes from results/paper_speed)
 #   quality[=a,b]  esolm sweep configs/paper_quality.yaml [--entries a,b] (trains, then samples; resumes)
 #   speed_compiled[=a,b]  paper_speed with --set step_mode=compiled into results/paper_speed_compiled
+#   likelihood  esolm bench-likelihood: passes and time to score a model's own samples (exact vs
+#           NELBO, with backward) on the papers' trunk, L = 256 and 1024, batch 1 and 8, into
+#           results/likelihood_gpu (resumes)
 # Everything lands in $OUT (results folders as .tgz); a sweep that hits the budget stops
 # between points and the next lease resumes it.  Python packages the machine lacks travel as
 # wheels in .whl/ (see /work/.library/device/README.md).
@@ -59,6 +62,12 @@ for stage in "$@"; do
         2>&1 | tail -15 | tee "$OUT/$name.log"
       tar czf "$OUT/$name.tgz" "results/$name"
       python3 -c "import json,sys; rows=[json.loads(l) for l in open('results/$name/points.jsonl')]; print(len(rows), 'points')"
+      ;;
+    likelihood)
+      timeout "$(($(left) - 15))" python3 -m harness.cli bench-likelihood --out results/likelihood_gpu \
+        --preset small --vocab 50258 --lengths 256,1024 --batch-sizes 1,8 --device cuda \
+        2>&1 | tail -40 | tee "$OUT/likelihood_gpu.log"
+      tar czf "$OUT/likelihood_gpu.tgz" results/likelihood_gpu
       ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac

@@ -45,15 +45,15 @@ def test_many_samples_are_drawn_in_batches_that_fit(runs, capsys, monkeypatch):
     generator runs through them, so the first batch is what a smaller --n gives."""
     args = ["sample", str(runs / "mdlm"), "--length", "12", "--steps", "4", "--device", "cpu", "--seed", "3"]
     main(args + ["--n", "2"])
-    two = capsys.readouterr().out.split("--- NFE")[0].split("--- sample ")[1:]
+    two = capsys.readouterr().out.split("--- schedule")[0].split("--- sample ")[1:]
     per_row, fixed = memory.sampling_cost(load_checkpoint(runs / "mdlm").model, 12, 4)
     monkeypatch.setattr(memory, "free_bytes", lambda device: int((2.5 * per_row + fixed) / memory.HEADROOM))
     main(args + ["--n", "5"])
     out = capsys.readouterr().out
-    blocks = out.split("--- NFE")[0].split("--- sample ")[1:]
+    blocks = out.split("--- schedule")[0].split("--- sample ")[1:]
     assert [b.split(" ---")[0] for b in blocks] == ["0", "1", "2", "3", "4"]
     assert blocks[:2] == two
-    assert "5 x 12 tokens in batches of 2 ---" in out
+    assert "batch of 5 x 12 tokens (run as batches of 2): " in out
     monkeypatch.setattr(memory, "free_bytes", lambda device: per_row // 4)
     line = last_error_line(capsys, args + ["--n", "5"])
     assert line.startswith("esolm: error: --length 12: one sample needs") and "lower --length" in line

@@ -66,6 +66,29 @@ def rows_of(results_dir: Path) -> list[dict]:
 # --------------------------------------------------------------------------------------
 # config errors: one line naming the key and the fix
 # --------------------------------------------------------------------------------------
+def test_misspelt_key_is_named_first_with_the_close_match(tmp_path, runs):
+    """'lenghts' also leaves 'lengths' missing; the typo is what the user must see."""
+    cfg = base_config(runs)
+    cfg["lenghts"] = cfg.pop("lengths")
+    with pytest.raises(ConfigError) as err:
+        sw.load_sweep_config(write(tmp_path, cfg))
+    assert str(err.value).endswith("field 'lenghts': unknown key; did you mean 'lengths'? (+1 more)"), err.value
+    cfg = base_config(runs)
+    cfg["models"][0]["train"]["train"] = {"setps": 3}
+    with pytest.raises(ConfigError, match=r"field 'models.0.train.train.setps': unknown key; did you mean 'steps'\?$"):
+        sw.load_sweep_config(write(tmp_path, cfg))
+    cfg = base_config(runs)
+    cfg["speed"] = {"repeats": 2, "zzz": 1}  # nothing close: the valid keys are listed
+    with pytest.raises(ConfigError, match=r"field 'speed.zzz': unknown key; remove it or check its spelling "
+                                          r"\(valid keys: warmup, repeats\)$"):
+        sw.load_sweep_config(write(tmp_path, cfg))
+    cfg = base_config(runs)
+    cfg["models"].append({"name": "m", "train": {"model": "mdlm"}, "schedules": [{"setps": 8}]})
+    with pytest.raises(ConfigError, match="field 'models.1.schedules.0.setps': unknown schedule field; use one of "
+                                          r"\[.*\]; did you mean 'steps'\?$"):
+        sw.load_sweep_config(write(tmp_path, cfg))
+
+
 @pytest.mark.parametrize("mutate, expect", [
     (lambda c: c["models"][0].update(trian={}), "models.0.trian': unknown key"),
     (lambda c: c.update(metrics=["gen_ppl", "perplexity"]), "unknown metric(s) ['perplexity']"),
@@ -215,6 +238,7 @@ def test_sweep_rows_resume_after_injected_crash(tmp_path, runs, monkeypatch):
     assert row["sweep"] == "t" and row["model_entry"] == "ar" and row["family"] == "ar"
     assert row["schedule"] == "default" and row["length"] == 16 and row["num_samples"] == 4
     assert row["batch_size"] == 2 and row["init"] == "trained" and row["alpha_0"] is None
+    assert row["data_protocol"] == "documents" and row["diffusion_split"] is None  # named in every row
     assert len(row["config_hash"]) == 16 and row["torch"] and row["python"] and row["timestamp"]
     assert m["nfe_per_batch"] == [15, 15] and m["nfe_per_sample"] == 15  # AR: L - 1 forwards
     assert m["tokens_computed_per_sample"] == 15  # one new query position per forward
@@ -418,14 +442,19 @@ def test_ray_backend(tmp_path, runs, monkeypatch):
         monkeypatch.setitem(sys.modules, "ray", None)
         with pytest.raises(ConfigError, match="install ray"):
             run(path, tmp_path / "results")
-    # a minimal synchronous stand-in checks the driver: tasks submitted, rows appended as they finish
+    # a minimal synchronous stand-in checks the driver: training and point tasks submitted, rows
+    # appended as they finish (tests/test_ray.py runs a real Ray instance)
     fake = types.SimpleNamespace(initialized=False, submitted=[])
     fake.is_initialized = lambda: fake.initialized
     fake.init = lambda **k: setattr(fake, "initialized", True)
 
+    def submit(fn, args):
+        fake.submitted.append(next((a.key for a in args if isinstance(a, sw.Point)), f"train {args[0]}"))
+        return fn(*args)
+
     def remote(**opts):
         def wrap(fn):
-            return types.SimpleNamespace(remote=lambda *a: (fake.submitted.append(a[-1].key), fn(*a))[1])
+            return types.SimpleNamespace(remote=lambda *a: submit(fn, a))
         return wrap
 
     fake.remote = remote
@@ -434,8 +463,8 @@ def test_ray_backend(tmp_path, runs, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", fake)
     results = tmp_path / "results"
     run(path, results)
-    assert fake.initialized and fake.submitted == ["ar/default/L16/s0", "ar/default/L16/s1"]
-    assert [r["key"] for r in rows_of(results / "t")] == fake.submitted
+    assert fake.initialized and fake.submitted == ["train ar", "ar/default/L16/s0", "ar/default/L16/s1"]
+    assert [r["key"] for r in rows_of(results / "t")] == fake.submitted[1:]
 
 
 def test_set_overrides_make_a_variant_and_its_results_keep_the_merged_config(tmp_path, runs, capsys):

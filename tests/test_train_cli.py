@@ -263,9 +263,42 @@ def checkpoints(tmp_path_factory):
     from tests.test_evaluators import make_checkpoint
 
     root = tmp_path_factory.mktemp("ck")
-    for name in ("ar", "mdlm", "esolm-b"):
+    for name in ("ar", "mdlm", "esolm-b", "bd3lm"):
         make_checkpoint(root / name, name, max_len=16)
     return root
+
+
+@pytest.mark.parametrize("name, label", [("mdlm", "T=16"), ("bd3lm", "fh=True"), ("esolm-b", "T=16"),
+                                         ("ar", "default")])
+def test_sample_needs_no_schedule_flags_and_reports_work_per_sample_and_per_batch(checkpoints, capsys, name, label):
+    """Diffusion models sample with the documented default (T = L; BD3-LM first hitting), and the
+    work line gives NFE and tokens computed per sample beside the labelled batch totals."""
+    from harness.checkpoint import load_checkpoint
+    from harness.schedules import SamplingSchedule
+
+    main(["sample", str(checkpoints / name), "--n", "3", "--length", "16", "--prompt", "It was", "--device", "cpu"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    loaded = load_checkpoint(checkpoints / name, device="cpu")
+    prefix = torch.tensor([loaded.tokenizer.bos_id] + list(loaded.tokenizer.encode("It was")))
+    schedule = SamplingSchedule(**{"T=16": {"steps": 16}, "fh=True": {"first_hitting": True}, "default": {}}[label])
+    gen = loaded.model.sample(3, 16, schedule, torch.Generator().manual_seed(0), prefix=prefix)
+    nfe = gen.nfe_per_sample.double().mean().item() if gen.nfe_per_sample is not None else gen.nfe
+    assert last == (f"--- schedule {label}; per sample: NFE {nfe:g}, tokens computed {gen.tokens_computed / 3:g}; "
+                    f"batch of 3 x 16 tokens: {gen.nfe} forwards, {gen.tokens_computed} tokens computed ---")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["sample", "{ar}", "--steps", "4"], "--steps does not apply to ar; it takes no schedule flags"),
+    (["sample", "{mdlm}", "--alpha-0", "0.5"], "--alpha-0 does not apply to mdlm; it takes --steps"),
+    (["sample", "{bd3lm}", "--steps", "2", "--first-hitting"], "--steps and --first-hitting are two BD3-LM samplers"),
+    (["sample", "{esolm-b}", "--steps", "2", "--blocks", "2"], "--steps and --blocks both set the diffusion phase"),
+])
+def test_sample_schedule_errors_name_the_flag(checkpoints, capsys, args, fragment):
+    args = [a.format(**{n: str(checkpoints / n) for n in ("ar", "mdlm", "esolm-b", "bd3lm")}) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + ["--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and fragment in err[0], err
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -312,3 +345,20 @@ def test_unknown_device_is_a_one_line_error(checkpoints, capsys):
         main(["sample", str(checkpoints / "ar"), "--device", "tpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and "--device: unknown device 'tpu'" in err[-1]
+
+
+def test_eval_shows_progress_on_stderr_and_quiet_training_names_the_model(tmp_path, corpus, capsys, monkeypatch):
+    """eval ran for a minute with no output; --quiet sweeps printed 'step 3: valid loss' without
+    saying which model's."""
+    monkeypatch.setenv("ESOLM_CACHE", str(tmp_path / "cache"))
+    main(["train", str(write_config(tmp_path, corpus, steps=3)), "--quiet"])
+    captured = capsys.readouterr()
+    assert "t step 3: valid loss " in captured.out
+    main(["eval", str(tmp_path / "run"), "--max-sequences", "3", "--batch-size", "1", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert "esolm eval: ar, 3 test sequences x 16 tokens" in captured.err
+    assert "test ppl" in captured.err and "3/3" in captured.err  # the bar, per batch
+    assert captured.out.startswith("ar test perplexity ") and "test ppl" not in captured.out
+    main(["eval", str(tmp_path / "run"), "--max-sequences", "3", "--device", "cpu", "--quiet"])
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.startswith("ar test perplexity ")

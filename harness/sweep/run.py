@@ -175,9 +175,11 @@ def _run_checked(cfg: SweepConfig, config_path, overrides, data: dict, points, r
     needed = {p.entry for p in todo}
     if todo and isinstance(cfg.evaluator, EvaluatorRef) and ({"gen_ppl", "mauve"} & set(cfg.metrics)):
         needed.add(cfg.evaluator.model_entry)
-    checkpoints = train_entries(cfg, needed, progress)
-    ctx.checkpoints = checkpoints
-    # Written once every entry is trained or loaded: a config that failed never replaces the one that ran.
+    on_ray = cfg.backend == "ray" and bool(todo)
+    if not on_ray:  # Ray trains on its workers
+        ctx.checkpoints = train_entries(cfg, needed, progress)
+    # Written once the entries are trained or loaded (Ray: before its workers start): a config that
+    # failed never replaces the one that ran.
     write_atomic(results_dir / "config.yaml", effective_config_text(config_path, overrides, data))
     for row in existing:  # reuse test perplexities of finished points (same entry, length, options)
         m = row.get("metrics", {})
@@ -191,10 +193,10 @@ def _run_checked(cfg: SweepConfig, config_path, overrides, data: dict, points, r
 
     bar = tqdm(total=len(todo), desc=f"sweep {cfg.name}", unit="pt", disable=not progress, dynamic_ncols=True)
     try:
-        if cfg.backend == "ray" and todo:
+        if on_ray:
             from harness.sweep.ray_runner import run_ray
 
-            run_ray(results_dir / "config.yaml", cfg, todo, checkpoints, results_dir, bar)  # with any --set
+            run_ray(results_dir / "config.yaml", cfg, todo, needed, results_dir, bar, ctx.commit)  # with any --set
         else:
             run_local(ctx, todo, results_dir, bar)
     finally:
