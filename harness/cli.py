@@ -279,7 +279,9 @@ def cmd_import(args) -> None:
     from harness.official import import_checkpoint
 
     path = import_checkpoint(args.src, args.model, args.out, block_size=args.block_size, alpha_0=args.alpha_0,
-                             use_ema=not args.no_ema, corpus=args.corpus)
+                             use_ema=not args.no_ema, corpus=args.corpus,
+                             data={k: v for k, v in (("hf_dataset", args.hf_dataset), ("protocol", args.protocol))
+                                   if v is not None})
     print(f"checkpoint: {path}")
 
 
@@ -437,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "record it (or to override it)")
     p.add_argument("--no-ema", action="store_true", help=".ckpt: take state_dict instead of the EMA weights")
     p.add_argument("--corpus", nargs="+", help="text files eval/sweeps read for this checkpoint (default: bundled)")
+    p.add_argument("--hf-dataset", help="or a local Hugging Face dataset folder (e.g. OpenWebText) to read instead")
+    p.add_argument("--protocol", choices=["documents", "owt", "lm1b"],
+                   help="how that text is split and packed (owt: the papers' OpenWebText split and wrap)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("lm-eval-task", help="write the offline lm-eval perplexity task over the test split")

@@ -101,6 +101,9 @@ def missing_paths(cfg: SweepConfig, names: set[str], source: str) -> None:
     for i, e in enumerate(cfg.models):  # the text an imported checkpoint's test_ppl reads
         corpus = (e.import_args or {}).get("corpus") if e.name in names and e.checkpoint is not None else None
         wanted += [(f"models.{i}.import_args.corpus", p) for p in corpus or () if isinstance(corpus, list)]
+        dataset = ((e.import_args or {}).get("data") or {}) if e.name in names and e.checkpoint is not None else {}
+        if isinstance(dataset, dict) and dataset.get("hf_dataset"):
+            wanted.append((f"models.{i}.import_args.data.hf_dataset", dataset["hf_dataset"]))
     scored = {"gen_ppl", "mauve"} & set(cfg.metrics)
     if scored and isinstance(cfg.evaluator, str) and cfg.evaluator.partition(":")[0].lower() in ("hf", "ar"):
         wanted.append(("evaluator", cfg.evaluator.partition(":")[2].strip()))
