@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,eval,mauve
+EXTRAS ?= dev,eval,mauve,dist
 
 .PHONY: install smoke test bench clean
 
@@ -23,7 +23,7 @@ smoke: install
 	@echo "compare with the committed reference: $(VENV)/bin/esolm compare results/smoke out/results/smoke"
 
 test: install
-	$(PY) -m pytest tests || [ $$? -eq 5 ]
+	$(PY) -m pytest tests
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only

@@ -3,6 +3,8 @@
 loss / exact NLL:  −Σ_{i≥1} log p(x_i | x_<i)   (x_0 is the BOS context)
 sample:            one token per forward with a real incremental KV cache — each step
                    runs exactly one new query position; NFE = L − 1.
+sample_log_prob    one causal pass over the sample: its outputs are the sampler's
+                   per-step conditionals (exact).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.models import NLL, Generation, LanguageModel
+from harness.models import NLL, Generation, LanguageModel, SampleLogProb, scored_sum
 from harness.nn import masks
 from harness.nn.steps import static_steps
 from harness.sampling import sample_tokens
@@ -73,4 +75,15 @@ class AR(LanguageModel):
             key_reads += n * i if use_cache else 0  # the cached step attends to slots [0, i)
             if i >= given:
                 tokens[:, i] = sample_tokens(self.subs_logits(logits[:, -1]), generator, schedule.top_p)
-        return Generation(tokens, nfe=length - 1, tokens_computed=tokens_computed, key_reads=key_reads)
+        step = torch.arange(-1, length - 1, device=device).expand(n, length)
+        step = torch.where(step >= given - 1, step, -1)  # position i is drawn at step i − 1 unless given
+        return Generation(tokens, nfe=length - 1, tokens_computed=tokens_computed, key_reads=key_reads,
+                          step=step, order=positions)
+
+    def sample_log_prob(self, generation: Generation, top_p: float = 1.0) -> SampleLogProb:
+        """One causal pass: the output at i − 1 is the conditional step i − 1 drew from
+        (see :meth:`LanguageModel.sample_log_prob`)."""
+        tokens = generation.tokens
+        logp = self.drawn_log_probs(self.next_token_logits(tokens[:, :-1]), tokens[:, 1:], top_p)
+        return SampleLogProb(scored_sum(logp, generation.step[:, 1:]), passes=1,
+                             tokens_computed=tokens[:, :-1].numel(), exact=True, estimator="exact")

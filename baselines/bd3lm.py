@@ -19,6 +19,10 @@ sample            block by block: a block starts all-[MASK] and is denoised by t
                   all-[MASK] block only ever occurs at block 0, so its contents are learnable;
                   within it, as in MDLM, rotary positions alone cannot tell the positions
                   apart until some of its tokens are revealed.)
+sample_log_prob   exact log p(tokens | reveal steps): the training forward on z ⊕ x scores
+                  every block at once, so pass r serves the r-th step of every block; passes =
+                  the most distinct steps in any block (≤ min(T, L')).  ``elbo_log_prob``:
+                  the cheaper NELBO (a bound on the marginal log p(x)).
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from baselines.mdlm import ancestral_denoise, per_sequence_times, plan_reveals
-from harness.models import NLL, Generation, LanguageModel
+from baselines.mdlm import ancestral_denoise, dense_rank, per_sequence_times, plan_reveals
+from harness.models import NLL, Generation, LanguageModel, SampleLogProb, scored_sum
 from harness.nn import masks
 from harness.nn.steps import static_steps
 from harness.nn.transformer import KVCache
@@ -94,10 +98,12 @@ class BD3LM(LanguageModel):
         ce = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")
         return ce * (zt == self.special.mask)
 
-    def token_nelbo(self, x0: torch.Tensor, t: torch.Tensor, generator=None) -> torch.Tensor:
-        """(B, L) one-sample NELBO terms for block times t (B, blocks)."""
+    def token_nelbo(self, x0: torch.Tensor, t: torch.Tensor, generator=None, keep=None) -> torch.Tensor:
+        """(B, L) one-sample NELBO terms for block times t (B, blocks); positions where
+        ``keep`` (B, L) is True are never masked (a given prefix)."""
         t = t.repeat_interleave(self.block_size, dim=1)  # each token takes its block's t
         drop = torch.rand(x0.shape, generator=generator, device=x0.device) < 1 - self.noise.alpha(t)
+        drop = drop if keep is None else drop & ~keep
         zt = x0.masked_fill(drop, self.special.mask)
         return self.noise.weight(t) * self.token_ce(x0, zt)
 
@@ -112,8 +118,8 @@ class BD3LM(LanguageModel):
     def nll(self, x0: torch.Tensor, draws: int = 1, generator=None) -> NLL:
         """Per-sequence NELBO with t ~ U[eps, 1] per block (never the clipped range)."""
         B, nb = x0.shape[0], self.blocks(x0.shape[1])
-        times = per_sequence_times(B * nb, draws, self.noise.eps, generator, x0.device).view(draws, B, nb)
-        nats = sum(self.token_nelbo(x0, t, generator).double().sum(dim=1) for t in times) / draws
+        times = per_sequence_times(B * nb, draws, self.noise.eps, generator, x0.device)
+        nats = sum(self.token_nelbo(x0, t.view(B, nb), generator).double().sum(dim=1) for t in times) / draws
         return NLL(nats, tokens=x0.shape[1], exact=False, estimator=f"nelbo(draws={draws})")
 
     # --- sampling ---------------------------------------------------------------------
@@ -190,5 +196,40 @@ class BD3LM(LanguageModel):
                 tokens_computed += n * Lb
                 key_reads += n * hi
         extra = {"cache_writes": cache_writes}
+        per_block = schedule.steps or Lb  # steps a block's plan numbers (first hitting: L')
+        step = torch.full((n, length), -1, dtype=torch.long, device=device)
+        for b, plan in enumerate(plans, start=first):
+            step[:, b * Lb:(b + 1) * Lb] = torch.where(plan.when < per_block, b * per_block + plan.when, -1)
         return Generation(x, nfe=nfe, tokens_computed=tokens_computed, nfe_per_sample=per_row, extra=extra,
-                          key_reads=key_reads)
+                          key_reads=key_reads, step=step, order=step.argsort(dim=1, stable=True))
+
+    def sample_log_prob(self, generation: Generation, top_p: float = 1.0) -> SampleLogProb:
+        """Exact (see :meth:`LanguageModel.sample_log_prob`): pass r feeds z ⊕ x with, in every
+        block, the positions of rank < r (their block's :func:`dense_rank`) clean in z, and
+        scores those of rank r: under the training mask each block sees its own z and the
+        clean earlier blocks, as the cached sampler's block did."""
+        x, step = generation.tokens, generation.step
+        n, L = x.shape
+        rank = dense_rank(step.view(n, self.blocks(L), self.block_size)).view(n, L)
+        passes = int(rank.max()) + 1
+        positions = torch.arange(L, device=x.device).repeat(2)
+        attend = masks.block_diffusion(L, self.block_size, x.device)
+        total = torch.zeros(n, dtype=torch.float64, device=x.device)
+        for r in range(passes):
+            z = torch.where(rank < r, x, self.special.mask)
+            logits = self.net(torch.cat([z, x], 1), positions, attend)[:, :L]
+            total = total + scored_sum(self.drawn_log_probs(logits, x, top_p), step, rank == r)
+        return SampleLogProb(total, passes=passes, tokens_computed=passes * n * 2 * L, exact=True,
+                             estimator="exact")
+
+    def elbo_log_prob(self, generation: Generation, draws: int = 1, generator=None) -> SampleLogProb:
+        """−NELBO of the drawn positions given the given ones (one t per block), differentiable:
+        ``draws`` passes over z ⊕ x.  A lower bound on the marginal log p(x), NOT
+        log p(tokens | steps); no top-p."""
+        x = generation.tokens
+        B, nb = x.shape[0], self.blocks(x.shape[1])
+        times = per_sequence_times(B * nb, draws, self.noise.eps, generator, x.device)
+        keep = generation.step < 0
+        nats = sum(self.token_nelbo(x, t.view(B, nb), generator, keep).double().sum(1) for t in times) / draws
+        return SampleLogProb(-nats, passes=draws, tokens_computed=draws * 2 * x.numel(), exact=False,
+                             estimator=f"elbo(draws={draws})")

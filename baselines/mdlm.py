@@ -12,6 +12,11 @@ sample            ancestral, T steps on t_k = 1 − k/T.  Every position starts 
                   given.  (With rotary positions only, an all-[MASK] input gives every
                   position the same prediction, so the first reveals are position-agnostic;
                   BOS at 0 is learned only relative to tokens already revealed.)
+sample_log_prob   exact log p(tokens | reveal steps): one bidirectional pass per distinct
+                  step of a row (≤ min(T, L); the rows' j-th steps share pass j), each scoring
+                  the positions that step drew given those revealed before it.  The usual
+                  cheaper quantity is the NELBO: ``elbo_log_prob`` (a bound on the marginal
+                  log p(x), not the order-conditional one).
 """
 
 from __future__ import annotations
@@ -22,22 +27,50 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from harness.models import NLL, Generation, LanguageModel
+from harness.models import NLL, Generation, LanguageModel, SampleLogProb, scored_sum
 from harness.nn import masks
 from harness.nn.steps import static_steps
 from harness.memory import row_chunk
 from harness.sampling import SAMPLE_CHUNK_ELEMENTS, Drawer  # noqa: F401  (re-exported)
 from harness.schedules import LogLinear, SamplingSchedule, antithetic_times
 
-def per_sequence_times(n: int, draws: int, eps: float, generator=None, device=None) -> torch.Tensor:
-    """(draws, n) times t ~ U[eps, 1], stratified over the draws of each sequence.
+
+
+def per_sequence_times(n: int, draws: int, eps: float, generator=None, device=None):
+    """Yields the (n,) times t ~ U[eps, 1] of each of ``draws`` draws, stratified over the
+    draws of each sequence.
 
     Unlike :func:`antithetic_times` across the batch, every t here is marginally uniform
-    for its own sequence, so each sequence's NELBO estimate is unbiased on its own.
+    for its own sequence, so each sequence's NELBO estimate is unbiased on its own.  One
+    draw at a time: any number of draws runs in the memory of one.
     """
     u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-    strata = torch.arange(draws, device=device, dtype=torch.float64)[:, None] / draws
-    return (eps + (1 - eps) * ((u + strata) % 1)).float()
+    for d in range(draws):
+        yield (eps + (1 - eps) * ((u + d / draws) % 1)).float()
+
+
+def draw_tokens(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mask_id: int, generator,
+                top_p: float, batch_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Float64 Gumbel-max draw at positions (rows[j], cols[j]) of logits (R, W, V), in order,
+    in the :class:`Drawer`'s groups of rows (never a (k, V) tensor for all k positions).
+    ``batch_rows`` (default ``rows``): each draw's batch row, for the recording hook."""
+    batch_rows = rows if batch_rows is None else batch_rows
+    drawer = Drawer(logits.shape[-1], generator, top_p, mask_id)
+    for i in range(0, rows.numel(), drawer.group):
+        j = slice(i, i + drawer.group)
+        drawer.push(logits[rows[j], cols[j]], batch_rows[j])
+    return drawer.finish().to(logits.device)
+
+
+def dense_rank(step: torch.Tensor) -> torch.Tensor:
+    """Rank of each entry's step among the distinct steps >= 0 of its last dimension
+    (0, 1, …), −1 where step < 0 (given).  A position of rank r was drawn by the r-th forward
+    its row (or block) took part in, given the positions of rank < r."""
+    s, where = step.sort(-1)
+    new = torch.ones_like(s, dtype=torch.bool)
+    new[..., 1:] = s[..., 1:] != s[..., :-1]
+    rank = (new & (s >= 0)).cumsum(-1) - 1
+    return torch.empty_like(rank).scatter_(-1, where, rank)
 
 
 @dataclass
@@ -49,6 +82,7 @@ class RevealPlan:
     due: list[list[int]]
     rows: torch.Tensor
     cols: torch.Tensor
+    when: torch.Tensor | None = None  # (n, W): each position's step; the number of steps where given
 
 
 def plan_reveals(n: int, width: int, *, noise: LogLinear, steps: int | None, first_hitting: bool,
@@ -77,6 +111,7 @@ def plan_reveals(n: int, width: int, *, noise: LogLinear, steps: int | None, fir
         cdf = [(noise.alpha(1 - (k + 1) / steps) - a1) / (1 - a1) for k in range(steps - 1)] + [1.0]
         when = torch.searchsorted(torch.tensor(cdf, dtype=torch.float64, device=device), u, right=True)
     when[:, 0, :given] = n_steps  # never
+    per_position = when
     when = when.transpose(0, 1).reshape(windows, n * width)  # window-major, then row, then position
     order = when.argsort(dim=1, stable=True)
     if first_hitting:
@@ -85,7 +120,7 @@ def plan_reveals(n: int, width: int, *, noise: LogLinear, steps: int | None, fir
         counts = torch.zeros(windows, n, n_steps + 1, dtype=torch.long, device=device)
         due = counts.scatter_add_(2, when.view(windows, n, width), torch.ones_like(when).view(windows, n, width))
         due = due[:, :, :n_steps].transpose(1, 2).tolist()
-    return [RevealPlan(due[w], order[w] // width, order[w] % width) for w in range(windows)]
+    return [RevealPlan(due[w], order[w] // width, order[w] % width, per_position[:, w]) for w in range(windows)]
 
 
 def ancestral_denoise(
@@ -150,13 +185,15 @@ def ancestral_denoise(
             if hi == lo:
                 continue
             r, c = r_all[lo:hi], c_all[lo:hi]
+            local = r
             if not whole:  # batch row -> its index among the rows that were run
                 slot = torch.zeros(n, dtype=torch.long, device=z.device)
                 slot[torch.tensor(part, device=z.device)] = torch.arange(len(part), device=z.device)
-                r = slot[r]
+                local = slot[r]
             drawer = drawer or Drawer(logits.shape[-1], generator, top_p, mask_id)
             for j in range(0, r.numel(), drawer.group):
-                drawer.push(logits[r[j : j + drawer.group], c[j : j + drawer.group]])
+                g = slice(j, j + drawer.group)
+                drawer.push(logits[local[g], c[g]], r[g])
             del logits
         if drawer is not None:
             z[r_all, c_all] = drawer.finish().to(z.device)
@@ -189,9 +226,12 @@ class MDLM(LanguageModel):
         ce = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")
         return ce * (zt == self.special.mask)
 
-    def token_nelbo(self, x0: torch.Tensor, t: torch.Tensor, generator=None) -> torch.Tensor:
-        """(B, L) one-sample NELBO terms weight(t)·[i masked]·(−log p_θ(x_i | z_t)) at times t (B,)."""
-        return self.noise.weight(t)[:, None] * self.token_ce(x0, self.corrupt(x0, t, generator))
+    def token_nelbo(self, x0: torch.Tensor, t: torch.Tensor, generator=None, keep=None) -> torch.Tensor:
+        """(B, L) one-sample NELBO terms weight(t)·[i masked]·(−log p_θ(x_i | z_t)) at times t (B,);
+        positions where ``keep`` (B, L) is True are never masked (a given prefix)."""
+        zt = self.corrupt(x0, t, generator)
+        zt = zt if keep is None else torch.where(keep, x0, zt)
+        return self.noise.weight(t)[:, None] * self.token_ce(x0, zt)
 
     def loss(self, x0: torch.Tensor, generator=None) -> torch.Tensor:
         """Per-token NELBO: t antithetic across the batch, averaged over all B·L tokens."""
@@ -250,5 +290,35 @@ class MDLM(LanguageModel):
             z, denoiser, plan, mask_id=self.special.mask, generator=generator, top_p=schedule.top_p,
             every_row=not use_cache, all_rows=steps is not None, chunk=chunk,
         )
+        step = torch.where(plan.when < schedule.steps, plan.when, -1)
         return Generation(z, nfe=forwards, tokens_computed=rows_run * length, nfe_per_sample=per_row,
-                          extra={"row_chunk": chunk})
+                          step=step, order=step.argsort(dim=1, stable=True), extra={"row_chunk": chunk})
+
+    def sample_log_prob(self, generation: Generation, top_p: float = 1.0) -> SampleLogProb:
+        """Exact (see :meth:`LanguageModel.sample_log_prob`): pass r runs every row with the
+        positions of rank < r clean (:func:`dense_rank`) and scores those of rank r — what the
+        sampler's r-th forward of that row saw, reuse or not.  Passes: the most forwards any
+        row took (≤ min(T, L))."""
+        x, step = generation.tokens, generation.step
+        n, L = x.shape
+        rank = dense_rank(step)
+        passes = int(rank.max()) + 1
+        positions, attend = torch.arange(L, device=x.device), masks.bidirectional(L, x.device)
+        total = torch.zeros(n, dtype=torch.float64, device=x.device)
+        for r in range(passes):
+            z = torch.where(rank < r, x, self.special.mask)
+            logp = self.drawn_log_probs(self.net(z, positions, attend), x, top_p)
+            total = total + scored_sum(logp, step, rank == r)
+        return SampleLogProb(total, passes=passes, tokens_computed=passes * n * L, exact=True, estimator="exact")
+
+    def elbo_log_prob(self, generation: Generation, draws: int = 1, generator=None) -> SampleLogProb:
+        """−NELBO of the drawn positions given the given ones, differentiable: ``draws``
+        bidirectional passes (t stratified per row).  A lower bound on the marginal log p(x)
+        over all orders, NOT log p(tokens | steps): the cheap quantity MDLM fine-tuning
+        usually uses in its place; no top-p."""
+        x = generation.tokens
+        keep = generation.step < 0
+        times = per_sequence_times(x.shape[0], draws, self.noise.eps, generator, x.device)
+        nats = sum(self.token_nelbo(x, t, generator, keep).double().sum(1) for t in times) / draws
+        return SampleLogProb(-nats, passes=draws, tokens_computed=draws * x.numel(), exact=False,
+                             estimator=f"elbo(draws={draws})")

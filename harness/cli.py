@@ -37,6 +37,17 @@ def at_least(low: int):
     return parse_int
 
 
+SEED_MAX = 2**63 - 1
+
+
+def seed_int(text: str) -> int:
+    """argparse type for --seed: torch seeds generators with a 64-bit integer."""
+    value = int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63 - 1], got {value}")
+    return value
+
+
 def fraction(text: str) -> float:
     """argparse type for alpha_0: a float in [0, 1]."""
     value = float(text)
@@ -66,6 +77,8 @@ def likelihood_call(args, model) -> tuple[str, dict]:
         if args.draws is not None:
             raise ValueError("--iw and --draws are two estimators (K orders vs NELBO draws); give one of them")
         method, kwargs = "nll_exact_order", {**kwargs, "orders": args.iw}
+    if model.exact_loss and "draws" in kwargs:  # its nll takes draws only to share the call signature
+        raise ValueError(f"--draws does not apply to {model.name}: its likelihood is exact; drop --draws")
     accepted = inspect.signature(getattr(model, method)).parameters
     for name, flag in (("alpha_0", "--alpha-0"), ("draws", "--draws")):
         if name in kwargs and name not in accepted:
@@ -89,14 +102,19 @@ def cmd_eval(args) -> None:
     data = splits[args.split]
     if args.max_sequences:
         data = data[: args.max_sequences]
-    result = test_perplexity(loaded.model, data, args.batch_size, seed=args.seed, method=method, **nll_kwargs)
-    result = {"checkpoint": str(loaded.path), "model": loaded.model.name, "split": args.split, "length": length,
+    if not args.quiet:
+        print(f"esolm eval: {loaded.model.name}, {len(data)} {args.split} sequences x {length} tokens", file=sys.stderr)
+    result = test_perplexity(loaded.model, data, args.batch_size, seed=args.seed, method=method,
+                             progress=not args.quiet, **nll_kwargs)
+    result = {"checkpoint": str(loaded.path), "model": loaded.model.name, "data_protocol": spec.protocol,
+              "split": args.split, "length": length,
               **result, "unigram_ppl": unigram_perplexity(splits["train"], data, loaded.tokenizer.vocab_size)}
     if args.json:
         print(json.dumps(result))
     else:
         kind = "exact" if result.get("exact") else "upper bound"
-        print(f"{result['model']} {args.split} perplexity {result['ppl']:.3f} ({kind}; estimator "
+        print(f"{result['model']} {args.split} perplexity {result['ppl']:.3f} ({kind}; data protocol "
+              f"{spec.protocol}; estimator "
               f"{result['estimator']}; {result['n_sequences']} sequences x {length} tokens); "
               f"unigram baseline {result['unigram_ppl']:.1f}")
 
@@ -106,10 +124,13 @@ def schedule_from_args(args):
 
     from harness.schedules import SamplingSchedule
 
-    fields = {"steps": args.steps, "alpha_0": args.alpha_0, "blocks": args.blocks, "top_p": args.top_p}
+    fields = {"steps": args.steps, "alpha_0": args.alpha_0, "blocks": args.blocks, "top_p": args.top_p,
+              "split": getattr(args, "split", None), "stride": getattr(args, "stride", None)}
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.first_hitting:
         fields["first_hitting"] = True
+    if getattr(args, "shuffle", False):
+        fields["shuffle"] = True
     if getattr(args, "given_bos", False):
         fields["given_bos"] = True
     try:
@@ -120,22 +141,100 @@ def schedule_from_args(args):
         raise ValueError(f"{flag}: {first['msg']} (got {first.get('input')!r})") from None
 
 
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as lone surrogates
+        raise ValueError("--prompt is not valid UTF-8 text; pass the prompt in UTF-8") from None
+    return [tokenizer.bos_id] + list(tokenizer.encode(prompt))
+
+
+def sample_batch_rows(model, n: int, length: int, schedule, device) -> int:
+    """Rows per sampling batch: all n when they fit, else what fits; a request that cannot
+    fit even one row is refused naming the flag that makes it too big."""
+    from harness.memory import free_bytes, gib, rows_that_fit, sampling_cost
+
+    per_row, fixed = sampling_cost(model, length, schedule.steps)
+    rows = rows_that_fit(per_row, fixed, device)
+    if rows >= 1:
+        return min(n, rows)
+    free = free_bytes(device)
+    no_steps = sum(sampling_cost(model, length, None))
+    if schedule.steps and no_steps < free / 2:
+        raise ValueError(f"--steps {schedule.steps}: one sample needs ~{gib(per_row + fixed)} for its step plan but "
+                         f"{gib(free)} is free on {device}; lower --steps (up to --length {length} reveals every "
+                         "position one at a time)")
+    raise ValueError(f"--length {length}: one sample needs ~{gib(no_steps)} but {gib(free)} is free on {device}; "
+                     "lower --length")
+
+
+FLAGS = {"steps": "--steps", "alpha_0": "--alpha-0", "blocks": "--blocks", "first_hitting": "--first-hitting",
+         "split": "--split", "stride": "--stride", "shuffle": "--shuffle"}
+
+
+def sample_schedule(args, model, length: int):
+    """The flags' schedule, with the documented default where a diffusion model needs one:
+    T = L steps (MDLM, and Eso-LM's diffusion phase when alpha_0 > 0), first hitting for
+    BD3-LM (one token per step).  A flag the model does not read is refused by name."""
+    from harness.schedules import COMMON_FIELDS, SamplingSchedule
+    from harness.sweep.schema import SCHEDULE_FIELDS
+
+    schedule = schedule_from_args(args)
+    fields = schedule.model_dump(exclude_defaults=True)
+    allowed = SCHEDULE_FIELDS.get(model.name)
+    if allowed is None:  # a custom model checks its own schedule
+        return schedule
+    extra = [f for f in fields if f not in allowed and f not in COMMON_FIELDS]
+    if extra:
+        takes = ", ".join(FLAGS[f] for f in allowed) or "no schedule flags"
+        raise ValueError(f"{FLAGS[extra[0]]} does not apply to {model.name}; it takes {takes}")
+    if model.name == "mdlm" and schedule.steps is None:
+        fields["steps"] = length
+    if model.name == "bd3lm":
+        if schedule.steps is not None and schedule.first_hitting:
+            raise ValueError("--steps and --first-hitting are two BD3-LM samplers; give one of them")
+        if schedule.steps is None:
+            fields["first_hitting"] = True
+    if model.name in ("esolm-a", "esolm-b"):
+        given = [FLAGS[k] for k in ("steps", "blocks", "stride") if fields.get(k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} {'both' if len(given) == 2 else 'all'} set the diffusion phase; "
+                             "give one of them")
+        alpha_0 = schedule.alpha_0 if schedule.alpha_0 is not None else model.options().get("alpha_0", 0)
+        if not given and alpha_0 > 0:
+            fields["steps"] = length
+    return SamplingSchedule(**fields)
+
+
 def cmd_sample(args) -> None:
     from harness.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(args.checkpoint, device=_device(args.device))
-    length = args.length if args.length is not None else loaded.model.backbone_config.max_len
-    generator = torch.Generator(device=loaded.model.device).manual_seed(args.seed)
+    model = loaded.model
+    length = args.length if args.length is not None else model.backbone_config.max_len
+    generator = torch.Generator(device=model.device).manual_seed(args.seed)
     prefix = None
     if args.prompt is not None:  # the prompt follows BOS, as every training row does
-        prefix = torch.tensor([loaded.tokenizer.bos_id] + list(loaded.tokenizer.encode(args.prompt)))
+        prefix = torch.tensor(prompt_ids(loaded.tokenizer, args.prompt))
         if len(prefix) >= length:
             raise ValueError(f"--prompt is {len(prefix)} tokens with BOS; give a --length above that")
-    gen = loaded.model.sample(args.n, length, schedule_from_args(args), generator, prefix=prefix)
-    for i, row in enumerate(gen.tokens.tolist()):
-        print(f"--- sample {i} ---")
-        print(loaded.tokenizer.decode(row))
-    print(f"--- NFE {gen.nfe}, tokens computed {gen.tokens_computed}, {args.n} x {length} tokens ---")
+    schedule = sample_schedule(args, model, length)
+    model.check_length(length)
+    rows = sample_batch_rows(model, args.n, length, schedule, model.device)
+    forwards = tokens = 0
+    per_sample = []  # forwards each sample needed (a forward over a batch runs every row once)
+    for start in range(0, args.n, rows):  # batches that fit; one generator runs through them all
+        gen = model.sample(min(rows, args.n - start), length, schedule, generator, prefix=prefix)
+        forwards, tokens = forwards + gen.nfe, tokens + gen.tokens_computed
+        per_sample.append(gen.nfe_per_sample.double().cpu() if gen.nfe_per_sample is not None
+                          else torch.full((gen.tokens.shape[0],), float(gen.nfe), dtype=torch.float64))
+        for i, row in enumerate(gen.tokens.tolist(), start):
+            print(f"--- sample {i} ---")
+            print(loaded.tokenizer.decode(row))
+    nfe = torch.cat(per_sample).mean().item()
+    batches = f" (run as batches of {rows})" if rows < args.n else ""
+    print(f"--- schedule {schedule.label()}; per sample: NFE {nfe:g}, tokens computed {tokens / args.n:g}; "
+          f"batch of {args.n} x {length} tokens{batches}: {forwards} forwards, {tokens} tokens computed ---")
 
 
 def cmd_sweep(args) -> None:
@@ -169,16 +268,49 @@ def cmd_compare(args) -> None:
                            csv_path=args.csv))
 
 
+def cmd_export(args) -> None:
+    from harness.export import export
+
+    n = export(args.results_dir, csv_path=args.csv, parquet_path=args.parquet)
+    print(f"export: {n} current rows (one per point) -> {args.csv or args.parquet}", file=sys.stderr)
+
+
 def cmd_import(args) -> None:
     from harness.official import import_checkpoint
 
     path = import_checkpoint(args.src, args.model, args.out, block_size=args.block_size, alpha_0=args.alpha_0,
-                             use_ema=not args.no_ema, corpus=args.corpus)
+                             use_ema=not args.no_ema, corpus=args.corpus,
+                             data={k: v for k, v in (("hf_dataset", args.hf_dataset), ("protocol", args.protocol))
+                                   if v is not None})
     print(f"checkpoint: {path}")
 
 
+def int_list(text: str) -> list[int]:
+    """argparse type: comma-separated positive ints (e.g. 64,128)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"give positive integers, got {text!r}")
+    return values
+
+
+def cmd_bench_likelihood(args) -> None:
+    from harness.bench_likelihood import run_bench
+
+    out = run_bench(args.out, [m for m in args.models.split(",") if m], args.lengths, args.batch_sizes,
+                    preset=args.preset, vocab=args.vocab, dtype=args.dtype, repeats=args.repeats,
+                    backward=not args.no_backward, seed=args.seed, device=_device(args.device),
+                    progress=(lambda line: None) if args.quiet else print)
+    print(f"results: {out} (report: {out / 'report.md'})")
+
+
 def cmd_lm_eval_task(args) -> None:
-    from harness.lm_eval_adapter import write_lm_eval_task
+    try:
+        from harness.lm_eval_adapter import write_lm_eval_task
+    except ImportError as err:  # its message names the 'eval' extra
+        raise ValueError(str(err)) from None
 
     out = write_lm_eval_task(args.directory, n_docs=args.documents)
     print(f"lm-eval task esolm_corpus_ppl written to {out}; pass --include_path {out}")
@@ -215,24 +347,31 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 1)")
     p.add_argument("--alpha-0", type=fraction, help="Eso-LM: alpha_0 at evaluation (default: training value)")
     p.add_argument("--iw", type=at_least(1), help="Eso-LM: importance-weighted estimate over K random orders")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it goes to stderr)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="print samples from a checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("--n", type=at_least(1), default=2)
     p.add_argument("--length", type=int)
-    p.add_argument("--steps", type=int, help="denoising steps T")
-    p.add_argument("--alpha-0", type=fraction, help="Eso-LM: fraction of positions filled by diffusion")
+    p.add_argument("--steps", type=int, help="denoising steps T (default: T = L for MDLM and Eso-LM's diffusion "
+                   "phase; BD3-LM defaults to --first-hitting)")
+    p.add_argument("--alpha-0", type=fraction, help="Eso-LM: fraction of positions filled by diffusion "
+                   "(default: the training value)")
     p.add_argument("--blocks", type=int, help="Eso-LM: diffusion positions revealed in this many chunks")
+    p.add_argument("--split", choices=["binomial", "fixed"], help="Eso-LM with --steps: the papers' random "
+                   "diffusion-position count (binomial, default) or round(alpha_0·L) (fixed)")
+    p.add_argument("--stride", type=int, help="Eso-LM: the official strided schedule, {r, r + S, ...} per step")
+    p.add_argument("--shuffle", action="store_true", help="with --stride: shuffle the sets and within them")
     p.add_argument("--first-hitting", action="store_true", help="BD3-LM: one token per step")
     p.add_argument("--top-p", type=float)
     p.add_argument("--given-bos", action="store_true",
                    help="start from BOS at position 0 (AR always does; the diffusion samplers otherwise generate it)")
     p.add_argument("--prompt", help="text the samples continue (given after BOS; every model)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_sample)
 
@@ -285,6 +424,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE", help="write the full comparison, one row per point and metric")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("export", help="write the current rows of a results folder (one per point) as CSV or Parquet")
+    p.add_argument("results_dir")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--csv", metavar="FILE", help="CSV file ('-': stdout)")
+    out.add_argument("--parquet", metavar="FILE", help="Parquet file (needs pyarrow)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench-likelihood", help="time and passes to score a model's own samples (exact log p and "
+                       "NELBO), per model, length and batch size")
+    p.add_argument("--out", required=True, help="results folder (points.jsonl, report.md); a re-run resumes it")
+    p.add_argument("--models", default="ar,mdlm,bd3lm-4,esolm-a,esolm-b",
+                   help="comma-separated, from harness.bench_likelihood.SETUPS")
+    p.add_argument("--lengths", type=int_list, default=[64, 128, 256], help="e.g. 64,128,256")
+    p.add_argument("--batch-sizes", type=int_list, default=[1, 8], help="e.g. 1,8")
+    p.add_argument("--preset", default="tiny", help="backbone preset (tiny, mini, medium, small)")
+    p.add_argument("--vocab", type=at_least(3), default=2048, help="vocabulary size, [MASK] included")
+    p.add_argument("--dtype", default="fp32", help="fp32 or fp64")
+    p.add_argument("--repeats", type=at_least(1), default=3)
+    p.add_argument("--no-backward", action="store_true", help="time scoring only, not scoring + backward")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench_likelihood)
+
     p = sub.add_parser("import", help="turn a released official checkpoint (Hugging Face folder or Lightning "
                        ".ckpt) into a harness checkpoint")
     p.add_argument("src", help="a Hugging Face folder (config.json + model.safetensors) or a Lightning .ckpt")
@@ -295,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "record it (or to override it)")
     p.add_argument("--no-ema", action="store_true", help=".ckpt: take state_dict instead of the EMA weights")
     p.add_argument("--corpus", nargs="+", help="text files eval/sweeps read for this checkpoint (default: bundled)")
+    p.add_argument("--hf-dataset", help="or a local Hugging Face dataset folder (e.g. OpenWebText) to read instead")
+    p.add_argument("--protocol", choices=["documents", "owt", "lm1b"],
+                   help="how that text is split and packed (owt: the papers' OpenWebText split and wrap)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("lm-eval-task", help="write the offline lm-eval perplexity task over the test split")

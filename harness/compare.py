@@ -12,7 +12,8 @@ by key (newest row per key).  Each gated metric of each reference point is check
 - ``not comparable``: the gate cannot tell, and says why: a value that cannot be a
   measurement (a perplexity below 1, NaN, inf, a MAUVE outside [0, 1], a negative count or
   time) on either side, a gated metric the reference lacks or holds as NaN, gen PPL / MAUVE
-  scored by different evaluators, or a point made from a different config (config hash).
+  scored by different evaluators, a MAUVE marked degenerate (harness.metrics.mauve), or a
+  point made from a different config (config hash).
 
 Exit code 2 when any point is not comparable (an invalid value is an error, never an
 improvement), else 1 on any REGRESSED or missing point, else 0.  A metric set to ``off``
@@ -41,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from harness.metrics.mauve import recorded_degenerate
 
 # metric -> (direction, default tolerance); direction "lower"/"higher" is the better side.
 METRICS: dict[str, tuple[str, object]] = {
@@ -214,6 +217,9 @@ def compare_point(ref: dict, cand: dict, tolerances: dict[str, Tolerance]) -> tu
         if r is None or why is not None:
             text = f"reference has no {metric}" if r is None else f"reference {metric} {why}"
             checks[metric] = Check(opted, None, _num(c), text)
+        elif metric == "mauve" and (recorded_degenerate(rm) or recorded_degenerate(cm)):
+            side, m = ("reference", rm) if recorded_degenerate(rm) else ("candidate", cm)
+            checks[metric] = Check(opted, _num(r), _num(c), f"{side} MAUVE is degenerate: {recorded_degenerate(m)}")
         elif metric in EVALUATOR_METRICS and c is not None and evaluators[0] != evaluators[1]:
             checks[metric] = Check(opted, _num(r), _num(c), f"{metric} scored by another evaluator "
                                    f"({evaluators[0]} -> {evaluators[1]})")

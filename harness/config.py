@@ -6,12 +6,16 @@ than a silently ignored setting.
 
 from __future__ import annotations
 
+import difflib
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from harness.nn.transformer import PRESETS
 
@@ -61,6 +65,36 @@ class DataSpec(Strict):
     bpe_vocab_size: int = Field(2048, ge=260)
     seq_len: int = Field(128, ge=4)
     split_seed: int = 0
+    hf_dataset: str | None = Field(None, description="a local Hugging Face dataset folder (save_to_disk, or "
+                                   ".parquet/.arrow files), read offline, instead of corpus")
+    text_field: str = Field("text", description="hf_dataset: the column holding the text")
+    protocol: Literal["documents", "owt", "lm1b"] = Field(
+        "documents", description="documents: whole documents hashed into train/valid/test, wrapped; owt: the "
+        "papers' OpenWebText split (last valid_docs documents held out) and wrap; lm1b: padded sentences, the "
+        "dataset's own train/test splits (harness/protocols.py)")
+    valid_docs: int = Field(100_000, ge=1, description="owt: documents held out for validation (the papers' 100k)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.hf_dataset is not None and self.corpus != "bundled":
+            raise ValueError("give data.corpus or data.hf_dataset, not both")
+        if self.protocol == "lm1b" and self.hf_dataset is None:
+            raise ValueError("protocol 'lm1b' reads the train and test splits of a data.hf_dataset folder; set one")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Fields added after results were committed are left out at their defaults, so the
+        recipes (and point hashes) of every earlier config stay what they were."""
+        out = handler(self)
+        for key in ("hf_dataset", "text_field", "protocol", "valid_docs"):
+            if key in out and out[key] == type(self).model_fields[key].default:
+                del out[key]
+        return out
+
+    @property
+    def is_default_protocol(self) -> bool:
+        return self.protocol == "documents" and self.hf_dataset is None
 
 
 class OptimSpec(Strict):
@@ -75,12 +109,23 @@ class OptimSpec(Strict):
     eval_every: int = Field(200, ge=1)
     eval_batches: int = Field(8, ge=1)
     ckpt_every: int = Field(500, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds torch and the data order (seed·1000003 + epoch)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     compile: bool = Field(False, description="torch.compile the trunk (fused kernels; each input shape compiles "
                                              "once, up front); numerics match eager to float tolerance")
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become folder or file names
+
+
+def check_name(value: str, field: str = "name") -> str:
+    """A name that becomes a path: one plain folder name, never '..' or a path."""
+    if not re.match(NAME_PATTERN, value) or value in (".", ".."):
+        raise ValueError(f"{value!r} becomes a folder name: use letters, digits, '_', '.' and '-' only, starting "
+                         "with a letter or digit (no '/' or '..')")
+    return value
 
 
 class TrainConfig(Strict):
@@ -91,6 +136,11 @@ class TrainConfig(Strict):
     data: DataSpec = Field(default_factory=DataSpec)
     train: OptimSpec = Field(default_factory=OptimSpec)
     out_dir: str | None = Field(None, description="defaults to runs/<name>")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value):
+        return value if value is None else check_name(value)
 
     @model_validator(mode="after")
     def _lengths_fit(self):
@@ -105,19 +155,46 @@ class TrainConfig(Strict):
         return Path(self.out_dir or f"runs/{self.name}")
 
 
-def format_validation_error(err: ValidationError, source: str, where=None) -> str:
-    """First problem of a pydantic error as 'source: field a.b: message'; ``where(loc)`` may
-    name the field as the user wrote it (e.g. a key merged in from elsewhere)."""
-    first = err.errors()[0]
+def fields_at(model_cls: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """Field names of the config section at ``loc`` (through nested sections, lists and
+    optionals), or [] where that is not a known section."""
+    tp = model_cls
+    for part in (*loc, None):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+            tp = args[0]  # X | None
+        if part is None:
+            break
+        if isinstance(part, int) and typing.get_origin(tp) is list:
+            tp = typing.get_args(tp)[0]
+        elif isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
+            tp = tp.model_fields[part].annotation
+        else:
+            return []
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def format_validation_error(err: ValidationError, source: str, where=None, model_cls=None) -> str:
+    """One problem of a pydantic error as 'source: field a.b: message', an unknown key first
+    (a misspelt key also shows up as a missing field: the typo is the news), with the closest
+    valid key; ``where(loc)`` may name the field as the user wrote it (e.g. a key merged in
+    from elsewhere)."""
+    errors = err.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     field = (where(first["loc"]) if where else None) or ".".join(str(part) for part in first["loc"]) or "(top level)"
     message = first["msg"]
     if first["type"] == "extra_forbidden":
-        message = "unknown key; remove it or check its spelling"
+        valid = fields_at(model_cls, first["loc"][:-1])
+        close = difflib.get_close_matches(str(first["loc"][-1]), valid, n=1, cutoff=0.6)
+        if close:
+            message = f"unknown key; did you mean '{close[0]}'?"
+        else:
+            message = "unknown key; remove it or check its spelling" + (f" (valid keys: {', '.join(valid)})" if valid else "")
     elif first["type"] == "missing":
         message = "required field is missing; add it"
     elif "input" in first and first["type"] not in ("value_error",):
         message = f"{message} (got {first['input']!r})"
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{source}: field '{field}': {message}{more}"
 
 
@@ -141,7 +218,7 @@ def parse(model_cls: type[BaseModel], data: dict, source: str):
     try:
         return model_cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from err
+        raise ConfigError(format_validation_error(err, source, model_cls=model_cls)) from err
 
 
 def load_train_config(path: str | Path) -> TrainConfig:

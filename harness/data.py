@@ -11,30 +11,30 @@ Everything here works offline:
 
 Splits are made at the DOCUMENT level (article / novel / play), ordered by a
 hash of (seed, source, title), so train/valid/test can never share a document
-and the split does not depend on the order of the input list.  Each split is tokenised and packed
-independently ("wrap" packing, :func:`pack`); results are cached on disk.
+and the split does not depend on the order of the input list (:mod:`harness.corpus` reads
+and splits the documents).  Each split is tokenised and packed independently ("wrap"
+packing, :func:`pack`); results are cached on disk.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
-import lzma
 import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-BUNDLED_CORPUS = ASSETS / "corpus.jsonl.xz"
+# Documents and splits live in harness.corpus; imported here, where callers have always found them.
+from harness.corpus import (ASSETS, BUNDLED_CORPUS, SMALL_SOURCE_PIECES, Document, load_bundled_corpus,  # noqa: F401
+                            load_corpus, load_text_files, split_documents)
+
 GPT2_DIR = ASSETS / "gpt2"
 
 # The vendored GPT-2 files are checked against these (OpenAI's files; the
@@ -50,132 +50,6 @@ TOKENIZER_META = "esolm_tokenizer.json"   # written by every Tokenizer.save
 BPE_FILE = "bpe_tokenizer.json"           # the HF `tokenizers` serialisation
 _LINE_CUT = re.compile(r"(?<=\S\n)(?=\S)")  # see ByteBPETokenizer.encode_batch
 CACHE_FORMAT = 1                          # bump when the packed layout changes
-
-
-# ---------------------------------------------------------------------------
-# Documents
-# ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Document:
-    """One unit of text that is never split across train/valid/test."""
-
-    source: str
-    title: str
-    text: str
-
-
-def _open_text(path: Path):
-    """Open .txt / .jsonl, optionally compressed (.xz, .gz), as UTF-8 text."""
-    if path.suffix == ".xz":
-        return lzma.open(path, "rt", encoding="utf-8")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, "r", encoding="utf-8")
-
-
-def _read_jsonl(path: Path, default_source: str) -> list[Document]:
-    docs = []
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                text = obj["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from e
-            title = obj.get("title") or f"{path.name}:{lineno}"
-            docs.append(Document(source=obj.get("source") or default_source, title=str(title), text=text))
-    return docs
-
-
-def load_bundled_corpus() -> list[Document]:
-    """The committed offline corpus, sorted by (source, title)."""
-    return _read_jsonl(BUNDLED_CORPUS, default_source="bundled")
-
-
-def load_text_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Document]:
-    """Users' own text: ``.txt`` = one document per file (title = file name);
-    ``.jsonl`` = one document per line (field ``text``, optional ``title`` and
-    ``source``).  ``.xz`` / ``.gz`` compressed variants are accepted.
-    Raises ``FileNotFoundError`` naming the first missing path."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    paths = [Path(p) for p in paths]
-    for p in paths:
-        if not p.is_file():
-            raise FileNotFoundError(f"corpus file not found: {p}")
-    docs: list[Document] = []
-    for p in paths:
-        kind = p.suffixes[-2] if p.suffix in (".xz", ".gz") and len(p.suffixes) >= 2 else p.suffix
-        if kind == ".jsonl":
-            docs.extend(_read_jsonl(p, default_source="file"))
-        elif kind == ".txt":
-            with _open_text(p) as f:
-                docs.append(Document(source="file", title=p.name, text=f.read()))
-        else:
-            raise ValueError(f"unsupported corpus file (want .txt or .jsonl): {p}")
-    return docs
-
-
-def load_corpus(corpus: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Document]:
-    """``"bundled"`` -> the bundled corpus; otherwise path(s) for :func:`load_text_files`."""
-    if isinstance(corpus, str) and corpus == "bundled":
-        return load_bundled_corpus()
-    return load_text_files(corpus)
-
-
-# ---------------------------------------------------------------------------
-# Splits
-# ---------------------------------------------------------------------------
-def _unit_hash(*parts: object) -> float:
-    """A uniform number in [0, 1) from a stable hash (not Python's salted hash())."""
-    h = hashlib.sha256("\x00".join(map(str, parts)).encode("utf-8")).digest()
-    return int.from_bytes(h[:8], "big") / 2.0**64
-
-
-def split_documents(docs: Sequence[Document], valid_frac: float = 0.05, test_frac: float = 0.05,
-                    seed: int = 0) -> dict[str, list[Document]]:
-    """Assign whole documents to train/valid/test (a document is never split).
-
-    Within each ``source``, documents are put in the order of a hash of
-    (seed, source, title) -- not the input order, so the result does not
-    depend on how the list was built -- and walked in that order: a document
-    goes to ``test`` while test holds less than ``test_frac`` of the source's
-    characters, then to ``valid`` while valid holds less than ``valid_frac``,
-    the rest to ``train``.  The last document in hash order always goes to
-    train.  Why by characters and per source: the bundled corpus mixes 6
-    novels of ~0.5-0.9 MB with 100 short articles; a plain per-document coin
-    flip gave a test set of 2 short articles (16k tokens) for seed 0, while
-    this gives every held-out split text from every source.  Fractions are
-    therefore approximate and overshoot for sources made of a few long
-    documents (one of the six novels goes to test, one to valid).  A source
-    with fewer than 3 documents goes entirely to train.  Within each split
-    the input order is kept.
-    """
-    if not 0 <= valid_frac < 1 or not 0 <= test_frac < 1 or valid_frac + test_frac >= 1:
-        raise ValueError("need 0 <= valid_frac, test_frac and valid_frac + test_frac < 1")
-    by_source: dict[str, list[int]] = {}
-    for i, d in enumerate(docs):
-        by_source.setdefault(d.source, []).append(i)
-    label = ["train"] * len(docs)
-    for source, idx in by_source.items():
-        if len(idx) < 3:
-            continue
-        order = sorted(idx, key=lambda i: (_unit_hash(seed, docs[i].source, docs[i].title),
-                                           hashlib.sha256(docs[i].text.encode("utf-8")).digest()))
-        total = sum(len(docs[i].text) for i in idx)
-        filled = {"test": 0, "valid": 0}
-        for i in order[:-1]:
-            for name, frac in (("test", test_frac), ("valid", valid_frac)):
-                if filled[name] < frac * total:
-                    label[i] = name
-                    filled[name] += len(docs[i].text)
-                    break
-    out: dict[str, list[Document]] = {"train": [], "valid": [], "test": []}
-    for d, lab in zip(docs, label):
-        out[lab].append(d)
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -226,10 +100,6 @@ class Tokenizer(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, mask_id={self.mask_id})"
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @contextmanager
@@ -456,37 +326,44 @@ def _corpus_hash(corpus) -> str:
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"corpus file not found: {p}")
-        h.update(p.name.encode("utf-8") + b"\x00" + _sha256_file(p).encode("ascii") + b"\x00")
+        h.update(p.name.encode("utf-8") + b"\x00" + file_sha256(p).encode("ascii") + b"\x00")
     return h.hexdigest()
 
 
 def build_splits(corpus: str | os.PathLike | Sequence[str | os.PathLike], tokenizer: Tokenizer,
                  seq_len: int, seed: int = 0, valid_frac: float = 0.05,
                  test_frac: float = 0.05) -> dict[str, torch.Tensor]:
-    """Load -> split by document -> tokenize -> pack each split separately.
+    """Load -> split by document -> tokenize -> pack each split: ``{"train", "valid", "test"}``
+    -> LongTensor (N, seq_len), cached by corpus contents, tokenizer, settings and the source
+    of this module and harness.corpus (a change to splitting or packing is never served stale data)."""
+    key = {"code": file_sha256(Path(__file__)) + file_sha256(Path(__file__).parent / "corpus.py"),
+           "corpus": _corpus_hash(corpus),
+           "tokenizer": tokenizer.fingerprint, "seq_len": seq_len, "seed": seed,
+           "valid_frac": valid_frac, "test_frac": test_frac}
 
-    Returns ``{"train", "valid", "test"}`` -> LongTensor ``(N, seq_len)``.
-    Cached under :func:`cache_dir` keyed by (corpus contents, tokenizer
-    fingerprint, seq_len, seed, fractions), so repeated runs skip tokenizing;
-    a cache that cannot be written is silently skipped.
-    """
-    # The module's own source is part of the key: a change to splitting or packing
-    # must never be served stale tokenized data.
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    key_src = json.dumps({"format": CACHE_FORMAT, "code": code, "corpus": _corpus_hash(corpus),
-                          "tokenizer": tokenizer.fingerprint, "seq_len": seq_len, "seed": seed,
-                          "valid_frac": valid_frac, "test_frac": test_frac}, sort_keys=True)
-    key = hashlib.sha256(key_src.encode("utf-8")).hexdigest()[:24]
-    path = cache_dir() / f"splits-{key}.pt"
+    def build():
+        splits = split_documents(load_corpus(corpus), valid_frac=valid_frac, test_frac=test_frac, seed=seed)
+        return {name: pack(tokenizer.encode_batch([d.text for d in docs]), seq_len, tokenizer.bos_id, tokenizer.eos_id)
+                for name, docs in splits.items()}
+
+    return cached_splits(key, build)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cached_splits(key: dict, build) -> dict[str, torch.Tensor]:
+    """``build()`` once per ``key`` (JSON-able), kept under :func:`cache_dir`; a corrupt file
+    is rebuilt and a cache that cannot be written is skipped."""
+    name = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **key}, sort_keys=True).encode("utf-8")).hexdigest()[:24]
+    path = cache_dir() / f"splits-{name}.pt"
     if path.is_file():
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # corrupt / partial file: rebuild it
             pass
-    splits = split_documents(load_corpus(corpus), valid_frac=valid_frac, test_frac=test_frac, seed=seed)
-    out = {name: pack(tokenizer.encode_batch([d.text for d in docs]), seq_len,
-                      tokenizer.bos_id, tokenizer.eos_id)
-           for name, docs in splits.items()}
+    out = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")

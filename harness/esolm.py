@@ -2,9 +2,10 @@
 with left-to-right AR generation, on the shared trunk.
 
 Generative story (one row):
-  1. order: a random subset D of round(alpha_0·L) positions in random order (diffusion
-     positions), then the other positions left to right (sequential positions).  Tokens
-     are fed in this SORTED order; their rotary positions are the original positions.
+  1. order: a random subset D of positions in random order (diffusion positions), then the
+     other positions left to right (sequential positions).  Tokens are fed in this SORTED
+     order; their rotary positions are the original positions.  |D| is random as in the
+     papers' sampler (schedule split 'binomial', the default) or round(alpha_0·L) ('fixed').
   2. diffusion phase: a masked diffusion model reveals D in the sorted order, k tokens per
      step, k from the log-linear schedule alpha_t = alpha_0·(1 − (1 − eps)·t);
   3. sequential phase: the remaining positions one per step, left to right.
@@ -35,12 +36,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from harness.models import NLL, Generation, LanguageModel
+from harness.models import NLL, Generation, LanguageModel, SampleLogProb, scored_sum
 from harness.nn import masks
 from harness.memory import cache_row_bytes, row_chunk
 from harness.nn.steps import bucket, static_steps
 from harness.sampling import Drawer
-from harness.schedules import LogLinear, SamplingSchedule, antithetic_times
+from harness.schedules import LogLinear, SamplingSchedule, antithetic_chunks, antithetic_times
+
+IW_CHUNK = 256  # orders whose log-probabilities are held at once by nll_exact_order
 
 
 def sort_positions(first: torch.Tensor, generator=None, shuffle_rest: bool = False):
@@ -71,7 +74,8 @@ class Draws:
     def __call__(self, logits: torch.Tensor, start: int, stop: int, rows: slice) -> None:
         if self.drawer is None:
             self.drawer = Drawer(logits.shape[-1], self.generator, self.top_p)
-        self.drawer.push(logits.reshape(-1, logits.shape[-1]))
+        batch_rows = torch.arange(rows.start, rows.stop, device=logits.device).repeat_interleave(stop - start)
+        self.drawer.push(logits.reshape(-1, logits.shape[-1]), batch_rows)
 
     def finish(self) -> torch.Tensor:
         return self.drawer.finish()
@@ -168,8 +172,7 @@ class EsoLM(LanguageModel):
         a = self.alpha_0 if alpha_0 is None else float(alpha_0)
         B, L = x0.shape
         nats = torch.zeros(B, dtype=torch.float64, device=x0.device)
-        times = antithetic_times(draws * B, self.eps, generator, x0.device).view(draws, B)
-        for t in times:
+        for t in antithetic_chunks(draws * B, B, self.eps, generator, x0.device):  # one draw at a time
             if a > 0:  # with alpha_0 = 0 the weight is 0: the term vanishes exactly
                 nats += self.diffusion_term(x0, a, t, generator).double()
             if a < 1:  # with alpha_0 = 1, z_0 = x: nothing is masked
@@ -214,9 +217,13 @@ class EsoLM(LanguageModel):
         a = self.alpha_0 if alpha_0 is None else float(alpha_0)
         B, L = x0.shape
         n_diff = round(a * L)
-        logp = torch.stack([self.order_log_prob(x0, self.draw_order(B, L, n_diff, generator), n_diff)
-                            for _ in range(orders)])
-        nats = -(torch.logsumexp(logp, 0) - math.log(orders))
+        total = None  # log Σ_k p(x | order_k), a chunk of orders at a time: any K fits in memory
+        for start in range(0, orders, IW_CHUNK):
+            logp = torch.stack([self.order_log_prob(x0, self.draw_order(B, L, n_diff, generator), n_diff)
+                                for _ in range(min(IW_CHUNK, orders - start))])
+            part = torch.logsumexp(logp, 0)
+            total = part if total is None else torch.logaddexp(total, part)
+        nats = -(total - math.log(orders))
         estimator = f"exact-order(alpha_0={a:g})" if orders == 1 else f"iw({orders}, alpha_0={a:g})"
         return NLL(nats, tokens=L, exact=orders == 1, estimator=estimator)
 
@@ -229,32 +236,60 @@ class EsoLM(LanguageModel):
         diffusion.scatter_(1, u.argsort(1)[:, :n_diff], True)
         return sort_positions(diffusion, generator)[0]
 
-    def reveal_counts(self, n_diff: int, schedule: SamplingSchedule, alpha_0: float, generator=None) -> list[int]:
-        """Tokens revealed at each NON-EMPTY diffusion step (empty steps run no forward).
+    def reveal_counts(self, free: int, schedule: SamplingSchedule, alpha_0: float, generator=None) -> list[int]:
+        """Tokens revealed at each NON-EMPTY diffusion step (empty steps run no forward) when
+        ``free`` positions are to be generated; their sum is the number of diffusion positions.
 
-        blocks: the n_diff diffusion positions in ``blocks`` equal chunks.
-        steps T: grid t_k = 1 − k/T.  A diffusion position is clean at t = 0 by definition,
-        so given it is still masked at t it is revealed by s with probability
-        (alpha_s − alpha_t) / (alpha_0 − alpha_t), which for the log-linear schedule is
-        1/(T − k) whatever eps and alpha_0: each diffusion position's step is uniform on
-        {0, …, T−1}, independently.  So the counts are one multinomial draw (one read-back to
-        the host for the whole schedule, none per step).  (With alpha_0 = 1 this is MDLM's
-        (alpha_s − alpha_t)/(1 − alpha_t).  The paper's code draws over all L masked
-        positions, so its number of diffusion positions is random; we fix it at
-        round(alpha_0·L).)
-        ONE count per step is shared by all rows, so every forward has a fixed shape; each
-        row's count sequence still has the right distribution, and rows keep independent
-        orders and tokens — only their counts are correlated.
+        steps T, split 'binomial' (the papers' sampler): on the grid t_k = 1 − k/T all ``free``
+        positions start masked and at each step each still-masked one is revealed with
+        probability (alpha_s − alpha_t)/(1 − alpha_t), alpha_t = alpha_0·(1 − (1 − eps)·t); the
+        positions never revealed are the sequential ones, so the split is random:
+        Binomial(free, 1 − (1 − alpha_0)/(1 − alpha_0·eps)) diffusion positions.  The T
+        binomial draws are made at once: a position with uniform u is still masked at t while
+        1 − u < (1 − alpha_t)/(1 − alpha_1), which has exactly those conditional reveal
+        probabilities (1 − u: with alpha_0 = 1, where both splits have the same law, this is
+        the fixed split's draw, number for number).
+        steps T, split 'fixed': round(alpha_0·free) diffusion positions, each revealed at a
+        step uniform on {0, …, T−1} (given it is still masked at t, a diffusion position is
+        revealed by s with probability (alpha_s − alpha_t)/(alpha_0 − alpha_t) = 1/(T − k)).
+        blocks: round(alpha_0·free) diffusion positions in ``blocks`` equal chunks.
+        ONE count per step is shared by all rows, as in the papers' code, so every forward has
+        a fixed shape; rows keep independent orders and tokens.  One read-back to the host.
         """
-        if n_diff == 0:
-            return []
-        if schedule.blocks is not None:
-            sizes = [len(chunk) for chunk in torch.arange(n_diff).tensor_split(schedule.blocks)]
-            return [k for k in sizes if k]
+        if schedule.blocks is not None or schedule.diffusion_split() == "fixed":
+            n_diff = round(alpha_0 * free)
+            if n_diff == 0:
+                return []
+            if schedule.blocks is not None:
+                sizes = [len(chunk) for chunk in torch.arange(n_diff).tensor_split(schedule.blocks)]
+                return [k for k in sizes if k]
+            u = torch.rand(n_diff, dtype=torch.float64, generator=generator, device=self.device)
+            step = (u * schedule.steps).long().clamp_(max=schedule.steps - 1)
+            return [k for k in torch.bincount(step, minlength=schedule.steps).tolist() if k]
         T = schedule.steps
-        u = torch.rand(n_diff, dtype=torch.float64, generator=generator, device=self.device)
-        step = (u * T).long().clamp_(max=T - 1)
-        return [k for k in torch.bincount(step, minlength=T).tolist() if k]
+        alpha = LogLinear(self.eps, alpha_0).alpha(1 - torch.arange(T + 1, dtype=torch.float64, device=self.device) / T)
+        masked = (1 - alpha) / (1 - alpha[0])  # P(still masked at t_k), from 1 down to the sequential share
+        u = torch.rand(free, dtype=torch.float64, generator=generator, device=self.device)
+        step = (masked[1:] > 1 - u[:, None]).sum(1)  # the step that reveals it; T: never (sequential)
+        return [k for k in torch.bincount(step, minlength=T + 1)[:T].tolist() if k]
+
+    def strided_order(self, free: int, schedule: SamplingSchedule, alpha_0: float, generator=None):
+        """The official strided schedule (``subcontext_len`` S): the sets {r, r + S, r + 2S, …},
+        r = 0 … S − 1 (shuffled within and between sets with ``shuffle``); the first
+        alpha_0·S sets are the diffusion phase, one set per step, the rest follows left to right.
+        Returns (order (free,), shared by the batch; reveal counts)."""
+        S = schedule.stride
+        if free % S:
+            raise ValueError(f"{self.name}: schedule field 'stride': {S} does not divide the {free} generated "
+                             "positions; pick a divisor")
+        sets = torch.arange(free, device=self.device).view(free // S, S).t()  # row r: r, r + S, …
+        if schedule.shuffle:
+            within = torch.rand(sets.shape, generator=generator, device=self.device).argsort(1)
+            between = torch.rand(S, generator=generator, device=self.device).argsort()
+            sets = sets.gather(1, within)[between]
+        m = round(alpha_0 * S)
+        order = torch.cat([sets[:m].flatten(), sets[m:].flatten().sort().values])
+        return order, [free // S] * m
 
     def _window_mask(self, n_new: int, n_cached: int, n_clean: int) -> torch.Tensor:
         """Window of n_clean newly clean tokens + the [MASK] queries, after n_cached cached keys."""
@@ -340,31 +375,78 @@ class EsoLM(LanguageModel):
     @torch.no_grad()
     def sample(self, n, length, schedule: SamplingSchedule, generator=None, use_cache=True,
                prefix=None) -> Generation:
-        """alpha_0 = schedule.alpha_0 (default: the training one); steps or blocks for the
-        diffusion phase.  NFE = non-empty diffusion steps + (G − round(alpha_0·G)) over the
-        G = L − P positions not given by a prefix (its P tokens come first in the order)."""
-        schedule.require_only(self.name, "steps", "alpha_0", "blocks")
+        """alpha_0 = schedule.alpha_0 (default: the training one); steps, blocks or stride for
+        the diffusion phase.  NFE = non-empty diffusion steps + sequential positions.  A prefix
+        (or given_bos) of P tokens comes first in the order, clean; the diffusion and
+        sequential phases share the other G = L − P positions exactly as they would share a
+        sequence of length G (the binomial draw starts with G masked positions, stride sets
+        are taken over G).  extra records the split and its diffusion positions."""
+        schedule.require_only(self.name, "steps", "alpha_0", "blocks", "split", "stride", "shuffle")
         self.check_length(length)
         a = self.alpha_0 if schedule.alpha_0 is None else schedule.alpha_0
-        if schedule.steps is not None and schedule.blocks is not None:
-            raise ValueError(f"{self.name}: give schedule steps or blocks, not both")
-        if a > 0 and schedule.steps is None and schedule.blocks is None:
-            raise ValueError(f"{self.name}: alpha_0 = {a:g} > 0 needs schedule steps or blocks for the diffusion phase")
+        schedule.check_diffusion_phase(self.name, a)
         prefix = self.given_prefix(n, length, schedule, prefix)
         given = 0 if prefix is None else prefix.shape[1]
         free = length - given
-        n_diff = round(a * free)
-        counts = self.reveal_counts(n_diff, schedule, a, generator)
-        order = given + self.draw_order(n, free, n_diff, generator)
+        if schedule.stride is not None:
+            order, counts = self.strided_order(free, schedule, a, generator)
+            order = given + order.expand(n, free)
+        else:
+            counts = self.reveal_counts(free, schedule, a, generator)
+            order = given + self.draw_order(n, free, sum(counts), generator)
+        n_diff = sum(counts)
         if prefix is not None:
             order = torch.cat([torch.arange(given, device=self.device).expand(n, given), order], 1)
-        x, computed, key_reads = self.decode(order, given + n_diff, counts + [1] * (free - n_diff),
-                                             Draws(generator, schedule.top_p), use_cache, prefix)
-        tokens = x.gather(1, order.argsort(1))
-        extra = dict(alpha_0=a, diffusion_positions=n_diff, diffusion_steps=len(counts),
+        all_counts = counts + [1] * (free - n_diff)
+        x, computed, key_reads = self.decode(order, given + n_diff, all_counts, Draws(generator, schedule.top_p),
+                                             use_cache, prefix)
+        inverse = order.argsort(1)
+        tokens = x.gather(1, inverse)
+        extra = dict(alpha_0=a, split=schedule.diffusion_split(), diffusion_positions=n_diff, diffusion_steps=len(counts),
                      sequential_steps=free - n_diff, reveal_counts=counts)
         return Generation(tokens, nfe=len(counts) + free - n_diff, tokens_computed=computed, extra=extra,
-                          key_reads=key_reads)
+                          key_reads=key_reads, step=self.sorted_steps(all_counts, given, n).gather(1, inverse),
+                          order=order)
+
+    def sorted_steps(self, counts: list[int], given: int, n: int) -> torch.Tensor:
+        """(n, given + Σ counts): the step of each sorted index (−1 for the given ones), from
+        the host-side counts: no device read-back."""
+        steps = [-1] * given + [k for k, count in enumerate(counts) for _ in range(count)]
+        return torch.tensor(steps, dtype=torch.long).to(self.device).expand(n, -1)
+
+    def sample_log_prob(self, generation: Generation, top_p: float = 1.0) -> SampleLogProb:
+        """Exact (see :meth:`LanguageModel.sample_log_prob`), in the sorted order of the sample.
+
+        (B): ONE forward on [all-MASK] ⊕ x under :func:`masks.esolm_steps`: each [MASK] query
+        sees the clean tokens of earlier steps and the [MASK]s of its own step before it —
+        exactly its window in the cached sampler.
+        (A): the clean tokens attend to each other both ways, so their encoding changes with
+        every diffusion step: one forward per diffusion step (its clean tokens and its
+        [MASK]s), plus one sequential-term forward (the diffusion output as a bidirectional
+        prefix) for the whole sequential phase.  Passes: diffusion steps + 1.
+        """
+        order, step = generation.order, generation.step
+        x, s = generation.tokens.gather(1, order), step.gather(1, order)
+        n, L = x.shape
+        total = torch.zeros(n, dtype=torch.float64, device=x.device)
+        if self.variant == "B":
+            steps = s[0] if bool((s == s[:1]).all()) else s  # one (2L, 2L) mask when rows share steps
+            z = torch.full_like(x, self.special.mask)
+            logits = self.net(torch.cat([z, x], 1), torch.cat([order, order], 1), masks.esolm_steps(steps))[:, :L]
+            total = total + scored_sum(self.drawn_log_probs(logits, x, top_p), s)
+            return SampleLogProb(total, passes=1, tokens_computed=n * 2 * L, exact=True, estimator="exact")
+        diffusion_steps = generation.extra["diffusion_steps"]
+        for k in range(diffusion_steps):
+            clean = s < k
+            logits = self._diffusion_logits(torch.where(clean, x, self.special.mask), order, clean.sum(1))
+            total = total + scored_sum(self.drawn_log_probs(logits, x, top_p), s, s == k)
+        passes, computed = diffusion_steps, diffusion_steps * n * L
+        if bool((s >= diffusion_steps).any()):
+            clean = s < diffusion_steps
+            logits = self._sequential_logits(torch.where(clean, x, self.special.mask), x, order, clean.sum(1))
+            total = total + scored_sum(self.drawn_log_probs(logits, x, top_p), s, ~clean)
+            passes, computed = passes + 1, computed + n * 2 * L
+        return SampleLogProb(total, passes=passes, tokens_computed=computed, exact=True, estimator="exact")
 
 
 class EsoLMB(EsoLM):

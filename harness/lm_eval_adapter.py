@@ -135,6 +135,19 @@ class EsoLMHarnessLM(LM):
             self._nll_kwargs["orders" if exact_order else "draws"] = _as_int(draws, "draws", 1)
         self._warned = False
 
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """lm_eval passes its own --batch_size/--device beside model_args; a value given in
+        model_args wins (lm-eval passed both: "multiple values for keyword argument")."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
     # --- helpers --------------------------------------------------------------------
     @property
     def device(self):

@@ -1,22 +1,74 @@
-"""Memory budget for large-batch sampling (the papers' throughput regime).
+"""What sampling costs in memory, estimated before anything is allocated.
 
-At batch 64 and L = 8192 MDLM's float32 logits alone are ~100 GB, so a sampler cannot run
-every row of its batch through one forward.  ``LanguageModel.max_memory`` (bytes, a string
-like "40GB", or None = 90 % of what the device has free now) is the budget one forward
-may use; :func:`row_chunk` turns it into how many rows run per forward.  Chunking only
-changes how the rows are grouped: the tokens drawn are the same (the draws go through
-:class:`harness.sampling.Drawer`, whose noise groups do not follow the chunks).  A KV cache
-is allocated for the whole batch, so :func:`cache_rows` says how many rows' cache fits;
-a sweep runs a batch whose cache does not fit as consecutive sub-batches.
+A size from the command line (``--n``, ``--steps``, ``--length``) must never end in a
+RuntimeError from the allocator or in the kernel's OOM killer: the request is split into
+batches that fit, or refused naming the flag and what fits (:func:`sampling_cost`,
+:func:`rows_that_fit`).
 
-The per-row costs are estimates (upper bounds for the eager path), not measurements.
+Large-batch sampling (the papers' throughput regime): at batch 64 and L = 8192 MDLM's
+float32 logits alone are ~100 GB, so a sampler cannot run every row of its batch through
+one forward.  ``LanguageModel.max_memory`` (bytes, a string like "40GB", or None = 90 % of
+what the device has free now) is the budget one forward may use; :func:`row_chunk` turns it
+into how many rows run per forward.  Chunking only changes how the rows are grouped: the
+tokens drawn are the same (the draws go through :class:`harness.sampling.Drawer`, whose
+noise groups do not follow the chunks).  A KV cache is allocated for the whole batch, so
+:func:`cache_rows` says how many rows' cache fits; a sweep runs a batch whose cache does not
+fit as consecutive sub-batches (:func:`sub_batch`).  The per-row costs are estimates (upper
+bounds for the eager path), not measurements.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
+
+# Use at most this share of the free memory for one batch (activations, allocator slack).
+HEADROOM = 0.5
+
+
+def free_bytes(device: torch.device) -> int:
+    """Free memory on ``device``: the GPU's free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def sampling_cost(model, length: int, steps: int | None) -> tuple[int, int]:
+    """(bytes per sampled row, bytes per call) of ``model.sample`` at ``length`` and ``steps``.
+
+    Per row: the logits of one forward (float32, plus the float64 copy a draw makes), the
+    KV cache (float32 keys and values per layer), and the reveal plan (a count per step and
+    window; BD3-LM has one window per block).  Per call: the step grid (one float per step).
+    Rough by design: it only has to tell a request that fits from one that cannot.
+    """
+    cfg = model.backbone_config
+    per_row = length * cfg.vocab_size * (4 + 8) + 2 * cfg.n_layers * 2 * length * cfg.d_model * 4
+    fixed = 0
+    if steps:
+        windows = -(-length // model.block_size) if hasattr(model, "block_size") else 1
+        per_row += 24 * windows * steps
+        fixed = 48 * steps
+    return per_row, fixed
+
+
+def rows_that_fit(per_row: int, fixed: int, device: torch.device, free: int | None = None) -> int:
+    """How many rows one batch may hold (0: not even one)."""
+    budget = int((free_bytes(device) if free is None else free) * HEADROOM) - fixed
+    return max(0, budget // max(1, per_row))
+
 
 _UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2 ** 10, "MIB": 2 ** 20,
           "GIB": 2 ** 30, "TIB": 2 ** 40}
@@ -37,22 +89,6 @@ def parse_bytes(value) -> int | None:
     if out <= 0:
         raise ValueError(f"max_memory must be positive, got {value!r}")
     return out
-
-
-def free_bytes(device: torch.device) -> int:
-    """What the device can still allocate: CUDA's free memory (plus what torch's allocator
-    holds unused), else the host's MemAvailable."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 2 ** 30  # unknown host: assume 8 GiB
 
 
 def budget(model) -> int:

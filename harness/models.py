@@ -5,8 +5,11 @@ Every model — AR, MDLM, BD3-LM, Eso-LM (A)/(B), or a user's own — subclasses
 
 - ``loss(x0)``: the scalar training objective on a batch of packed sequences;
 - ``nll(x0)``: per-sequence nats as an :class:`NLL`, saying whether they are exact or a bound;
-- ``sample(n, length, schedule, generator)``: a :class:`Generation` with the tokens and
-  exact, hardware-independent work counters (NFE and tokens computed).
+- ``sample(n, length, schedule, generator)``: a :class:`Generation` with the tokens,
+  exact, hardware-independent work counters (NFE and tokens computed) and how they were
+  generated (order and step partition);
+- optionally ``sample_log_prob(generation)``: log p(tokens | order, partition) of the
+  model's own samples, differentiable, for policy-gradient fine-tuning.
 
 Models are looked up by registry name (``"mdlm"``) or by dotted path
 (``"mypkg.mymodel:MyModel"``), so a user's model plugs into sweeps the same way.
@@ -15,12 +18,15 @@ Models are looked up by registry name (``"mdlm"``) or by dotted path
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from harness.nn.transformer import BackboneConfig, Transformer
+from harness.sampling import top_p_filter
 from harness.schedules import SamplingSchedule
 
 REGISTRY: dict[str, str] = {
@@ -51,6 +57,17 @@ class Generation:
         window at slots [start, stop) reads stop slots: the cache and its own keys); the
         KV-cache traffic a step adds to its weight reads (0 for forwards without a cache).
     extra: model-specific counters (e.g. BD3-LM's cache-writing forwards).
+    step: (n, L) long, the sampler step at which each position was drawn, −1 where the
+        position was given (prefix).  Positions with the same step were drawn from one
+        forward's logits.  AR: position i at step i − 1; MDLM: the grid step in [0, T);
+        BD3-LM: block b's step k is b·S + k (S = T, or L' for first hitting); Eso-LM: the
+        non-empty diffusion steps 0 … D − 1, then one sequential step per position.
+    order: (n, L) long, ``order[b, j]`` = the position generated j-th: given positions
+        first, then by step; within a step, the order the sampler's window holds them in
+        (it matters for Eso-LM, whose [MASK] queries attend causally within a step; MDLM
+        and BD3-LM list a step's positions left to right: their steps are order-free).
+    Both cost one (n, L) tensor each, made from what the sampler draws up front: no device
+    read-back per step.
     """
 
     tokens: torch.Tensor
@@ -59,6 +76,26 @@ class Generation:
     nfe_per_sample: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
     key_reads: int = 0
+    step: torch.Tensor | None = None
+    order: torch.Tensor | None = None
+
+
+@dataclass
+class SampleLogProb:
+    """log p(tokens | order, partition) per sample (float64, (n,)), differentiable w.r.t. the
+    weights, and what computing it cost.
+
+    passes: network forwards run (each over the whole batch); tokens_computed: query
+    positions run through the network, summed over passes and rows (as in Generation).
+    exact: True when it equals the sampler's own log-probability (to float tolerance);
+    estimator names it ("exact", or e.g. "elbo(draws=N)", a bound on a different quantity).
+    """
+
+    log_prob: torch.Tensor
+    passes: int
+    tokens_computed: int
+    exact: bool
+    estimator: str
 
 
 @dataclass
@@ -105,6 +142,22 @@ class LanguageModel(nn.Module):
         the rest conditioned on them (``schedule.given_bos``: the prefix is BOS)."""
         raise NotImplementedError
 
+    def sample_log_prob(self, generation: Generation, top_p: float = 1.0) -> SampleLogProb:
+        """log p(tokens | order, partition) of each of the model's own samples, under the
+        sampler that drew them: Σ over drawn positions of the log-probability the sampler
+        gave the drawn token at the moment it was drawn (SUBS applied; given positions
+        excluded).  The order and step partition come from ``generation``; their own
+        probability does not depend on the weights (a uniform random order, counts drawn
+        without the network), so this is the whole weight-dependent part of log p and what a
+        policy gradient needs.  Differentiable (run it with gradients enabled).
+
+        top_p < 1: the log of the nucleus-renormalised probability the sampler drew from,
+        with the nucleus recomputed from the current weights; its gradient flows through the
+        kept logits only (the nucleus set is piecewise constant in the weights).  Give the
+        top_p the samples were drawn with.
+        """
+        raise NotImplementedError(f"{self.name} does not score its own samples (sample_log_prob)")
+
     def options(self) -> dict:
         """Constructor keyword arguments beyond backbone/special, saved in checkpoints."""
         return {}
@@ -146,19 +199,64 @@ class LanguageModel(nn.Module):
         logits[..., self.special.mask] = float("-inf")
         return logits
 
+    def drawn_log_probs(self, logits: torch.Tensor, tokens: torch.Tensor, top_p: float = 1.0) -> torch.Tensor:
+        """log-probability of ``tokens`` (...,) under raw ``logits`` (..., V) as the samplers
+        draw: SUBS, float64, nucleus-renormalised when top_p < 1."""
+        logits = top_p_filter(self.subs_logits(logits).double(), top_p)
+        return logits.log_softmax(-1).gather(-1, tokens[..., None])[..., 0]
+
+
+def scored_sum(log_probs: torch.Tensor, step: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ over the drawn positions (step >= 0, and ``scored`` if given) per row; the others,
+    possibly −inf under a nucleus, are left out without a NaN."""
+    keep = step >= 0 if scored is None else scored & (step >= 0)
+    return torch.where(keep, log_probs, torch.zeros((), dtype=log_probs.dtype, device=log_probs.device)).sum(-1)
+
+
+def _import_plugin(module_name: str):
+    """Import a user's model module.  Its code runs like any import; the current directory is
+    not searched implicitly (a stray file there must not shadow or inject a model): put the
+    package on PYTHONPATH or install it."""
+    allowed = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    cwd = os.getcwd()
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != cwd or os.path.abspath(p or ".") in allowed]
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        sys.path[:] = saved
+
+
+INTERFACE = ("loss", "nll", "sample")
+
 
 def resolve_model_class(name: str) -> type[LanguageModel]:
-    """Registry name or ``package.module:Class`` -> class, with an error naming the fix."""
+    """Registry name or ``package.module:Class`` -> class, with an error naming the fix.
+
+    A dotted path imports (runs) its module first; the class is checked after the import."""
     target = REGISTRY.get(name, name)
     if ":" not in target:
         raise ValueError(f"unknown model {name!r}: use one of {sorted(REGISTRY)} or a dotted path 'package.module:Class'")
     module_name, _, class_name = target.partition(":")
+    parts = module_name.split(".")
+    if not class_name.isidentifier() or not all(part.isidentifier() for part in parts):
+        raise ValueError(f"model {name!r}: a dotted path is 'package.module:Class' (Python identifiers)")
+    if name not in REGISTRY and parts[0] in getattr(sys, "stdlib_module_names", ()):
+        raise ValueError(f"model {name!r}: {parts[0]!r} is a standard-library module, not a harness.models."
+                         "LanguageModel subclass; name your own package.module:Class")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        module = importlib.import_module(module_name) if name in REGISTRY else _import_plugin(module_name)
+        cls = getattr(module, class_name)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot load model {name!r} from {target!r}: {err}") from err
+        hint = " (the current directory is not searched: add its folder to PYTHONPATH)" \
+            if isinstance(err, ImportError) else ""
+        raise ValueError(f"cannot load model {name!r} from {target!r}: {err}{hint}") from err
     if not (isinstance(cls, type) and issubclass(cls, LanguageModel)):
         raise ValueError(f"model {name!r} ({target}) is not a harness.models.LanguageModel subclass")
+    missing = [m for m in INTERFACE if getattr(cls, m) is getattr(LanguageModel, m)]
+    if missing:
+        raise ValueError(f"model {name!r} ({target}) must implement {', '.join(INTERFACE)}; it does not "
+                         f"override {', '.join(missing)}")
     return cls
 
 

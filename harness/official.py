@@ -362,17 +362,19 @@ def model_options(source: Source, model: str, block_size: int | None, alpha_0: f
 
 def import_checkpoint(src: str | Path, model: str, out: str | Path, *, block_size: int | None = None,
                       alpha_0: float | None = None, use_ema: bool = True, corpus: list[str] | None = None,
-                      extra_meta: dict | None = None) -> Path:
+                      data: dict | None = None, extra_meta: dict | None = None) -> Path:
     """Write ``out/checkpoint.pt``, an ordinary harness checkpoint of the official ``src``.
-    Every check runs before anything is written; an existing checkpoint is never replaced."""
+    ``corpus`` or ``data`` (DataSpec fields, e.g. ``{hf_dataset: PATH, protocol: owt}``) say what
+    text eval and sweeps read for it.  Every check runs before anything is written; an existing
+    checkpoint is never replaced."""
     from harness.checkpoint import CHECKPOINT_NAME, save_checkpoint, tokenizer_files
-    from harness.config import DataSpec
     from harness.data import GPT2Tokenizer
     from harness.models import SpecialTokens, build_model
     from harness.nn.transformer import BackboneConfig
 
     if model not in MODELS:
         refuse(f"--model {model!r}: choose one of {list(MODELS)}")
+    data_spec = import_data_spec(corpus, data)
     target = Path(out) / CHECKPOINT_NAME
     if target.exists():
         refuse(f"--out {str(out)!r} already holds {CHECKPOINT_NAME}; choose another folder (nothing was written)")
@@ -400,7 +402,7 @@ def import_checkpoint(src: str | Path, model: str, out: str | Path, *, block_siz
     net = build_model(model, backbone, special, **options)
     net.to(source.weights["vocab_embed.embedding"].dtype)
     net.load_state_dict(fold(source.weights, n_layers, adaln=cond is not None))
-    data = DataSpec(corpus=corpus or "bundled", tokenizer="gpt2", seq_len=min(max_len, 1024))
+    data = data_spec.model_copy(update={"seq_len": min(max_len, 1024)})
     meta = {"imported": {"source": str(source.path.resolve()), "format": source.kind,
                          "weights_file": source.weights_file.name, "sha256": sha256_file(source.weights_file),
                          "ema": source.ema, "model_type": source.kind_name, "source_options": dict(source.options)},
@@ -412,8 +414,29 @@ def import_checkpoint(src: str | Path, model: str, out: str | Path, *, block_siz
     return target
 
 
+def import_data_spec(corpus: list[str] | None, data: dict | None):
+    """The text an imported checkpoint is evaluated on: the bundled corpus, ``corpus`` files, or
+    DataSpec fields such as a local OpenWebText dataset under the papers' ``owt`` protocol."""
+    from pydantic import ValidationError
+
+    from harness.config import DataSpec
+
+    fields = dict(data or {})
+    for key in ("tokenizer", "seq_len"):
+        if key in fields:
+            refuse(f"data.{key}: an imported checkpoint always uses the GPT-2 tokenizer at its own length; remove it")
+    if corpus and "corpus" in fields:
+        refuse("give the corpus once: --corpus or data.corpus")
+    try:
+        return DataSpec(**{"corpus": corpus or "bundled", **fields, "tokenizer": "gpt2"})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        refuse(f"data{'.' + where if where else ''}: {first['msg']}")
+
+
 # --- sweep entries naming a released file ---------------------------------------------------
-IMPORT_ARGS = {"block_size", "alpha_0", "ema", "corpus"}
+IMPORT_ARGS = {"block_size", "alpha_0", "ema", "corpus", "data"}
 
 
 def foreign_source(spec: str) -> str | None:
@@ -454,6 +477,6 @@ def imported_checkpoint(spec: str, model: str | None, out: Path, import_args: di
     if stat is None:
         refuse(f"checkpoint {spec!r}: {weights} not found")
     path = import_checkpoint(src, model, out, block_size=args.get("block_size"), alpha_0=args.get("alpha_0"),
-                             use_ema=args.get("ema", True), corpus=args.get("corpus"),
+                             use_ema=args.get("ema", True), corpus=args.get("corpus"), data=args.get("data"),
                              extra_meta={"sweep_import": stamp})
     return path

@@ -194,9 +194,11 @@ def _mauve(evaluator, refs: References, row: dict, texts: list[str], reference_s
     try:
         reference = refs.texts(row["model_entry"], row["length"], n_ref)
     except (ValueError, FileNotFoundError) as err:
-        return {"mauve": None, "mauve_note": f"no reference texts: {str(err).splitlines()[0]}", "mauve_n": None}
+        return {"mauve": None, "mauve_note": f"no reference texts: {str(err).splitlines()[0]}", "mauve_n": None,
+                "mauve_degenerate": None}
     if len(texts) < 2:
-        return {"mauve": None, "mauve_note": f"only {len(texts)} saved sample(s); MAUVE needs 2", "mauve_n": None}
+        return {"mauve": None, "mauve_note": f"only {len(texts)} saved sample(s); MAUVE needs 2", "mauve_n": None,
+                "mauve_degenerate": None}
     result = mauve_score(evaluator, texts, reference, **kwargs)
     return {"mauve": result["mauve"], "mauve_note": result.get("reason"), "mauve_n": [result["n_p"], result["n_q"]],
-            "mauve_evaluator": evaluator.name}
+            "mauve_degenerate": result.get("degenerate"), "mauve_evaluator": evaluator.name}

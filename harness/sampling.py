@@ -8,8 +8,12 @@ sampler in the harness therefore draws its tokens through :func:`sample_tokens`.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
+
+_RECORDERS: list[torch.Tensor] = []  # active record_log_probs totals (a test hook; empty otherwise)
 
 
 def descending_order(logits: torch.Tensor) -> torch.Tensor:
@@ -46,10 +50,34 @@ def gumbel_noise(shape, generator: torch.Generator | None, device) -> torch.Tens
     return -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
 
 
-def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None, top_p: float = 1.0) -> torch.Tensor:
-    """Gumbel-max draw of one token per row of ``logits`` (..., V), all in float64."""
+def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None, top_p: float = 1.0,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Gumbel-max draw of one token per row of ``logits`` (..., V), all in float64.
+
+    ``rows``: the batch row each leading index of ``logits`` belongs to (default: the leading
+    index itself), used only by :func:`record_log_probs`."""
     logits = top_p_filter(logits.to(torch.float64), top_p)
-    return (logits + gumbel_noise(logits.shape, generator, logits.device)).argmax(dim=-1)
+    tokens = (logits + gumbel_noise(logits.shape, generator, logits.device)).argmax(dim=-1)
+    if _RECORDERS:
+        logp = logits.log_softmax(-1).gather(-1, tokens[..., None]).reshape(logits.shape[0], -1).sum(1)
+        rows = torch.arange(logits.shape[0], device=logits.device) if rows is None else rows
+        for total in _RECORDERS:
+            total.index_add_(0, rows.to(total.device), logp.to(total.device))
+    return tokens
+
+
+@contextmanager
+def record_log_probs(n: int, device=None):
+    """Test hook: within the block, every draw adds the log-probability of its token, at the
+    moment it was drawn (float64, after SUBS and top-p renormalisation), to its batch row's
+    entry of the yielded (n,) tensor — the reference for ``sample_log_prob``.  Off by default;
+    when on it costs a log-softmax per draw, no host read-back."""
+    total = torch.zeros(n, dtype=torch.float64, device=device)
+    _RECORDERS.append(total)
+    try:
+        yield total
+    finally:
+        _RECORDERS.pop()  # nested blocks close in reverse order
 
 
 # Bound on one gathered-logits / float64 Gumbel-noise tensor (rows drawn × vocabulary): a
@@ -66,22 +94,25 @@ class Drawer:
     split its forwards, so a sampler that runs its batch in row chunks (harness.memory)
     draws the tokens it would have drawn unchunked.  ``mask_id``: that logit is set to −inf
     in the copy drawn from (SUBS: never predict [MASK]); the caller's logits are not edited.
+    ``rows`` (pushed with the logits): each row's batch row, for :func:`record_log_probs`.
     """
 
     def __init__(self, vocab: int, generator, top_p: float = 1.0, mask_id: int | None = None):
         self.group = max(1, SAMPLE_CHUNK_ELEMENTS // vocab)
         self.generator, self.top_p, self.mask_id = generator, top_p, mask_id
         self._pending: list[torch.Tensor] = []
+        self._rows: list[torch.Tensor] = []
         self._n = 0
         self._out: list[torch.Tensor] = []
 
-    def push(self, logits: torch.Tensor) -> None:
-        """logits (m, V): the next m rows to draw."""
+    def push(self, logits: torch.Tensor, rows: torch.Tensor) -> None:
+        """logits (m, V): the next m rows to draw; rows (m,): their batch rows."""
         while logits.shape[0]:
             take = min(self.group - self._n, logits.shape[0])
             self._pending.append(logits[:take])
+            self._rows.append(rows[:take])
             self._n += take
-            logits = logits[take:]
+            logits, rows = logits[take:], rows[take:]
             if self._n == self.group:
                 self._flush()
 
@@ -91,8 +122,8 @@ class Drawer:
         picked = torch.cat(self._pending)  # a copy: safe to edit
         if self.mask_id is not None:
             picked[:, self.mask_id] = float("-inf")
-        self._out.append(sample_tokens(picked, self.generator, self.top_p))
-        self._pending, self._n = [], 0
+        self._out.append(sample_tokens(picked, self.generator, self.top_p, rows=torch.cat(self._rows)))
+        self._pending, self._rows, self._n = [], [], 0
 
     def finish(self) -> torch.Tensor:
         """Every token drawn since the last finish, in push order (long, (rows,))."""

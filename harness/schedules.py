@@ -8,6 +8,8 @@ rejects the ones that do not (:meth:`SamplingSchedule.require_only`).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,9 +39,21 @@ def antithetic_times(n: int, eps: float, generator=None, device=None) -> torch.T
     return eps + (1 - eps) * t
 
 
+def antithetic_chunks(n: int, chunk: int, eps: float, generator=None, device=None):
+    """:func:`antithetic_times` of n, yielded ``chunk`` at a time (the same numbers), so a
+    huge n (e.g. many NELBO draws × rows) never allocates all n at once."""
+    u = torch.rand(1, generator=generator, device=device)
+    for start in range(0, n, chunk):
+        t = (u + torch.arange(start, min(start + chunk, n), device=device) / n) % 1
+        yield eps + (1 - eps) * t
+
+
 SHORT_NAMES = {"steps": "T", "alpha_0": "a0", "blocks": "blocks", "first_hitting": "fh", "top_p": "p",
-               "given_bos": "bos"}
+               "given_bos": "bos", "split": "split", "stride": "stride", "shuffle": "shuffle"}
 COMMON_FIELDS = ["top_p", "given_bos"]  # every sampler reads these
+# Field values every label and point hash meant before the field existed: left out of both, so
+# a config that pins them keeps the keys and hashes of its committed results.
+LEGACY_VALUES = {"split": "fixed"}
 
 
 class SamplingSchedule(BaseModel):
@@ -52,10 +66,23 @@ class SamplingSchedule(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (1 = plain sampling)")
     given_bos: bool = Field(False, description="start every sample from BOS at position 0, as AR always does (and "
                             "the BD3-LM reference sampler); otherwise the diffusion samplers generate position 0")
+    split: Literal["binomial", "fixed"] | None = Field(
+        None, description="Eso-LM with steps: how many positions the diffusion phase fills.  'binomial' (the "
+        "default): the papers' sampler, a random count drawn step by step; 'fixed': round(alpha_0·L), this "
+        "harness's sampler before the field existed.  blocks and stride always fill a fixed count")
+    stride: int | None = Field(None, ge=1, description="Eso-LM: the official strided schedule (subcontext_len S): "
+                               "step r reveals the positions {r, r + S, r + 2S, ...}, one order for the whole batch")
+    shuffle: bool = Field(False, description="stride: shuffle the order of the sets and the order within each set "
+                          "(one draw shared by the batch)")
 
-    def label(self) -> str:
+    def label(self, written: dict | None = None) -> str:
+        """'a0=0.25,T=16': the non-default fields; ``written`` shows some values as the config
+        spelled them (length expressions: 'T=L/8')."""
         parts = []
         for key, value in self.model_dump(exclude_defaults=True).items():
+            if LEGACY_VALUES.get(key) == value:
+                continue
+            value = (written or {}).get(key, value)
             short = SHORT_NAMES[key]
             parts.append(f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}")
         return ",".join(parts) or "default"
@@ -65,3 +92,39 @@ class SamplingSchedule(BaseModel):
         extra = sorted(used - set(allowed))
         if extra:
             raise ValueError(f"{model} does not use schedule field(s) {extra}; allowed: {sorted(allowed) + COMMON_FIELDS}")
+
+    # --- Eso-LM's diffusion phase ---------------------------------------------------------
+    def diffusion_split(self) -> str:
+        """The split an Eso-LM sampler runs: the one given, else 'binomial' with steps (the
+        papers' draw) and 'fixed' with blocks or stride (their sizes are fixed)."""
+        if self.split is not None:
+            return self.split
+        return "binomial" if self.steps is not None else "fixed"
+
+    def check_diffusion_phase(self, model: str, alpha_0: float | None) -> None:
+        """One-line errors for an Eso-LM schedule (alpha_0 None: the model's, not known yet)."""
+        given = [k for k in ("steps", "blocks", "stride") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{model}: give one of schedule fields 'steps', 'blocks' or 'stride', not {given}")
+        if not given and alpha_0 != 0:
+            raise ValueError(f"{model} needs schedule 'steps', 'blocks' or 'stride' for its diffusion phase, "
+                             "e.g. {alpha_0: 0.25, steps: 32}")
+        if self.split == "binomial" and self.steps is None:
+            raise ValueError(f"{model}: schedule field 'split': 'binomial' needs 'steps' (blocks and stride fill a "
+                             "fixed count)")
+        if self.shuffle and self.stride is None:
+            raise ValueError(f"{model}: schedule field 'shuffle' shuffles the sets of 'stride'; add stride: S")
+        if self.stride is not None and alpha_0 is not None and abs(alpha_0 * self.stride - round(alpha_0 * self.stride)) > 1e-9:
+            raise ValueError(f"{model}: schedule field 'stride': alpha_0 · stride = {alpha_0 * self.stride:g} sets is "
+                             "not a whole number; pick a stride that alpha_0 divides into whole sets")
+
+    def hash_fields(self, reads_split: bool) -> dict:
+        """What a point hash covers: the non-default fields, with the split an Eso-LM sampler
+        runs (``reads_split``) written in unless it is 'fixed', which every point hashed
+        before the field existed ran: those points keep their hashes, and the papers'
+        binomial default gets new ones."""
+        fields = self.model_dump(exclude_defaults=True)
+        fields.pop("split", None)
+        if reads_split and self.diffusion_split() != LEGACY_VALUES["split"]:
+            fields["split"] = self.diffusion_split()
+        return fields

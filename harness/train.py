@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from harness import data as data_lib
+from harness import protocols
 from harness.checkpoint import CHECKPOINT_NAME, read_state, restore_tokenizer, save_checkpoint, tokenizer_files
 from harness.config import ConfigError, DataSpec, TrainConfig, resolve_device
 from harness.models import LanguageModel, SpecialTokens, build_model
@@ -30,12 +31,18 @@ def build_tokenizer(spec: DataSpec):
     """GPT-2 BPE, or a small byte-level BPE trained on the TRAIN split only."""
     if spec.tokenizer == "gpt2":
         return data_lib.get_tokenizer("gpt2")
-    docs = data_lib.load_bundled_corpus() if spec.corpus == "bundled" else data_lib.load_text_files(spec.corpus)
-    train_docs = data_lib.split_documents(docs, seed=spec.split_seed)["train"]
-    return data_lib.get_tokenizer("bpe", train_texts=[d.text for d in train_docs], vocab_size=spec.bpe_vocab_size)
+    if not spec.is_default_protocol:
+        train_texts = protocols.protocol_texts(spec)["train"]
+    else:
+        docs = data_lib.load_bundled_corpus() if spec.corpus == "bundled" else data_lib.load_text_files(spec.corpus)
+        train_texts = [d.text for d in data_lib.split_documents(docs, seed=spec.split_seed)["train"]]
+    return data_lib.get_tokenizer("bpe", train_texts=train_texts, vocab_size=spec.bpe_vocab_size)
 
 
 def load_splits(spec: DataSpec, tokenizer, seq_len: int | None = None) -> dict[str, torch.Tensor]:
+    """train / valid / test rows under the spec's data protocol (harness/protocols.py)."""
+    if not spec.is_default_protocol:
+        return protocols.build_protocol_splits(spec, tokenizer, seq_len or spec.seq_len)
     return data_lib.build_splits(spec.corpus, tokenizer, seq_len or spec.seq_len, spec.split_seed)
 
 
@@ -104,13 +111,85 @@ def validation_loss(model: LanguageModel, valid: torch.Tensor, cfg: TrainConfig,
     return sum(losses) / len(losses)
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+def lock_run(run_dir: Path, wait: bool):
+    """Hold the run folder's lock (released when the process ends or the file is closed):
+    one process trains a run at a time.  ``wait``: block until the holder is done (sweep
+    shards waiting for a shared checkpoint), else refuse naming the holder's pid."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        if not wait:
+            handle.close()
+            raise ConfigError(f"{run_dir} is being trained by pid {holder}; wait for it to finish (then --resume) "
+                              "or set another name/out_dir") from None
+        print(f"waiting for pid {holder}, which is training {run_dir}", file=sys.stderr)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def clean_run_dir(run_dir: Path, step: int) -> None:
+    """Leftovers of a run killed mid-write: temporary checkpoint files, and log records past
+    the checkpoint it resumes from (they are written again)."""
+    for tmp in run_dir.glob("tmp*.tmp"):
+        tmp.unlink(missing_ok=True)
+    log_path = run_dir / "log.jsonl"
+    if not log_path.is_file():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue  # a half-written last line
+    tmp = log_path.with_name(f".{log_path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, log_path)
+
+
+def check_splits(cfg: TrainConfig, train_rows: torch.Tensor, valid: torch.Tensor) -> None:
+    corpus = cfg.data.corpus if isinstance(cfg.data.corpus, str) else ", ".join(cfg.data.corpus)
+    if len(train_rows) == 0:
+        raise ConfigError(f"data.corpus: the training split of {corpus} packs into 0 sequences of data.seq_len "
+                          f"{cfg.data.seq_len} tokens; add text or lower data.seq_len")
+    if len(valid) == 0:
+        raise ConfigError(f"data.corpus: the validation split of {corpus} packs into 0 sequences of data.seq_len "
+                          f"{cfg.data.seq_len} tokens (a valid loss would be NaN); add text or lower data.seq_len")
+
+
+def finite_or_none(record: dict) -> dict:
+    """NaN/inf are not JSON: log.jsonl gets null for them (a diverged loss)."""
+    return {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()}
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, wait: bool = False) -> Path:
     """Train ``cfg`` to ``cfg.train.steps``; returns the checkpoint path.
 
     With ``resume`` an existing checkpoint in the run folder is continued (a finished one
     is returned as is); without it, an existing checkpoint is an error so that no run is
-    overwritten by accident.
+    overwritten by accident.  One process trains a run folder at a time (:func:`lock_run`;
+    ``wait`` waits for the other to finish instead of refusing).
     """
+    rank = int(os.environ.get("RANK", "0"))
+    lock = lock_run(cfg.run_dir(), wait) if rank == 0 else None
+    try:
+        return _train(cfg, resume, progress, rank)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train(cfg: TrainConfig, resume: bool, progress: bool, rank: int) -> Path:
     o = cfg.train
     run_dir = cfg.run_dir()
     ckpt_path = run_dir / CHECKPOINT_NAME
@@ -131,8 +210,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                   file=sys.stderr)
             return ckpt_path
 
+    if rank == 0:
+        clean_run_dir(run_dir, state["step"] if state else 0)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if distributed:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -152,6 +232,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     tokenizer = restore_tokenizer(state["tokenizer_files"]) if state else build_tokenizer(cfg.data)
     splits = load_splits(cfg.data, tokenizer)
     train_rows, valid = splits["train"], splits["valid"]
+    check_splits(cfg, train_rows, valid)
     model = build(cfg, tokenizer).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(0.9, 0.999), weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
@@ -174,7 +255,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     blobs = tokenizer_files(tokenizer)
     log_path = run_dir / "log.jsonl"
-    run_dir.mkdir(parents=True, exist_ok=True)
     n_params = model.net.num_parameters()
 
     def checkpoint(at_step: int):
@@ -217,8 +297,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             record["valid_ppl" if model.exact_loss else "valid_ppl_bound"] = math.exp(min(record["valid_loss"], 50))
             if rank == 0:
                 with log_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                bar.write(f"step {step}: valid loss {record['valid_loss']:.4f}")
+                    f.write(json.dumps(finite_or_none(record)) + "\n")
+                bar.write(f"{cfg.name} step {step}: valid loss {record['valid_loss']:.4f}")
         if step % o.ckpt_every == 0 or step == o.steps:
             checkpoint(step)
         if steps_since and step % 10 == 0:

@@ -11,6 +11,9 @@
 #   speed   esolm sweep configs/paper_speed.yaml (resumes from results/paper_speed)
 #   quality[=a,b]  esolm sweep configs/paper_quality.yaml [--entries a,b] (trains, then samples; resumes)
 #   speed_compiled[=a,b]  paper_speed with --set step_mode=compiled into results/paper_speed_compiled
+#   likelihood  esolm bench-likelihood: passes and time to score a model's own samples (exact vs
+#           NELBO, with backward) on the papers' trunk, L = 256 and 1024, batch 1 and 8, into
+#           results/likelihood_gpu (resumes)
 #   throughput  esolm ceilings (once) + esolm sweep configs/paper_throughput.yaml at L <= 8192
 #           (entries $TP_ENTRIES), for at most $TP_SHARE % of the budget left (default 50; resumes)
 #   paper   throughput, then the pending paper_quality leases ($QUALITY_LEASES, ';'-separated entry
@@ -108,6 +111,12 @@ for stage in "$@"; do
         (($(left) > 30)) || break
         sweep paper_quality $(($(left) - 15)) configs/paper_quality.yaml --entries "$entries" "${q_dry[@]}"
       done
+      ;;
+    likelihood)
+      timeout "$(($(left) - 15))" python3 -m harness.cli bench-likelihood --out results/likelihood_gpu \
+        --preset small --vocab 50258 --lengths 256,1024 --batch-sizes 1,8 --device cuda \
+        2>&1 | tail -40 | tee "$OUT/likelihood_gpu.log"
+      tar czf "$OUT/likelihood_gpu.tgz" results/likelihood_gpu
       ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac

@@ -242,6 +242,14 @@ def test_another_evaluator_or_config_is_not_comparable(tmp_path):
         gate(REFERENCE, cand, tmp_path, {"config_hash": "loose"})
 
 
+def test_degenerate_mauve_is_not_comparable_where_mauve_is_gated(tmp_path):
+    rows = degraded(mauve=0.0041, mauve_degenerate="no cluster holds both generated and reference texts")
+    code, out = gate(REFERENCE, rows, tmp_path, {"mauve": {"abs": 0.1}})
+    assert code == 2 and ("NOT COMPARABLE mdlm/T=8/L64/s0 candidate MAUVE is degenerate: no cluster holds both "
+                          "generated and reference texts") in out
+    assert gate(REFERENCE, rows, tmp_path)[0] == 0  # MAUVE is advisory by default
+
+
 def test_regression_beside_an_invalid_value_is_named_and_exit_is_2(tmp_path):
     rows = degraded(gen_ppl=-1.0, nfe=9)
     code, out = gate(REFERENCE, rows, tmp_path)

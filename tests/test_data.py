@@ -97,9 +97,40 @@ def test_splits_deterministic_order_free_and_seeded(corpus):
 
 
 def test_splits_small_sources_go_to_train():
+    """Text too short to cut into pieces stays whole (and goes to train)."""
     docs = [D.Document("s", "a", "x" * 10), D.Document("s", "b", "y" * 10)]
     sp = D.split_documents(docs)
     assert sp["train"] == docs and not sp["valid"] and not sp["test"]
+
+
+def test_a_source_of_one_long_document_is_cut_into_pieces_for_every_split():
+    """One .txt file used to go entirely to train: an empty validation split and a NaN valid
+    loss.  It is cut at line breaks into pieces that split like documents."""
+    text = "".join(f"line {i} of the only document\n" for i in range(400))
+    sp = D.split_documents([D.Document("file", "book.txt", text)])
+    assert sp["valid"] and sp["test"] and sp["train"]
+    pieces = sorted(sp["train"] + sp["valid"] + sp["test"], key=lambda d: int(d.title.split("part ")[1].split()[0]))
+    assert "".join(d.text for d in pieces) == text  # nothing lost or repeated
+    assert all(d.text.endswith("\n") for d in pieces)  # cut at line breaks
+    assert len(pieces) == D.SMALL_SOURCE_PIECES
+    sizes = {name: sum(len(d.text) for d in docs) / len(text) for name, docs in sp.items()}
+    assert 0.04 < sizes["valid"] < 0.16 and 0.04 < sizes["test"] < 0.16
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("bad.jsonl", '{"text": "fine"}\n{"text": 5}\n', "bad.jsonl:2: field 'text' must be a string, got int 5"),
+    ("bad.jsonl", '{"text": "fine"}\n{"text": null}\n', "bad.jsonl:2: field 'text' must be a string"),
+    ("latin1.txt", "caf\xe9 au lait\n".encode("latin-1"), "latin1.txt:1: not UTF-8 text"),
+    ("later.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "later.jsonl:2: not UTF-8 text"),
+    ("empty.txt", "", "corpus {dir}/empty.txt is empty (no text in it)"),
+    ("blank.jsonl", "\n\n", "corpus {dir}/blank.jsonl is empty"),
+])
+def test_bad_corpus_files_are_named(tmp_path, name, content, fragment):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    with pytest.raises(ValueError) as err:
+        D.load_text_files([path])
+    assert fragment.format(dir=tmp_path) in str(err.value)
 
 
 # --------------------------------------------------------------------- GPT-2

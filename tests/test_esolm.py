@@ -50,14 +50,88 @@ def test_draw_order_and_reveal_counts():
     assert (order[:, 6:].diff(dim=1) > 0).all()  # sequential positions left to right
     assert torch.equal(model.draw_order(3, 16, 0, g), torch.arange(16).expand(3, 16))  # alpha_0 = 0: AR order
     for steps in (1, 3, 40):
-        counts = model.reveal_counts(10, SamplingSchedule(steps=steps), 0.5, g)
+        # the fixed split: exactly round(alpha_0 · free) diffusion positions
+        counts = model.reveal_counts(20, SamplingSchedule(steps=steps, split="fixed"), 0.5, g)
         assert sum(counts) == 10 and len(counts) <= min(steps, 10) and all(k > 0 for k in counts)
-    assert model.reveal_counts(10, SamplingSchedule(blocks=3), 0.5, g) == [4, 3, 3]
-    assert model.reveal_counts(2, SamplingSchedule(blocks=5), 0.5, g) == [1, 1]  # empty chunks skipped
+        counts = model.reveal_counts(20, SamplingSchedule(steps=steps), 0.5, g)  # binomial: random
+        assert sum(counts) <= 20 and len(counts) <= steps and all(k > 0 for k in counts)
+    assert [sum(model.reveal_counts(7, SamplingSchedule(steps=4, split="fixed"), a, g)) for a in (0.3, 0.5, 1.0)] \
+        == [2, 4, 7]  # round(2.1), round(3.5) (half to even), 7
+    assert model.reveal_counts(20, SamplingSchedule(blocks=3), 0.5, g) == [4, 3, 3]
+    assert model.reveal_counts(4, SamplingSchedule(blocks=5), 0.5, g) == [1, 1]  # empty chunks skipped
     # Each diffusion position's step is uniform over the T steps (log-linear schedule, any
     # alpha_0): with 2 positions and T = 3 they share a step with probability 3 · (1/3)² = 1/3.
-    shared = sum(len(model.reveal_counts(2, SamplingSchedule(steps=3), 0.3, g)) == 1 for _ in range(3000))
+    fixed = SamplingSchedule(steps=3, split="fixed")
+    shared = sum(len(model.reveal_counts(4, fixed, 0.5, g)) == 1 for _ in range(3000))
     assert abs(shared / 3000 - 1 / 3) < 0.03
+
+
+def official_draw(L, alpha_0, T, eps, rng):
+    """The papers' count, written out independently: T sequential binomials over the
+    still-masked positions (all L at first) with p = (alpha_s − alpha_t)/(1 − alpha_t)."""
+    alpha = lambda t: alpha_0 * (1 - (1 - eps) * t)  # noqa: E731
+    remaining, counts = L, []
+    for k in range(T):
+        t, s = 1 - k / T, 1 - (k + 1) / T
+        n = int(rng.binomial(remaining, (alpha(s) - alpha(t)) / (1 - alpha(t))))
+        if n:
+            counts.append(n)
+            remaining -= n
+    return counts
+
+
+@pytest.mark.parametrize("alpha_0,T,eps", [(0.25, 16, 1e-3), (0.5, 4, 1e-3), (0.0625, 128, 0.2)])
+def test_binomial_split_matches_the_papers_draw(alpha_0, T, eps):
+    """Mean and spread of the number of diffusion positions (and of non-empty steps) match the
+    papers' sequential binomials and the closed form Binomial(L, 1 − (1 − alpha_0)/(1 − alpha_0·eps)).
+    Tolerances: 4 standard errors of the mean; variances within 12 % (about 5 standard errors
+    of a variance estimate from 4000 draws)."""
+    np = pytest.importorskip("numpy")
+    model = tiny_model("esolm-b", max_len=64, eps=eps)
+    L, n = 64, 4000
+    g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    ours = [model.reveal_counts(L, SamplingSchedule(steps=T), alpha_0, g) for _ in range(n)]
+    theirs = [official_draw(L, alpha_0, T, eps, rng) for _ in range(n)]
+    q = 1 - (1 - alpha_0) / (1 - alpha_0 * eps)
+    mean, var = L * q, L * q * (1 - q)
+    for draws in (ours, theirs):
+        totals = torch.tensor([sum(c) for c in draws], dtype=torch.float64)
+        assert abs(totals.mean().item() - mean) < 4 * math.sqrt(var / n), (totals.mean().item(), mean)
+        assert totals.var().item() == pytest.approx(var, rel=0.12)
+    steps_ours = torch.tensor([len(c) for c in ours], dtype=torch.float64)
+    steps_theirs = torch.tensor([len(c) for c in theirs], dtype=torch.float64)
+    se = math.sqrt((steps_ours.var() + steps_theirs.var()).item() / n)
+    assert abs(steps_ours.mean().item() - steps_theirs.mean().item()) < 4 * se + 1e-12
+    assert steps_ours.var().item() == pytest.approx(steps_theirs.var().item(), rel=0.15, abs=0.02)
+
+
+def test_binomial_split_limits_and_sampler_record():
+    model = tiny_model("esolm-b", max_len=16)
+    g = torch.Generator().manual_seed(0)
+    assert sum(model.reveal_counts(12, SamplingSchedule(steps=5), 1.0, g)) == 12  # alpha_0 = 1: all diffusion
+    assert model.reveal_counts(12, SamplingSchedule(steps=5), 0.0, g) == []  # alpha_0 = 0: AR
+    # alpha_0 = 1: both splits fill every position with the same law, and draw the same counts
+    for seed in range(20):
+        binomial, fixed = (model.reveal_counts(12, SamplingSchedule(steps=7, split=split), 1.0,
+                                               torch.Generator().manual_seed(seed)) for split in ("binomial", "fixed"))
+        assert binomial == fixed
+    same = [model.sample(2, 16, SamplingSchedule(alpha_0=1.0, steps=5, split=split), torch.Generator().manual_seed(4))
+            for split in ("binomial", "fixed")]
+    assert torch.equal(same[0].tokens, same[1].tokens) and same[0].nfe == same[1].nfe  # the same samples
+    sizes = set()
+    for seed in range(8):
+        gen = model.sample(3, 16, SamplingSchedule(alpha_0=0.5, steps=4), torch.Generator().manual_seed(seed))
+        sizes.add(gen.extra["diffusion_positions"])
+        assert gen.extra["split"] == "binomial" and sum(gen.extra["reveal_counts"]) == gen.extra["diffusion_positions"]
+        assert gen.extra["sequential_steps"] == 16 - gen.extra["diffusion_positions"]
+    assert len(sizes) > 1  # the split varies from draw to draw
+    gen = model.sample(3, 16, SamplingSchedule(alpha_0=0.5, steps=4, split="fixed"), g)
+    assert gen.extra["split"] == "fixed" and gen.extra["diffusion_positions"] == 8
+    # given_bos: the draw is over the 15 free positions (binomial) or round(0.5 · 15) of them (fixed)
+    gen = model.sample(2, 16, SamplingSchedule(alpha_0=0.5, steps=4, split="fixed", given_bos=True), g)
+    assert gen.extra["diffusion_positions"] == 8 and gen.extra["sequential_steps"] == 7
+    gen = model.sample(2, 16, SamplingSchedule(alpha_0=1.0, steps=4, given_bos=True), g)
+    assert gen.extra["diffusion_positions"] == 15 and (gen.tokens[:, 0] == SPECIAL.bos).all()
 
 
 @pytest.mark.parametrize("alpha_0,eps,T", [(1.0, 1e-3, 7), (0.25, 1e-3, 16), (0.5, 0.2, 5)])
@@ -82,7 +156,9 @@ def test_cached_sampler_equals_full_recompute(name, alpha_0, kind):
     full = model.sample(n, L, sched, torch.Generator().manual_seed(5), use_cache=False)
     assert torch.equal(cached.tokens, full.tokens)
     assert (cached.tokens != SPECIAL.mask).all()
-    n_diff = round(alpha_0 * L)
+    n_diff = cached.extra["diffusion_positions"]
+    if kind[0] == "blocks":
+        assert n_diff == round(alpha_0 * L)
     counts = cached.extra["reveal_counts"]
     assert sum(counts) == n_diff and cached.extra["sequential_steps"] == L - n_diff
     assert cached.nfe == full.nfe == len(counts) + L - n_diff
@@ -115,16 +191,18 @@ def test_different_rows_get_different_orders_and_tokens():
 
 def test_schedule_validation():
     model = tiny_model("esolm-b", max_len=16)
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match=r"not \['steps', 'blocks'\]"):
         model.sample(1, 8, SamplingSchedule(alpha_0=0.5, steps=2, blocks=2))
-    with pytest.raises(ValueError, match="needs schedule steps or blocks"):
+    with pytest.raises(ValueError, match="needs schedule 'steps', 'blocks' or 'stride'"):
         model.sample(1, 8, SamplingSchedule(alpha_0=0.5))
+    with pytest.raises(ValueError, match="'split': 'binomial' needs 'steps'"):
+        model.sample(1, 8, SamplingSchedule(alpha_0=0.5, blocks=2, split="binomial"))
     with pytest.raises(ValueError, match="first_hitting"):
         model.sample(1, 8, SamplingSchedule(steps=2, first_hitting=True))
     with pytest.raises(ValueError, match="max_len"):
         model.sample(1, 17, SamplingSchedule(steps=2))
     # default alpha_0: the training one (0.25)
-    gen = model.sample(2, 8, SamplingSchedule(steps=2), torch.Generator().manual_seed(0))
+    gen = model.sample(2, 8, SamplingSchedule(steps=2, split="fixed"), torch.Generator().manual_seed(0))
     assert gen.extra["alpha_0"] == 0.25 and gen.extra["diffusion_positions"] == 2
     with pytest.raises(ValueError, match="batch_split"):
         tiny_model("esolm-b", batch_split=1.0)
@@ -217,7 +295,7 @@ def test_b_computes_about_2L_per_sample_and_mdlm_about_TL():
     model = tiny_model("esolm-b", max_len=L)
     gen = model.sample(n, L, SamplingSchedule(alpha_0=0.5, steps=8), torch.Generator().manual_seed(0))
     assert gen.tokens_computed <= n * 2 * L
-    assert gen.nfe == gen.extra["diffusion_steps"] + L // 2 and gen.extra["diffusion_steps"] <= 8
+    assert gen.nfe == gen.extra["diffusion_steps"] + gen.extra["sequential_steps"] and gen.extra["diffusion_steps"] <= 8
     if importlib.util.find_spec("baselines.mdlm") is None:
         pytest.skip("baselines/mdlm.py not written yet")
     mdlm = tiny_model("mdlm", max_len=L)
@@ -343,3 +421,45 @@ def test_registry_builds_both_variants():
     assert a.options() == dict(alpha_0=0.5, batch_split=0.5, eps=1e-3)
     with pytest.raises(ValueError, match="alpha_0"):
         build_model("esolm-b", cfg, SPECIAL, alpha_0=1.5)
+
+
+# --- the official strided schedule (subcontext_len) ----------------------------------------
+def test_strided_order_reveals_the_official_sets():
+    model = tiny_model("esolm-b", max_len=16)
+    order, counts = model.strided_order(12, SamplingSchedule(stride=4), 0.5)
+    # sets {r, r + 4, r + 8}: the first alpha_0 · S = 2 are the diffusion steps, the rest left to right
+    assert order.tolist() == [0, 4, 8, 1, 5, 9, 2, 3, 6, 7, 10, 11] and counts == [3, 3]
+    order, counts = model.strided_order(12, SamplingSchedule(stride=3), 1.0)
+    assert order.tolist() == [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11] and counts == [4, 4, 4]
+    assert model.strided_order(12, SamplingSchedule(stride=4), 0.0)[0].tolist() == list(range(12))
+    seen = set()
+    for seed in range(10):
+        order, counts = model.strided_order(12, SamplingSchedule(stride=4, shuffle=True), 0.75,
+                                            torch.Generator().manual_seed(seed))
+        sets = [order[3 * i: 3 * i + 3].tolist() for i in range(3)]
+        assert counts == [3, 3, 3] and len({s[0] % 4 for s in sets}) == 3
+        assert all(sorted(s) == [s[0] % 4 + 4 * j for j in range(3)] for s in sets)  # a whole residue class
+        rest = order[9:].tolist()
+        assert rest == sorted(rest) and sorted(order.tolist()) == list(range(12))
+        seen.add(tuple(order.tolist()))
+    assert len(seen) > 5  # shuffled within and between sets
+    with pytest.raises(ValueError, match="'stride': 5 does not divide the 12"):
+        model.strided_order(12, SamplingSchedule(stride=5), 0.4)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("alpha_0,shuffle", [(0.25, False), (0.5, True), (1.0, False)])
+def test_strided_sampler_shares_one_order_and_equals_full_recompute(name, alpha_0, shuffle):
+    model = tiny_model(name, max_len=16)
+    sched = SamplingSchedule(alpha_0=alpha_0, stride=4, shuffle=shuffle)
+    cached = model.sample(3, 12, sched, torch.Generator().manual_seed(2))
+    full = model.sample(3, 12, sched, torch.Generator().manual_seed(2), use_cache=False)
+    assert torch.equal(cached.tokens, full.tokens) and (cached.tokens != SPECIAL.mask).all()
+    m = round(alpha_0 * 4)
+    assert cached.extra["reveal_counts"] == [3] * m and cached.extra["split"] == "fixed"
+    assert cached.nfe == m + 12 - 3 * m
+    # one order for the batch: a row's diffusion positions are the same residue classes as row 0's
+    orders = []
+    model.decode = (lambda decode: lambda order, *a, **k: orders.append(order) or decode(order, *a, **k))(model.decode)
+    model.sample(3, 12, sched, torch.Generator().manual_seed(2))
+    assert (orders[0] == orders[0][:1]).all()

@@ -120,6 +120,14 @@ def test_diffusion_model_scores_with_its_estimator(tmp_path):
     reqs = [_req("It is a truth", " universally acknowledged"), _req("", "Hello")]
     a, b = lm.loglikelihood(reqs), lm.loglikelihood(reqs)
     assert a == b and all(math.isfinite(ll) and greedy is False for ll, greedy in a)  # seeded
+    # The documented value: nll(BOS + context) − nll(BOS + context + continuation), same noise.
+    ctx, cont = lm._encode_pair(*reqs[0].args)
+    with torch.random.fork_rng():
+        torch.manual_seed(lm.seed)
+        full = lm.model.nll(torch.tensor([[lm.bos] + ctx + cont]), draws=2).nats.item()
+        alone = lm.model.nll(torch.tensor([[lm.bos] + ctx]), draws=2).nats.item()
+    [(ll, _)] = lm.loglikelihood(reqs[:1])
+    assert ll == pytest.approx(alone - full, rel=1e-6, abs=1e-6) and alone != full
     doc = "The quick brown fox jumps over the lazy dog. " * 4  # longer than one 32-token chunk
     [r1] = lm.loglikelihood_rolling([_req(doc)])
     assert math.isfinite(r1) and r1 < 0
@@ -152,6 +160,21 @@ def test_diffusion_generate_until_samples_from_the_prompt(tmp_path, name, args):
     if len(text) > 2:
         [cut] = lm.generate_until([_req("It is a truth", {"until": [text[1:3]], "max_gen_toks": 8})])
         assert cut == text[: text.index(text[1:3])]
+
+
+def test_lm_eval_cli_takes_batch_size_in_model_args(ar_run, tmp_path, monkeypatch, capsys):
+    """lm_eval's CLI adds its own batch_size; one in model_args used to be a TypeError."""
+    import harness.lm_eval_adapter as A
+
+    tasks = A.write_lm_eval_task(tmp_path / "tasks", n_docs=1, max_chars=100)
+    monkeypatch.setattr("sys.argv", ["esolm-lm-eval", "--model", "esolm", "--tasks", "esolm_corpus_ppl",
+                                     "--model_args", f"checkpoint={ar_run},batch_size=8,device=cpu",
+                                     "--include_path", str(tasks), "--batch_size", "2"])
+    A.main()
+    assert "esolm_corpus_ppl" in capsys.readouterr().out
+    lm = A.EsoLMHarnessLM.create_from_arg_string(f"checkpoint={ar_run},batch_size=8", {"batch_size": 2,
+                                                                                      "device": "cpu"})
+    assert lm.batch_size == 8 and lm.device.type == "cpu"
 
 
 @pytest.mark.parametrize("argv, fragment", [

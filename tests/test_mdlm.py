@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import harness.sampling as sampling_module
-from baselines.mdlm import MDLM, ancestral_denoise, plan_reveals
+from baselines.mdlm import MDLM, ancestral_denoise, draw_tokens, plan_reveals
 from harness.models import SpecialTokens
 from harness.nn.transformer import BackboneConfig
 from harness.sampling import top_p_filter
@@ -19,14 +19,15 @@ from tests.helpers import CountForwards, SPECIAL, VOCAB, random_batch, tiny_mode
 EPS = 1e-3
 
 
-def test_equal_logits_nelbo_has_its_exact_expectation():
+@pytest.mark.parametrize("eps", [EPS, 0.5])  # 0.5: a weight without its (1 − eps) would be 2× off, far outside 4 SE
+def test_equal_logits_nelbo_has_its_exact_expectation(eps):
     """Zero head ⇒ every masked position costs exactly log V (V = 49 real tokens; [MASK] is
     excluded by SUBS).  One draw per sequence is X = (1/t)·K·log V with K | t ~ Bin(L, (1−eps)t),
     so E[X | t] = (1−eps)·L·log V for every t: E[X] = (1−eps)·L·log V, and
     Var X = E[Var(X | t)] = L·log²V·(ln(1/eps) − (1−eps)²) for t ~ U[eps, 1].  The sample mean
     over N sequences must sit within 4 standard errors; the per-token loss likewise
     ((1−eps)·log V; antithetic t only lowers its variance, so the iid bound is conservative)."""
-    model = tiny_model("mdlm", max_len=16, dtype=torch.float32)
+    model = tiny_model("mdlm", max_len=16, dtype=torch.float32, eps=eps)
     with torch.no_grad():
         model.net.head.weight.zero_()
     log_v, L, N = math.log(VOCAB - 1), 16, 4000
@@ -42,12 +43,12 @@ def test_equal_logits_nelbo_has_its_exact_expectation():
 
     result = model.nll(x, generator=g)
     assert not result.exact and result.estimator == "nelbo(draws=1)" and result.tokens == L
-    mean = (1 - EPS) * L * log_v
-    se = math.sqrt(L * log_v**2 * (math.log(1 / EPS) - (1 - EPS) ** 2) / N)
+    mean = (1 - eps) * L * log_v
+    se = math.sqrt(L * log_v**2 * (math.log(1 / eps) - (1 - eps) ** 2) / N)
     assert abs(result.nats.mean().item() - mean) < 4 * se, (result.nats.mean().item(), mean, se)
 
     loss = model.loss(x, generator=g).item()
-    assert abs(loss - (1 - EPS) * log_v) < 4 * se / L
+    assert abs(loss - (1 - eps) * log_v) < 4 * se / L
 
 
 def test_nelbo_bounds_the_entropy_of_a_known_distribution():
@@ -225,7 +226,7 @@ class FixedLogits(nn.Module):
         return self.logits.expand(tokens.shape[0], tokens.shape[1], -1)
 
 
-def sample_tokens_float32(logits, generator, top_p=1.0):
+def sample_tokens_float32(logits, generator, top_p=1.0, rows=None):
     """The bug under test: Gumbel noise from float32 uniforms, capped at −log(−log(1 − 2⁻²⁴)) ≈ 16.6."""
     logits = top_p_filter(logits.float(), top_p)
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
@@ -234,6 +235,20 @@ def sample_tokens_float32(logits, generator, top_p=1.0):
 
 def poisson_cdf(k: int, lam: float) -> float:
     return sum(math.exp(-lam + i * math.log(lam) - math.lgamma(i + 1)) for i in range(k + 1))
+
+
+def test_chunked_draws_exclude_mask_in_every_chunk(monkeypatch):
+    """A step's draws are taken in chunks of positions (bounded memory); [MASK] must get no
+    mass in any chunk, and chunking must not change the tokens drawn."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 8, VOCAB, dtype=torch.float64, generator=g)
+    logits[..., SPECIAL.mask] = 50.0  # [MASK] would win every draw it is allowed into
+    rows, cols = torch.arange(3).repeat_interleave(8), torch.arange(8).repeat(3)
+    whole = draw_tokens(logits, rows, cols, SPECIAL.mask, torch.Generator().manual_seed(0), 1.0)
+    monkeypatch.setattr(sampling_module, "SAMPLE_CHUNK_ELEMENTS", 5 * VOCAB)  # 5 positions per chunk: 5 chunks
+    chunked = draw_tokens(logits, rows, cols, SPECIAL.mask, torch.Generator().manual_seed(0), 1.0)
+    assert (whole != SPECIAL.mask).all() and (chunked != SPECIAL.mask).all()
+    assert torch.equal(chunked, whole)
 
 
 def test_sampler_keeps_the_float64_tail(monkeypatch, all_threads):

@@ -130,6 +130,42 @@ def test_mauve_separates_same_from_shifted_distributions():
         mauve_from_features(p, rng.normal(size=(10, 3)))
 
 
+def test_degenerate_mauve_reasons():
+    from harness.metrics.mauve import degenerate_reason
+
+    assert degenerate_reason([0.5, 0.5, 0], [0.25, 0.5, 0.25], 32, 48) is None
+    assert degenerate_reason([1.0, 0], [0, 1.0], 32, 48) == \
+        "no cluster holds both generated and reference texts (a constant score)"
+    assert degenerate_reason([0, 1.0, 0], [0.2, 0.5, 0.3], 32, 48) == "all generated texts fall into one of 3 clusters"
+    assert degenerate_reason([0.5, 0.5], [1.0, 0], 32, 48) == "all reference texts fall into one of 2 clusters"
+    assert degenerate_reason([1 / 32, 31 / 32], [1.0, 0], 32, 48) == \
+        "only one generated text shares a cluster with the other side (a near-constant score)"
+    assert degenerate_reason([2 / 32, 30 / 32, 0], [0.5, 0.25, 0.25], 32, 48) is None
+    assert degenerate_reason([0.5] * 2 + [0] * 8, [0.1] * 10, 16, 48) == \
+        "fewer than 2 texts per cluster (16 texts, 10 clusters)"
+
+
+@pytest.mark.skipif(not mauve_available(), reason="mauve-text not installed (optional 'mauve' extra)")
+def test_disjoint_clusters_give_the_constant_mauve_and_are_marked_degenerate():
+    """Generated and reference features far apart: 2 clusters, one per side, and MAUVE is the
+    constant of disjoint histograms whatever the texts (the smoke run's 0.00407 at L = 32)."""
+    from harness.metrics.mauve import DISJOINT_MAUVE, recorded_degenerate
+
+    rng = np.random.default_rng(1)
+    axes = np.eye(8)
+    for a, b in ((0, 1), (2, 5)):  # two tight groups in different directions: one cluster each
+        out = mauve_from_features(axes[a] + 0.01 * rng.normal(size=(32, 8)),
+                                  axes[b] + 0.01 * rng.normal(size=(48, 8)), num_buckets=2)
+        assert out["mauve"] == DISJOINT_MAUVE
+        assert out["degenerate"] == "no cluster holds both generated and reference texts (a constant score)"
+    same = mauve_from_features(rng.normal(size=(60, 8)), rng.normal(size=(60, 8)), num_buckets=3)
+    assert same["degenerate"] is None and same["mauve"] > 0.5
+    # rows written before the flag: recognised by the constant; a recorded None means measured
+    assert recorded_degenerate({"mauve": DISJOINT_MAUVE}).startswith("no cluster holds both")
+    assert recorded_degenerate({"mauve": DISJOINT_MAUVE, "mauve_degenerate": None}) is None
+    assert recorded_degenerate({"mauve": 0.5, "mauve_degenerate": "all generated texts fall into one of 2 clusters"})
+
+
 # --- speed and telemetry -------------------------------------------------------------------
 class FakeClock:
     """Each timed call takes the next duration."""

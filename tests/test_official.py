@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from harness.checkpoint import load_checkpoint, read_state
 from harness.cli import main
+from harness.official import import_checkpoint
 from tests.test_safe_load import Trap
 
 V, D, HEADS, COND, LAYERS, L = 50258, 32, 4, 16, 2, 16
@@ -408,7 +409,7 @@ def test_imported_checkpoint_samples_and_is_never_replaced(tmp_path, capsys):
     src = write_hf(tmp_path / "hf", official_weights(adaln=True), "mdlm")
     main(["import", str(src), "--model", "mdlm", "--out", str(tmp_path / "out")])
     main(["sample", str(tmp_path / "out"), "--n", "1", "--length", "8", "--steps", "4", "--device", "cpu"])
-    assert "--- NFE" in capsys.readouterr().out
+    assert "per sample: NFE" in capsys.readouterr().out
     before = (tmp_path / "out" / "checkpoint.pt").read_bytes()
     with pytest.raises(SystemExit) as exit_info:
         main(["import", str(src), "--model", "mdlm", "--out", str(tmp_path / "out")])
@@ -457,7 +458,7 @@ def test_sweep_entries_naming_released_files_import_once(tmp_path):
 
 def test_paper_checkpoints_config_lists_every_missing_path_before_any_work(tmp_path, capsys):
     """configs/paper_checkpoints.yaml parses; with its placeholder paths the sweep stops at
-    once with one line per missing path (7 checkpoints, their corpus files, the evaluator)."""
+    once with one line per missing path (7 checkpoints, their OWT dataset folder, the evaluator)."""
     from pathlib import Path
 
     from harness.config import ConfigError
@@ -473,4 +474,21 @@ def test_paper_checkpoints_config_lists_every_missing_path_before_any_work(tmp_p
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 15 and all(line.startswith("esolm: missing: ") for line in lines)
     assert sum("evaluator" in line for line in lines) == 1
+    assert sum("import_args.data.hf_dataset" in line for line in lines) == 7
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+
+
+def test_import_reads_a_local_dataset_under_the_papers_protocol(tmp_path, capsys):
+    """--hf-dataset/--protocol (import_args.data in sweeps) decide what eval reads for the import;
+    a data field the importer cannot honour is one line naming it, and nothing is written."""
+    src = write_hf(tmp_path / "hf", official_weights(adaln=True), "mdlm")
+    owt = tmp_path / "owt"
+    owt.mkdir()
+    main(["import", str(src), "--model", "mdlm", "--out", str(tmp_path / "imported"), "--hf-dataset", str(owt),
+          "--protocol", "owt"])
+    data = read_state(tmp_path / "imported")["config"]["data"]
+    assert data["hf_dataset"] == str(owt) and data["protocol"] == "owt" and data["tokenizer"] == "gpt2"
+    assert "protocol 'lm1b'" in refused(capsys, tmp_path, src, "mdlm", "--protocol", "lm1b")
+    with pytest.raises(ValueError, match="data.seq_len"):
+        import_checkpoint(src, "mdlm", tmp_path / "out2", data={"seq_len": 64})
+    assert not (tmp_path / "out2").exists()

@@ -40,7 +40,10 @@ def test_prefix_is_kept_and_the_fast_paths_agree(name, options, schedule, P):
     assert torch.equal(gen().tokens, cached.tokens)
     if name.startswith("esolm"):  # the given positions take no step of either phase
         free = L - P
-        n_diff = round((schedule.alpha_0 or 0) * free)
+        n_diff = cached.extra["diffusion_positions"]
+        if schedule.diffusion_split() == "fixed":
+            assert n_diff == round((schedule.alpha_0 or 0) * free)
+        assert sum(cached.extra["reveal_counts"]) == n_diff and (schedule.alpha_0 != 1.0 or n_diff == free)
         assert cached.nfe == cached.extra["diffusion_steps"] + free - n_diff
         assert cached.extra["sequential_steps"] == free - n_diff
     if name == "mdlm":

@@ -98,6 +98,100 @@ def test_report_files_tables_protocol_and_samples(tmp_path):
     assert families == ["AR"] + ["MDLM"] * 3 + ["BD3-LM"] + ["Eso-LM (B)"] * 6
 
 
+def test_every_entry_has_its_own_colour_and_marker():
+    import pandas as pd
+
+    from harness.report.plots import entry_styles
+
+    agg = pd.DataFrame({"model_entry": ["ar", "mdlm", "esolm-b", "esolm-b-a1", "esolm-b-x", "mine"],
+                        "family": ["ar", "mdlm", "esolm-b", "esolm-b", "esolm-b", "custom"]})
+    styles = entry_styles(agg)
+    assert len({c for c, _ in styles.values()}) == 6 and len({m for _, m in styles.values()}) == 6
+    assert styles["esolm-b"][0] == rp.FAMILY_COLORS["esolm-b"]  # a family's first entry keeps its colour
+
+
+def test_labels_never_overlap_each_other_and_avoid_markers_where_there_is_room():
+    import random
+
+    from harness.report.plots import place_labels, pyplot
+
+    plt = pyplot()
+    rng = random.Random(0)
+    for crowd, spread in ((40, 0.05), (12, 1.0)):  # a tight cluster, and points with room around them
+        fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+        pts = [(1 + spread * rng.random(), 1 + spread * rng.random()) for _ in range(crowd)]
+        ax.scatter(*zip(*pts))
+        ax.set_xlim(0.5, 2.5)
+        ax.set_ylim(0.5, 2.5)
+        boxes = place_labels(fig, ax, [(p, str(i + 1), "k") for i, p in enumerate(pts)])
+        assert len(boxes) == crowd
+        for i, a in enumerate(boxes):
+            for b in boxes[:i]:
+                assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], (a, b)
+        if spread == 1.0:
+            r = 7 * fig.dpi / 72
+            for a in boxes:
+                for x, y in (ax.transData.transform(p) for p in pts):
+                    assert a[2] < x - r or x + r < a[0] or a[3] < y - r or y + r < a[1]
+        plt.close(fig)
+
+
+def test_plot_points_are_numbered_in_a_table_with_their_frontiers(tmp_path):
+    md = rp.write_report(write_results(tmp_path, demo_rows()), out_dir=tmp_path / "r").read_text()
+    table = md.split("The numbered points of the plots:")[1].split("\n## ")[0]
+    rows = [l.split(" | ") for l in table.splitlines() if l.startswith("| ") and l[2].isdigit()]
+    assert [int(r[0][2:]) for r in rows] == list(range(1, 12))
+    by_number = {int(r[0][2:]): r for r in rows}
+    time_line = next(l for l in md.splitlines() if l.startswith("Pareto frontier (gen PPL vs time)"))
+    on_time = [int(n) for n in __import__("re").findall(r"\(#(\d+),", time_line)]
+    assert on_time and all("time" in by_number[n][-1] for n in on_time)
+    assert sum("time" in r[-1] for r in rows) == len(on_time)
+    assert by_number[1][1:4] == ["ar", "AR", "default"]
+
+
+def timed(r, repeats):
+    """A row with its per-batch repeat timings (batch of 8); the median is seconds_per_batch."""
+    r["metrics"].update(seconds_all=repeats, seconds_per_batch=sorted(repeats)[len(repeats) // 2],
+                        seconds_per_sample=sorted(repeats)[len(repeats) // 2] / 8)
+    return r
+
+
+def test_speed_spread_of_the_repeats_and_differences_within_it(tmp_path):
+    from harness.report.frame import repeat_spread
+
+    assert repeat_spread({"seconds_all": [0.08, 0.10, 0.09], "seconds_per_batch": 0.09,
+                          "seconds_per_sample": 0.09 / 8}) == pytest.approx((0.01, 0.0125))
+    assert all(math.isnan(v) for v in repeat_spread({"seconds_per_sample": 0.01}))
+    rows = [timed(row("ar", "ar", "default", 100.0, 1, 63), [0.080, 0.088, 0.120]),        # 0.0100–0.0150
+            timed(row("mdlm", "mdlm", "T=8", 900.0, 1, 8, steps=8), [0.070, 0.076, 0.082]),  # 0.0088–0.0103
+            timed(row("mdlm", "mdlm", "T=32", 800.0, 1, 32, steps=32), [0.3, 0.31, 0.32])]
+    md = rp.write_report(write_results(tmp_path, rows), out_dir=tmp_path / "r").read_text()
+    assert "| 1 | ar | AR | default | 64 | 0.0110 (0.0100–0.0150) |" in md
+    assert "may change on another run): #1 and #2." in md  # #3 is far slower than both
+    rows[0] = timed(row("ar", "ar", "default", 100.0, 1, 63), [0.090, 0.088, 0.095])  # 0.0110–0.0119: apart
+    shutil.rmtree(tmp_path / "results")
+    md = rp.write_report(write_results(tmp_path, rows), out_dir=tmp_path / "r").read_text()
+    assert "Every speed difference between a point on the time frontier and another point is larger" in md
+
+
+def test_degenerate_mauve_is_shown_as_such_not_as_a_score(tmp_path):
+    from harness.metrics.mauve import DISJOINT_MAUVE
+
+    rows = demo_rows()[:3]
+    rows[0]["metrics"].update(mauve=0.61, mauve_degenerate=None)
+    rows[1]["metrics"].update(mauve=DISJOINT_MAUVE)  # written before the flag existed
+    rows[2]["metrics"].update(mauve=0.25, mauve_degenerate="all generated texts fall into one of 2 clusters")
+    md = rp.write_report(write_results(tmp_path, rows), out_dir=tmp_path / "r").read_text()
+    table = [l for l in md.split("## Results at L = 64")[1].split("\n## ")[0].splitlines() if l.startswith("| ")]
+    mauve = table[0].split(" | ").index("MAUVE")
+    assert [l.split(" | ")[mauve] for l in table[2:]] == ["0.610", "degenerate", "degenerate"]
+    assert "0.004" not in md and "0.250" not in md
+    note = next(l for l in md.splitlines() if l.startswith('- MAUVE is shown as "degenerate" at 2 of 3 points'))
+    assert "all generated texts fall into one of 2 clusters" in note and "recognised by its value" in note
+    stored = [json.loads(l)["metrics"]["mauve"] for l in (tmp_path / "results/demo/points.jsonl").open()]
+    assert stored == [0.61, DISJOINT_MAUVE, 0.25]  # the raw values stay in the rows
+
+
 def test_perplexity_vs_alpha_0_table(tmp_path):
     """Rows from AR (alpha_0 = 0) through Eso-LM by alpha_0 to MDLM (alpha_0 = 1); gen PPL per
     Eso-LM T (MDLM's T = 128 has no Eso-LM column; AR has no T and fills every column)."""
@@ -390,6 +484,19 @@ def test_a_report_of_other_results_is_never_replaced_without_force(tmp_path, mon
     with pytest.raises(ReportExists):
         rp.write_report(mine, out_dir=out)
     rp.write_report(other, out_dir=out)
+
+
+def test_report_out_naming_a_file_is_one_line(tmp_path, capsys):
+    """--out EXISTING_FILE used to end in a FileExistsError traceback."""
+    from harness.cli import main
+
+    mine = write_results(tmp_path, demo_rows())
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", str(mine), "--out", str(tmp_path / "notes.txt")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "notes.txt is a file, not a folder" in err[0], err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
 def test_sweep_keeps_its_results_when_the_report_folder_is_taken(tmp_path, capsys):

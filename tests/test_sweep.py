@@ -66,6 +66,29 @@ def rows_of(results_dir: Path) -> list[dict]:
 # --------------------------------------------------------------------------------------
 # config errors: one line naming the key and the fix
 # --------------------------------------------------------------------------------------
+def test_misspelt_key_is_named_first_with_the_close_match(tmp_path, runs):
+    """'lenghts' also leaves 'lengths' missing; the typo is what the user must see."""
+    cfg = base_config(runs)
+    cfg["lenghts"] = cfg.pop("lengths")
+    with pytest.raises(ConfigError) as err:
+        sw.load_sweep_config(write(tmp_path, cfg))
+    assert str(err.value).endswith("field 'lenghts': unknown key; did you mean 'lengths'? (+1 more)"), err.value
+    cfg = base_config(runs)
+    cfg["models"][0]["train"]["train"] = {"setps": 3}
+    with pytest.raises(ConfigError, match=r"field 'models.0.train.train.setps': unknown key; did you mean 'steps'\?$"):
+        sw.load_sweep_config(write(tmp_path, cfg))
+    cfg = base_config(runs)
+    cfg["speed"] = {"repeats": 2, "zzz": 1}  # nothing close: the valid keys are listed
+    with pytest.raises(ConfigError, match=r"field 'speed.zzz': unknown key; remove it or check its spelling "
+                                          r"\(valid keys: warmup, repeats\)$"):
+        sw.load_sweep_config(write(tmp_path, cfg))
+    cfg = base_config(runs)
+    cfg["models"].append({"name": "m", "train": {"model": "mdlm"}, "schedules": [{"setps": 8}]})
+    with pytest.raises(ConfigError, match="field 'models.1.schedules.0.setps': unknown schedule field; use one of "
+                                          r"\[.*\]; did you mean 'steps'\?$"):
+        sw.load_sweep_config(write(tmp_path, cfg))
+
+
 @pytest.mark.parametrize("mutate, expect", [
     (lambda c: c["models"][0].update(trian={}), "models.0.trian': unknown key"),
     (lambda c: c.update(metrics=["gen_ppl", "perplexity"]), "unknown metric(s) ['perplexity']"),
@@ -215,6 +238,7 @@ def test_sweep_rows_resume_after_injected_crash(tmp_path, runs, monkeypatch):
     assert row["sweep"] == "t" and row["model_entry"] == "ar" and row["family"] == "ar"
     assert row["schedule"] == "default" and row["length"] == 16 and row["num_samples"] == 4
     assert row["batch_size"] == 2 and row["init"] == "trained" and row["alpha_0"] is None
+    assert row["data_protocol"] == "documents" and row["diffusion_split"] is None  # named in every row
     assert len(row["config_hash"]) == 16 and row["torch"] and row["python"] and row["timestamp"]
     assert m["nfe_per_batch"] == [15, 15] and m["nfe_per_sample"] == 15  # AR: L - 1 forwards
     assert m["tokens_computed_per_sample"] == 15  # one new query position per forward
@@ -418,14 +442,19 @@ def test_ray_backend(tmp_path, runs, monkeypatch):
         monkeypatch.setitem(sys.modules, "ray", None)
         with pytest.raises(ConfigError, match="install ray"):
             run(path, tmp_path / "results")
-    # a minimal synchronous stand-in checks the driver: tasks submitted, rows appended as they finish
+    # a minimal synchronous stand-in checks the driver: training and point tasks submitted, rows
+    # appended as they finish (tests/test_ray.py runs a real Ray instance)
     fake = types.SimpleNamespace(initialized=False, submitted=[])
     fake.is_initialized = lambda: fake.initialized
     fake.init = lambda **k: setattr(fake, "initialized", True)
 
+    def submit(fn, args):
+        fake.submitted.append(next((a.key for a in args if isinstance(a, sw.Point)), f"train {args[0]}"))
+        return fn(*args)
+
     def remote(**opts):
         def wrap(fn):
-            return types.SimpleNamespace(remote=lambda *a: (fake.submitted.append(a[-1].key), fn(*a))[1])
+            return types.SimpleNamespace(remote=lambda *a: submit(fn, a))
         return wrap
 
     fake.remote = remote
@@ -434,8 +463,8 @@ def test_ray_backend(tmp_path, runs, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", fake)
     results = tmp_path / "results"
     run(path, results)
-    assert fake.initialized and fake.submitted == ["ar/default/L16/s0", "ar/default/L16/s1"]
-    assert [r["key"] for r in rows_of(results / "t")] == fake.submitted
+    assert fake.initialized and fake.submitted == ["train ar", "ar/default/L16/s0", "ar/default/L16/s1"]
+    assert [r["key"] for r in rows_of(results / "t")] == fake.submitted[1:]
 
 
 def test_set_overrides_make_a_variant_and_its_results_keep_the_merged_config(tmp_path, runs, capsys):
@@ -544,3 +573,87 @@ def test_invalid_yaml_names_line_and_column(tmp_path):
     path.write_text("name: x\nlengths: [16, 32\nmodels: []\n")
     with pytest.raises(ConfigError, match=r"not valid YAML \(line 3, column 7\): expected ',' or '\]'"):
         sw.load_sweep_config(path)
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    ({"train": {"model": "no_such_package.models:Thing"}}, "field 'models.1.train.model': cannot load model"),
+    ({"train": {"model": "mdlm", "model_args": {"epss": 0.1}}, "schedules": [{"steps": 4}]},
+     "field 'models.1.train.model_args': got an unexpected keyword argument 'epss'"),
+])
+def test_a_bad_later_entry_stops_the_sweep_before_any_training_or_write(tmp_path, bad, fragment):
+    """models.1 used to fail only after models.0 had trained, and its config replaced the
+    config.yaml of the results that ran."""
+    cfg = base_config(tmp_path / "runs", seeds=[0], metrics=["entropy"], evaluator=None)
+    cfg["models"].append({"name": "bad", **bad})
+    results = tmp_path / "results"
+    (results / "t").mkdir(parents=True)
+    (results / "t" / "config.yaml").write_text("# the config that ran\n")
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        run(write(tmp_path, cfg), results)
+    assert not (tmp_path / "runs").exists()  # nothing trained
+    assert (results / "t" / "config.yaml").read_text() == "# the config that ran\n"
+
+
+@pytest.mark.parametrize("entry, evaluator, fragment", [
+    ({"name": "ar"}, {"model_entry": "ar"},
+     "field 'evaluator.model_entry': entry 'ar' (models.0) holds a 'mdlm' checkpoint"),
+    ({"name": "x"}, None, "field 'models.0.schedules': entry 'x' holds a 'mdlm' checkpoint ({ck}): mdlm needs 'steps'"),
+])
+def test_a_checkpoint_entry_is_checked_for_the_model_it_holds(tmp_path, entry, evaluator, fragment):
+    """An entry without model: used to run as its name suggested and fail mid-sweep with
+    "mdlm needs schedule.steps"."""
+    from tests.test_evaluators import make_checkpoint
+
+    make_checkpoint(tmp_path / "ck", "mdlm", max_len=16)
+    cfg = base_config(tmp_path / "runs", seeds=[0], metrics=["entropy"] + (["gen_ppl"] if evaluator else []),
+                      evaluator=evaluator, models=[{**entry, "checkpoint": str(tmp_path / "ck")}])
+    with pytest.raises(ConfigError, match=re.escape(fragment.format(ck=tmp_path / "ck"))):
+        run(write(tmp_path, cfg), tmp_path / "results")
+    assert not (tmp_path / "results").exists()
+
+
+def test_one_process_per_results_folder_and_shard(tmp_path):
+    """The same sweep started twice at once appended every row twice; the second is refused
+    naming the first's pid.  Other shards take their own lock."""
+    from harness.sweep.run import results_lock
+
+    cfg = base_config(tmp_path / "runs", seeds=[0], metrics=["entropy"], evaluator=None)
+    path = write(tmp_path, cfg)
+    with results_lock(tmp_path / "results" / "t", (0, 1), None):
+        with pytest.raises(ConfigError, match=f"is being written by pid {os.getpid()} running the same sweep"):
+            run(path, tmp_path / "results")
+        with results_lock(tmp_path / "results" / "t", (1, 2), None):  # another shard: its own lock
+            pass
+    assert not (tmp_path / "runs").exists() and not rows_of(tmp_path / "results" / "t")
+
+
+def test_a_shard_waits_for_the_entry_another_shard_trains(tmp_path):
+    """Shards started at once each trained every entry; now one trains and the others wait
+    for its checkpoint (the run folder's lock) and then train nothing."""
+    import threading
+
+    from harness.sweep.run import train_entries
+    from harness.train import _train, lock_run
+
+    cfg = sw.load_sweep_config(write(tmp_path, base_config(tmp_path / "runs", seeds=[0], metrics=["entropy"],
+                                                             evaluator=None)))
+    tcfg = sw.entry_train_config(cfg, cfg.models[0])
+    held = lock_run(tcfg.run_dir(), wait=False)  # "another shard" is training the entry
+    got, errors = {}, []
+
+    def other_shard():
+        try:
+            got.update(train_entries(cfg, {"ar"}, progress=False))
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    waiting = threading.Thread(target=other_shard)
+    waiting.start()
+    path = _train(tcfg, resume=False, progress=False, rank=0)  # the first shard's training
+    stamp = path.stat().st_mtime_ns
+    held.close()
+    waiting.join(timeout=300)
+    assert not errors and got == {"ar": str(path)}
+    assert path.stat().st_mtime_ns == stamp  # not trained again
+    log = [json.loads(line)["step"] for line in (tcfg.run_dir() / "log.jsonl").read_text().splitlines()]
+    assert log == [2]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 
 import torch
 
@@ -58,7 +59,7 @@ def test_perplexity(model, data: torch.Tensor, batch_size: int = 16, *, seed: in
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="test ppl", unit="batch")
+        batches = tqdm(batches, desc="test ppl", unit="batch", file=sys.stderr, dynamic_ncols=True)
     try:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)

@@ -15,6 +15,16 @@ Settings for small sample counts (the harness often has tens to hundreds of samp
 - the PCA keeps 90 % of the variance (mauve-text's default).
 MAUVE with fewer than a few hundred samples per side is noisy: compare runs with the same
 n, the same seed and the same evaluator, and report n with the score.
+
+Degenerate scores (``degenerate`` says why; the raw value is kept): MAUVE compares the two
+cluster histograms, so it says nothing about the texts when
+- no cluster holds both generated and reference texts: every such pair of histograms
+  scores the same constant, :data:`DISJOINT_MAUVE` (about 0.0041 at scaling 5), and with
+  only one text of a side in a shared cluster the score is nearly that constant;
+- all generated (or all reference) texts fall into one cluster: the score is a function
+  of one count;
+- there are fewer than 2 texts per cluster on the smaller side: the clusters are not
+  estimated from the data.
 """
 
 from __future__ import annotations
@@ -36,6 +46,40 @@ def mauve_available() -> bool:
     return _compute_mauve() is not None
 
 
+# MAUVE of two histograms with no cluster in common (scaling factor 5, mauve-text's 25-point
+# divergence curve): independent of the texts.  Rows written before ``mauve_degenerate`` was
+# recorded are recognised by this value.
+DISJOINT_MAUVE = 0.0040720962619612555
+
+
+def degenerate_reason(p_hist, q_hist, n_p: int, n_q: int) -> str | None:
+    """Why a MAUVE computed from these cluster histograms says nothing about the texts (None: it does)."""
+    p, q = np.asarray(p_hist, dtype=float), np.asarray(q_hist, dtype=float)
+    k = len(p)
+    if min(n_p, n_q) < 2 * k:
+        return f"fewer than 2 texts per cluster ({min(n_p, n_q)} texts, {k} clusters)"
+    if not np.any((p > 0) & (q > 0)):
+        return "no cluster holds both generated and reference texts (a constant score)"
+    shared = min(round(n_p * p[q > 0].sum()), round(n_q * q[p > 0].sum()))
+    if shared <= 1:
+        side = "generated" if round(n_p * p[q > 0].sum()) <= 1 else "reference"
+        return f"only one {side} text shares a cluster with the other side (a near-constant score)"
+    if np.count_nonzero(p) == 1 or np.count_nonzero(q) == 1:
+        side = "generated" if np.count_nonzero(p) == 1 else "reference"
+        return f"all {side} texts fall into one of {k} clusters"
+    return None
+
+
+def recorded_degenerate(metrics: dict) -> str | None:
+    """Why a results row's MAUVE (its metrics, flat) says nothing about its texts, or None."""
+    reason = metrics.get("mauve_degenerate")
+    if isinstance(reason, str) and reason:
+        return reason
+    if "mauve_degenerate" not in metrics and metrics.get("mauve") == DISJOINT_MAUVE:
+        return "no cluster holds both generated and reference texts (a constant score; recognised by its value)"
+    return None
+
+
 def default_num_buckets(n_p: int, n_q: int) -> int:
     return max(2, min(n_p, n_q) // 10)
 
@@ -47,7 +91,8 @@ def mauve_from_features(p_features: np.ndarray, q_features: np.ndarray, *, num_b
     p = np.asarray(p_features, dtype=np.float32)
     q = np.asarray(q_features, dtype=np.float32)
     result = {"mauve": None, "frontier_integral": None, "n_p": int(len(p)), "n_q": int(len(q)), "num_buckets": None,
-              "kmeans_num_redo": kmeans_num_redo, "kmeans_max_iter": kmeans_max_iter, "seed": seed, "reason": None}
+              "kmeans_num_redo": kmeans_num_redo, "kmeans_max_iter": kmeans_max_iter, "seed": seed, "reason": None,
+              "degenerate": None}
     compute_mauve = _compute_mauve()
     if compute_mauve is None:
         result["reason"] = MAUVE_EXTRA_HINT
@@ -61,7 +106,8 @@ def mauve_from_features(p_features: np.ndarray, q_features: np.ndarray, *, num_b
                         kmeans_max_iter=kmeans_max_iter, seed=seed, mauve_scaling_factor=scaling_factor,
                         verbose=False, device_id=-1)
     result.update(mauve=float(out.mauve), frontier_integral=float(out.frontier_integral),
-                  num_buckets=int(out.num_buckets))
+                  num_buckets=int(out.num_buckets),
+                  degenerate=degenerate_reason(out.p_hist, out.q_hist, len(p), len(q)))
     return result
 
 

@@ -125,3 +125,23 @@ def esolm_sequential(length: int, n_clean, variant: str, device=None) -> torch.T
     top = full[:length].expand(*x_block.shape[:-2], length, 2 * length)
     bottom = torch.cat([torch.zeros_like(x_block), x_block], dim=-1)
     return torch.cat([top, bottom], dim=-2)
+
+
+def esolm_steps(steps: torch.Tensor) -> torch.Tensor:
+    """Eso-LM (B)'s single-pass likelihood mask over z ⊕ x (2L, both halves in the sorted
+    order) for a sample whose sorted index j was drawn at step ``steps[..., j]`` (non-
+    decreasing; −1 for a given prefix).  (L,) -> (2L, 2L); (B, L) -> (B, 2L, 2L).
+
+    - z query j -> z keys of its own step up to itself: the [MASK] queries of its window,
+      causal, as the cached sampler's window holds them;
+    - z query j -> x keys drawn at earlier steps: the clean tokens in the cache;
+    - x query   -> x keys up to itself: clean tokens are written to the cache causally;
+    - x query   -> z key never.
+    With one token per step this is :func:`esolm_sequential` (B), i.e. block_diffusion(L, 1).
+    """
+    L = steps.shape[-1]
+    q, k = steps[..., :, None], steps[..., None, :]
+    upto = causal(L, steps.device)
+    top = torch.cat([(q == k) & upto, k < q], dim=-1)
+    bottom = torch.cat([torch.zeros_like(top[..., :L]), upto.expand_as(top[..., :L])], dim=-1)
+    return torch.cat([top, bottom], dim=-2)

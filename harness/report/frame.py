@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from harness.metrics.mauve import recorded_degenerate
 from harness.results_store import latest_rows, read_points
 
 FAMILY_COLORS = {"ar": "#333333", "mdlm": "#1f77b4", "bd3lm": "#2ca02c", "esolm-a": "#ff7f0e",
@@ -13,6 +14,7 @@ FAMILY_COLORS = {"ar": "#333333", "mdlm": "#1f77b4", "bd3lm": "#2ca02c", "esolm-
 FAMILY_NAMES = {"ar": "AR", "mdlm": "MDLM", "bd3lm": "BD3-LM", "esolm-a": "Eso-LM (A)", "esolm-b": "Eso-LM (B)",
                 "custom": "custom"}
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+SHADES = [0.0, -0.45, 0.45, -0.7, 0.7]  # a family's further entries: darker (-) or lighter (+)
 FAMILY_ORDER = list(FAMILY_COLORS)
 
 
@@ -32,6 +34,7 @@ def load_frame(results_dir: str | Path):
     for row in rows:
         item = {k: v for k, v in row.items() if k != "metrics"}
         item.update(row.get("metrics", {}))
+        item["mauve_degenerate"] = recorded_degenerate(row.get("metrics", {}))
         flat.append(item)
     df = pd.DataFrame(flat)
     for col in ("gen_ppl", "gen_ppl_mean", "entropy", "test_ppl", "mauve", "seconds_per_sample", "tokens_per_second",
@@ -50,11 +53,24 @@ def load_frame(results_dir: str | Path):
     for col in ("run_id", "batch_grid"):  # rows from before these fields
         if col not in df:
             df[col] = None
+    df["seconds_min_per_sample"], df["seconds_max_per_sample"] = zip(*[
+        repeat_spread(r) for r in df.to_dict("records")]) if len(df) else ([], [])
     return df
 
 
+def repeat_spread(row: dict) -> tuple[float, float]:
+    """Fastest and slowest timed repeat of a row, per sample (the median is seconds_per_sample);
+    NaN for rows without their repeat timings."""
+    times, median, per_sample = row.get("seconds_all"), row.get("seconds_per_batch"), row.get("seconds_per_sample")
+    if not (isinstance(times, list) and times and finite(median) and median > 0 and finite(per_sample)):
+        return float("nan"), float("nan")
+    scale = per_sample / median
+    return min(times) * scale, max(times) * scale
+
+
 def aggregate(df):
-    """Mean over seeds of each (model entry, schedule, length)."""
+    """Mean over seeds of each (model entry, schedule, length), with the fastest and slowest
+    timed repeat over all of them."""
     keys = ["model_entry", "family", "schedule", "length", "batch_size"]
     numeric = [c for c in ("gen_ppl", "gen_ppl_mean", "entropy", "degenerate", "mauve", "test_ppl", "nfe",
                            "nfe_per_sample", "tokens_computed_per_sample", "seconds_per_sample", "tokens_per_second",
@@ -62,6 +78,11 @@ def aggregate(df):
                            "eos_inside_per_sample") if c in df]
     agg = df.groupby(keys, sort=False, dropna=False)[numeric].mean().reset_index()
     agg["seeds"] = df.groupby(keys, sort=False, dropna=False)["seed"].nunique().values
+    if "mauve_degenerate" in df:  # a seed's degenerate MAUVE makes the mean degenerate too
+        agg["mauve_degenerate"] = df.groupby(keys, sort=False, dropna=False)["mauve_degenerate"].agg(
+            lambda v: next((x for x in v if isinstance(x, str)), None)).values
+    for col, how in (("seconds_min_per_sample", "min"), ("seconds_max_per_sample", "max")):  # over seeds and repeats
+        agg[col] = df.groupby(keys, sort=False, dropna=False)[col].agg(how).values if col in df else float("nan")
     for col in ("device", "device_name", "dtype", "step_mode", "run_id", "batch_grid", "block_size", "first_hitting"):
         if col in df:
             agg[col] = df.groupby(keys, sort=False, dropna=False)[col].first().values
@@ -81,6 +102,13 @@ def aggregate(df):
     agg["_e"] = agg["model_entry"].map(entries.index)
     agg["_o"] = range(len(agg))
     return agg.sort_values(["length", "_f", "_e", "_o"]).drop(columns=["_f", "_e", "_o"]).reset_index(drop=True)
+
+
+def within_spread(a, b) -> bool:
+    """Whether two points' timed repeats overlap, so their speed order may flip on another run."""
+    lo_a, hi_a, lo_b, hi_b = (a["seconds_min_per_sample"], a["seconds_max_per_sample"], b["seconds_min_per_sample"],
+                              b["seconds_max_per_sample"])
+    return all(finite(v) for v in (lo_a, hi_a, lo_b, hi_b)) and lo_a <= hi_b and lo_b <= hi_a
 
 
 def pareto_front(xs, ys) -> list[int]:

@@ -7,9 +7,10 @@ import math
 import textwrap
 from pathlib import Path
 
-from harness.report.frame import FAMILY_COLORS, FAMILY_NAMES, FAMILY_ORDER, MARKERS, finite, pareto_front
+from harness.report.frame import FAMILY_COLORS, FAMILY_NAMES, FAMILY_ORDER, MARKERS, SHADES, finite, pareto_front
 from harness.report.speed import cuda_rows, cuda_timed, pick, steps_is
 from harness.report.text import measured_on
+
 
 def pyplot():
     import matplotlib
@@ -20,51 +21,68 @@ def pyplot():
     return plt
 
 
-def _style(agg):
-    """Colour per family, marker per model entry (entries of one family get distinct markers)."""
-    markers, per_family = {}, {}
-    for entry, family in dict.fromkeys(zip(agg["model_entry"], agg["family"])):
-        k = per_family.get(family, 0)
-        markers[entry] = MARKERS[k % len(MARKERS)]
-        per_family[family] = k + 1
-    return markers
+def entry_styles(agg) -> dict[str, tuple[str, str]]:
+    """A colour and a marker of its own for every model entry: the family's colour for its
+    first entry, darker and lighter shades of it for the next ones, and markers in turn."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    styles, per_family = {}, {}
+    for k, (entry, family) in enumerate(dict.fromkeys(zip(agg["model_entry"], agg["family"]))):
+        n = per_family.get(family, 0)
+        per_family[family] = n + 1
+        base = to_rgb(FAMILY_COLORS.get(family, FAMILY_COLORS["custom"]))
+        shade = SHADES[n % len(SHADES)]
+        target = 0.0 if shade < 0 else 1.0  # towards black (darker) or white (lighter)
+        color = to_hex(tuple(c + abs(shade) * (target - c) for c in base))
+        styles[entry] = (color, MARKERS[k % len(MARKERS)])
+    return styles
 
 
 def short_label(label: str) -> str:
     return "" if label == "default" else label.replace(",", " ")
 
 
-def plot_pareto(agg, x: str, xlabel: str, title: str, path: Path) -> list[dict] | None:
-    """gen PPL vs ``x`` per length; returns the frontier rows, or None when nothing to plot."""
+def point_numbers(agg) -> dict:
+    """agg index -> the number a point carries in the speed-quality plots and their table."""
+    rows = agg[agg["gen_ppl"].map(finite)]
+    return {i: n for n, i in enumerate(rows.index, start=1)}
+
+
+def plot_pareto(agg, x: str, xlabel: str, title: str, path: Path, numbers: dict | None = None) -> list[dict] | None:
+    """gen PPL vs ``x`` per length, each point numbered (the report's table says which point is
+    which), frontier points ringed; returns the frontier rows, or None when nothing to plot."""
     plt = pyplot()
     from matplotlib.lines import Line2D
 
+    numbers = numbers if numbers is not None else point_numbers(agg)
     data = agg[agg["gen_ppl"].map(finite) & agg[x].map(finite) & (agg[x] > 0)]
     if data.empty:
         return None
     lengths = sorted(data["length"].unique())
-    markers = _style(agg)
+    styles = entry_styles(agg)
     fig, axes = plt.subplots(1, len(lengths), figsize=(8.5 * len(lengths) + 3, 6.5), squeeze=False, dpi=130)
     frontier_rows, pending = [], []
     for ax, length in zip(axes[0], lengths):
-        d = data[data["length"] == length].reset_index(drop=True)
-        labels = []
-        for _, r in d.iterrows():
-            color = FAMILY_COLORS.get(r["family"])
-            ax.scatter(r[x], r["gen_ppl"], s=70, marker=markers[r["model_entry"]], color=color,
-                       edgecolor="white", linewidth=0.8, zorder=3)
-            text = short_label(r["schedule"]) or FAMILY_NAMES.get(r["family"], r["family"])
-            if finite(r.get("entropy")):
-                text = f"{text}  H={r['entropy']:.2f}"
-            labels.append(((r[x], r["gen_ppl"]), text, color))
-        front = pareto_front(d[x].tolist(), d["gen_ppl"].tolist())
-        segments = []
+        d = data[data["length"] == length]
+        front = [d.index[i] for i in pareto_front(d[x].tolist(), d["gen_ppl"].tolist())]
+        labels, segments = [], []
+        for i, r in d.iterrows():
+            color, marker = styles[r["model_entry"]]
+            ax.scatter(r[x], r["gen_ppl"], s=64, marker=marker, color=color, alpha=0.8, edgecolor=color,
+                       linewidth=1.0, zorder=3)
+            labels.append(((r[x], r["gen_ppl"]), str(numbers[i]), color))
+            lo, hi = (r.get("seconds_min_per_sample"), r.get("seconds_max_per_sample"))
+            if x == "seconds_per_sample" and finite(lo) and finite(hi):  # fastest to slowest timed repeat
+                ax.errorbar(r[x], r["gen_ppl"], xerr=[[r[x] - lo], [hi - r[x]]], fmt="none", ecolor=color,
+                            elinewidth=1.0, capsize=2.5, alpha=0.8, zorder=2)
+                segments.append(((lo, r["gen_ppl"]), (hi, r["gen_ppl"])))  # kept clear of labels too
         if front:
             fx = [d.loc[i, x] for i in front] + [d[x].max() * 2.0]
             fy = [d.loc[i, "gen_ppl"] for i in front]
             fy.append(fy[-1])
             ax.step(fx, fy, where="post", color="0.45", linestyle="--", linewidth=1.2, zorder=2)
-            frontier_rows += [d.loc[i].to_dict() for i in front]
+            ax.scatter(fx[:-1], fy[:-1], s=190, facecolors="none", edgecolors="black", linewidths=1.3, zorder=4)
+            frontier_rows += [{**d.loc[i].to_dict(), "number": numbers[i]} for i in front]
             for k in range(len(fx) - 1):  # the step line's pieces, kept clear of labels
                 segments += [((fx[k], fy[k]), (fx[k + 1], fy[k])), ((fx[k + 1], fy[k]), (fx[k + 1], fy[k + 1]))]
         ax.set_xscale("log")
@@ -76,14 +94,16 @@ def plot_pareto(agg, x: str, xlabel: str, title: str, path: Path) -> list[dict] 
         ax.grid(True, which="both", alpha=0.25)
         _pad_log(ax, d[x], d["gen_ppl"])
         pending.append((ax, labels, segments))
-    handles = [Line2D([], [], color=FAMILY_COLORS.get(fam), marker=markers[entry], linestyle="", markersize=8,
+    handles = [Line2D([], [], color=styles[entry][0], marker=styles[entry][1], linestyle="", markersize=8,
                       label=f"{entry} ({FAMILY_NAMES.get(fam, fam)})")
                for entry, fam in dict.fromkeys(zip(data["model_entry"], data["family"]))]
-    handles.append(Line2D([], [], color="0.45", linestyle="--", label="Pareto frontier"))
+    handles.append(Line2D([], [], color="0.45", linestyle="--", marker="o", markersize=12, markerfacecolor="none",
+                          markeredgecolor="black", label="Pareto frontier (ringed)"))
     fig.legend(handles=handles, fontsize=9, loc="upper right", framealpha=0.9, title="model entry",
                title_fontsize=9)
-    fig.text(0.01, 0.01, "point labels: schedule (T = steps, a0 = alpha_0 at evaluation) and H = mean unigram entropy "
-             "of the samples in nats (low H = collapsed samples)", fontsize=8, color="0.3")
+    bars = "; bars: fastest to slowest timed repeat" if x == "seconds_per_sample" else ""
+    fig.text(0.01, 0.01, "numbers: the points of the report's table (schedule, entropy, values); ringed: on the "
+             f"Pareto frontier (no other point both faster and better){bars}", fontsize=8, color="0.3")
     fig.tight_layout(rect=(0, 0.03, 1 - 2.6 / fig.get_figwidth(), 1))
     for ax, labels, segments in pending:  # after the layout is final: placement works in pixels
         place_labels(fig, ax, labels, segments=segments)
@@ -92,75 +112,69 @@ def plot_pareto(agg, x: str, xlabel: str, title: str, path: Path) -> list[dict] 
     return frontier_rows
 
 
-# Label offsets tried in turn (points): right, left, above, below, then further out.
-_OFFSETS = [(7, 3, "left"), (7, -11, "left"), (-7, 3, "right"), (-7, -11, "right"), (0, 9, "center"),
-            (0, -18, "center"), (12, 14, "left"), (-12, 14, "right"), (12, -24, "left"), (-12, -24, "right"),
-            (0, 22, "center"), (0, -30, "center"), (22, 26, "left"), (-22, 26, "right"), (22, -36, "left"),
-            (-22, -36, "right"), (0, 36, "center"), (0, -44, "center")]
+def _offsets(rings: int = 10, step: float = 9.0):
+    """Label offsets in points, nearest first: 8 directions on rings of growing radius."""
+    for k in range(1, rings + 1):
+        r = step * k
+        for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)):
+            yield dx * r, dy * r
 
 
 def place_labels(fig, ax, labels: list[tuple[tuple[float, float], str, str]], fontsize: int = 8,
-                 segments=()) -> None:
-    """Annotate points without overlapping other labels, markers or the given line segments (data
-    coordinates; horizontal/vertical), greedily over candidate offsets; labels pushed away from
-    their point get a thin leader line."""
+                 segments=()) -> list[tuple[float, float, float, float]]:
+    """Annotate points so no label overlaps another label and, where any offset allows, no
+    marker or given line segment (data coordinates; horizontal/vertical) either: offsets are
+    tried nearest first; a label pushed away from its point gets a thin leader line.  Returns
+    the label boxes in pixels."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     to_px = ax.transData.transform
-    occupied = []
+    r = 7 * fig.dpi / 72  # a marker with its frontier ring: 7 points
+    marks = []
     for (px, py), _, _ in labels:
         cx, cy = to_px((px, py))
-        occupied.append((cx - 6, cy - 6, cx + 6, cy + 6))
+        marks.append((cx - r, cy - r, cx + r, cy + r))
     for a, b in segments:
         (ax_, ay), (bx, by) = to_px(a), to_px(b)
-        occupied.append((min(ax_, bx) - 2, min(ay, by) - 2, max(ax_, bx) + 2, max(ay, by) + 2))
+        marks.append((min(ax_, bx) - 2, min(ay, by) - 2, max(ax_, bx) + 2, max(ay, by) + 2))
     axbox = ax.get_window_extent(renderer)
+    placed = []
 
-    def overlaps(b):
-        return sum(1 for o in occupied if not (b[2] < o[0] or b[0] > o[2] or b[3] < o[1] or b[1] > o[3]))
+    def hits(box, boxes):
+        return sum(1 for o in boxes if not (box[2] < o[0] or box[0] > o[2] or box[3] < o[1] or box[1] > o[3]))
 
-    def relpos(dx, dy):
-        """Where on the label box the leader line starts: the corner / edge facing the point."""
-        return (0.0 if dx > 0 else 1.0 if dx < 0 else 0.5), (0.0 if dy > 0 else 1.0)
-
-    def leader_crossings(start, b, rel):
-        """Boxes crossed by the leader line from the point to the label's anchor."""
-        end = (b[0] + rel[0] * (b[2] - b[0]), b[1] + rel[1] * (b[3] - b[1]))
-        hits = set()
-        for k in range(1, 10):
-            px, py = start[0] + (end[0] - start[0]) * k / 10, start[1] + (end[1] - start[1]) * k / 10
-            hits.update(i for i, o in enumerate(occupied) if o[0] <= px <= o[2] and o[1] <= py <= o[3]
-                        and not (o[0] <= start[0] <= o[2] and o[1] <= start[1] <= o[3]))
-        return len(hits)
+    def annotate(xy, text, color, dx, dy, leader):
+        ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+        va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+        arrow = dict(arrowstyle="-", color=color, lw=0.6, alpha=0.7, shrinkA=0, shrinkB=5) if leader else None
+        return ax.annotate(text, xy, xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=fontsize,
+                           color=color, fontweight="bold", zorder=5, arrowprops=arrow)
 
     for xy, text, color in sorted(labels, key=lambda item: -item[0][1]):
         best = None
-        for dx, dy, ha in _OFFSETS:
-            ann = ax.annotate(text, xy, xytext=(dx, dy), textcoords="offset points", ha=ha, va="bottom",
-                              fontsize=fontsize, color=color, zorder=4)
+        for dx, dy in _offsets():
+            ann = annotate(xy, text, color, dx, dy, leader=False)
             bb = ann.get_window_extent(renderer)
+            ann.remove()
             box = (bb.x0 - 1, bb.y0 - 1, bb.x1 + 1, bb.y1 + 1)
-            outside = box[0] < axbox.x0 or box[2] > axbox.x1 or box[1] < axbox.y0 or box[3] > axbox.y1
-            far = abs(dx) > 10 or abs(dy) > 20
-            score = overlaps(box) + (10 if outside else 0) + (leader_crossings(to_px(xy), box, relpos(dx, dy))
-                                                               if far else 0)
+            inside = axbox.x0 <= box[0] and box[2] <= axbox.x1 and axbox.y0 <= box[1] and box[3] <= axbox.y1
+            if not inside or hits(box, placed):
+                continue
+            score = hits(box, marks)
             if best is None or score < best[0]:
-                if best is not None:
-                    best[1].remove()
-                best = (score, ann, box, (dx, dy))
-            else:
-                ann.remove()
+                best = (score, box, dx, dy)
             if score == 0:
                 break
-        _, ann, box, (dx, dy) = best
-        if abs(dx) > 10 or abs(dy) > 20:
-            ann.arrow_patch = None
-            ann.remove()
-            ann = ax.annotate(text, xy, xytext=(dx, dy), textcoords="offset points", ha=ann.get_ha(), va="bottom",
-                              fontsize=fontsize, color=color, zorder=4,
-                              arrowprops=dict(arrowstyle="-", color=color, lw=0.6, alpha=0.7, shrinkA=0, shrinkB=4,
-                                              relpos=relpos(dx, dy)))
-        occupied.append(box)
+        if best is None:  # no room inside the axes: the nearest offset, outside if need be
+            (dx, dy), box = next(_offsets()), None
+        else:
+            _, box, dx, dy = best
+        ann = annotate(xy, text, color, dx, dy, leader=max(abs(dx), abs(dy)) > 9)
+        if box is None:
+            bb = ann.get_window_extent(renderer)
+            box = (bb.x0 - 1, bb.y0 - 1, bb.x1 + 1, bb.y1 + 1)
+        placed.append(box)
+    return placed
 
 
 def _plain_ticks(ax, axes: str = "xy") -> None:
@@ -195,7 +209,7 @@ def plot_alpha0(agg, path: Path) -> bool:
     panels = [(c, t) for c, t in panels if eso[c].map(finite).any()]
     if not panels:
         return False
-    markers = _style(agg)
+    looks = entry_styles(agg)
     trained = {e: f" (trained a0={a:g})" for e, a in zip(eso["model_entry"], eso["alpha_0_train"]) if finite(a)}
     fig, axes = plt.subplots(len(lengths), len(panels), figsize=(7.5 * len(panels), 5.5 * len(lengths)), squeeze=False)
     for row_axes, length in zip(axes, lengths):
@@ -206,7 +220,7 @@ def plot_alpha0(agg, path: Path) -> bool:
                 groups = e.groupby(["model_entry", "family"], sort=False)
                 for (entry, fam), g in groups:
                     g = g.groupby("alpha_0", as_index=False)[col].mean().sort_values("alpha_0")
-                    ax.plot(g["alpha_0"], g[col], marker=markers[entry], color=FAMILY_COLORS[fam],
+                    ax.plot(g["alpha_0"], g[col], marker=looks[entry][1], color=looks[entry][0],
                             label=f"{entry}{trained.get(entry, '')}")
             else:
                 groups = e.groupby(["model_entry", "family", "steps"], sort=False, dropna=False)
@@ -217,7 +231,7 @@ def plot_alpha0(agg, path: Path) -> bool:
                     steps_seen[entry].append(steps)
                     g = g.sort_values("alpha_0")
                     label = f"{entry}{trained.get(entry, '')}" + (f", T={int(steps)}" if finite(steps) else "")
-                    ax.plot(g["alpha_0"], g[col], marker=markers[entry], linestyle=ls, color=FAMILY_COLORS[fam],
+                    ax.plot(g["alpha_0"], g[col], marker=looks[entry][1], linestyle=ls, color=looks[entry][0],
                             label=label)
             refs = _reference_lines(ax, ref, col)
             values = [v for v in list(e[col]) + refs if finite(v)]

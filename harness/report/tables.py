@@ -42,8 +42,31 @@ def results_table(agg) -> str:
     for _, r in agg.iterrows():
         rows.append([r["model_entry"], FAMILY_NAMES.get(r["family"], r["family"]), r["schedule"],
                      fmt(r["alpha_0"], 4) if finite(r["alpha_0"]) else "–"]
-                    + [times(r[c]) if c == "x_floor" else fmt(float(r[c]), d) for c, _, d in cols])
+                    + [times(r[c]) if c == "x_floor" else "degenerate" if c == "mauve" and isinstance(r.get("mauve_degenerate"), str)
+                       else fmt(float(r[c]), d) for c, _, d in cols])
     return md_table(headers, rows, ["l", "l", "l"] + ["r"] * (len(headers) - 3))
+
+
+def seconds_with_spread(r) -> str:
+    """'0.0029 (0.0028–0.0031)': the median seconds per sample and its fastest–slowest repeat."""
+    text = fmt(float(r["seconds_per_sample"]), 4)
+    lo, hi = r.get("seconds_min_per_sample"), r.get("seconds_max_per_sample")
+    return f"{text} ({fmt(float(lo), 4)}–{fmt(float(hi), 4)})" if finite(lo) and finite(hi) else text
+
+
+def points_table(agg, numbers: dict, fronts: dict[str, set]) -> str:
+    """The numbered points of the speed-quality plots: what each is, its values, and the
+    frontiers (time, NFE) it lies on."""
+    rows = []
+    for i, n in numbers.items():
+        r = agg.loc[i]
+        on = [axis for axis, members in fronts.items() if n in members]
+        rows.append([n, r["model_entry"], FAMILY_NAMES.get(r["family"], r["family"]), r["schedule"], r["length"],
+                     seconds_with_spread(r), fmt(float(r["nfe_per_sample"]), 1),
+                     fmt(float(r["gen_ppl"]), 1), fmt(float(r["entropy"]), 2), ", ".join(on) or "–"])
+    return md_table(["#", "model entry", "family", "schedule", "L", "s/sample (repeats)", "NFE/sample", "gen PPL",
+                     "entropy",
+                     "frontier"], rows, ["r", "l", "l", "l", "r", "r", "r", "r", "r", "l"])
 
 
 def boundaries_table(agg) -> str:

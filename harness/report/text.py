@@ -95,6 +95,13 @@ def notes(df) -> list[str]:
                 out.append(f"- {label}: {'; '.join(vals)}.")
     if "degenerate_rule" in df and values_of(df, "degenerate_rule"):
         out.append(f"- Degenerate samples are counted, never dropped: {'; '.join(values_of(df, 'degenerate_rule'))}.")
+    reasons = values_of(df, "mauve_degenerate")
+    if reasons:
+        n = int(df["mauve_degenerate"].map(lambda v: isinstance(v, str)).sum())
+        out.append(f"- MAUVE is shown as \"degenerate\" at {n} of {len(df)} points: {'; '.join(reasons)}. Such a "
+                   "score says nothing about the texts; the raw value stays in points.jsonl (`mauve`, with "
+                   "`mauve_degenerate` saying why). More samples, or more clusters (`mauve: {num_buckets: K}`), "
+                   "make it a measurement.")
     if "mauve" in df and df["mauve"].map(finite).any() and "mauve_n" in df:
         n = min(min(v) for v in df["mauve_n"] if isinstance(v, list) and v)
         if n < 200:

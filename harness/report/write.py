@@ -10,10 +10,14 @@ import os
 import re
 from pathlib import Path
 
-from harness.report.frame import aggregate, finite, load_frame
-from harness.report.plots import plot_alpha0, plot_pareto, plot_speed_headline, plot_speed_vs_length, short_label
-from harness.report.speed import PAPER_BD3LM, PAPER_MDLM, add_floors, cuda_rows, ratio_tables, speed_ratios, write_ratios_csv
-from harness.report.tables import alpha0_table, by_length_table, fmt, results_table, boundaries_table, times
+from harness.report.frame import aggregate, finite, load_frame, within_spread
+from harness.report.paper import paper_section
+from harness.report.plots import (plot_alpha0, plot_pareto, plot_speed_headline, plot_speed_vs_length,
+                                  point_numbers, short_label)
+from harness.report.speed import (PAPER_BD3LM, PAPER_MDLM, add_floors, cuda_rows, ratio_tables, speed_ratios,
+                                  write_ratios_csv)
+from harness.report.tables import (alpha0_table, boundaries_table, by_length_table, fmt, points_table, results_table,
+                                   times)
 from harness.report.throughput import throughput_section
 from harness.report.text import description, floor_text, measured_on, notes, protocol_table, sample_section
 
@@ -53,6 +57,20 @@ def check_report_dir(out: Path, results_dir: Path, force: bool = False) -> None:
                        "for a new folder or --force to replace it")
 
 
+def speed_ties(agg, numbers: dict, front: set) -> str:
+    """Which speed differences at the time frontier are within the spread of the repeats."""
+    timed = [(n, agg.loc[i]) for i, n in numbers.items() if finite(agg.loc[i, "seconds_min_per_sample"])]
+    if not timed:
+        return "These rows keep no per-repeat timings, so the spread of the speed measurements is unknown."
+    ties = [f"#{b} and #{a}" for k, (a, ra) in enumerate(timed) for b, rb in timed[:k]
+            if (a in front or b in front) and ra["length"] == rb["length"] and within_spread(ra, rb)]
+    if not ties:
+        return ("Every speed difference between a point on the time frontier and another point is larger than the "
+                "spread of their timed repeats.")
+    return ("Within the spread of their timed repeats (fastest to slowest; the time order of these pairs, and so the "
+            f"time frontier, may change on another run): {', '.join(ties)}.")
+
+
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None, force: bool = False) -> Path:
     """Write plots and report.md; returns the report.md path.  Default folder:
     :func:`default_report_dir` (so a report of ``make smoke``'s out/results/smoke never
@@ -64,6 +82,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
     df = load_frame(results_dir)
     sweep = str(df["sweep"].iloc[0])
     out = Path(out_dir) if out_dir is not None else default_report_dir(results_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"report folder {out} is a file, not a folder; pass --out with a folder (new or a report's)")
     check_report_dir(out, results_dir, force)
     out.mkdir(parents=True, exist_ok=True)
     (out / SOURCE_FILE).write_text(os.path.relpath(results_dir.resolve(), out.resolve()) + "\n")
@@ -82,19 +102,25 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
         md += [f"## Results at L = {length}", "", f"Means over {int(sub['seeds'].max())} seed(s); "
                "lower is better for perplexities, NFE, tokens computed and seconds.", "", results_table(sub), ""]
 
-    pareto = ["## Speed vs quality", ""]
-    for x, xlabel, title, name in (
-        ("seconds_per_sample", "seconds per sample (median, log scale)", "gen PPL vs time", "pareto_time.png"),
-        ("nfe_per_sample", "network function evaluations per sample (log scale)", "gen PPL vs NFE", "pareto_nfe.png"),
+    md += paper_section(df, results_dir)  # only with imported checkpoints measured as in the papers
+    pareto, numbers, fronts = ["## Speed vs quality", ""], point_numbers(agg), {}
+    for x, xlabel, title, name, axis in (
+        ("seconds_per_sample", "seconds per sample (median, log scale)", "gen PPL vs time", "pareto_time.png", "time"),
+        ("nfe_per_sample", "network function evaluations per sample (log scale)", "gen PPL vs NFE", "pareto_nfe.png",
+         "NFE"),
     ):
-        front = plot_pareto(agg, x, xlabel, title, out / name)
+        front = plot_pareto(agg, x, xlabel, title, out / name, numbers)
         if front is None:
             (out / name).unlink(missing_ok=True)
             continue
+        fronts[axis] = {r["number"] for r in front}
         pareto += [f"![{title}]({name})", ""]
         pareto += [f"Pareto frontier ({title}): " + ", ".join(
-            f"{r['model_entry']} {short_label(r['schedule'])} (L={r['length']}, {fmt(float(r[x]), 3)}, "
+            f"{r['model_entry']} {short_label(r['schedule'])} (#{r['number']}, L={r['length']}, {fmt(float(r[x]), 3)}, "
             f"{fmt(float(r['gen_ppl']), 1)})".replace("  ", " ") for r in front), ""]
+    if fronts:
+        pareto += ["The numbered points of the plots:", "", points_table(agg, numbers, fronts), ""]
+        pareto += [speed_ties(agg, numbers, fronts.get("time", set())), ""]
     if len(pareto) > 2:  # a speed-only sweep has no quality axis: no empty section
         md += pareto
     if plot_alpha0(agg, out / "alpha0.png"):

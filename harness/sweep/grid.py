@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from harness.config import ConfigError
-from harness.schedules import SHORT_NAMES, SamplingSchedule
+from harness.schedules import SamplingSchedule
 
 if TYPE_CHECKING:
     from harness.sweep.schema import SweepConfig
@@ -21,9 +21,14 @@ if TYPE_CHECKING:
 _LEN_EXPR = re.compile(r"^\s*L\s*(?:([*/])\s*(\d+)\s*)?$")
 
 
+def is_length_expression(value) -> bool:
+    """A string starting with L ("L/8"); other strings are plain values (split: fixed)."""
+    return isinstance(value, str) and value.strip().startswith("L")
+
+
 def resolve_value(value, length: int):
     """'L', 'L/8', 'L*2' -> an int for this length; anything else unchanged."""
-    if not isinstance(value, str):
+    if not is_length_expression(value):
         return value
     m = _LEN_EXPR.match(value)
     if not m:
@@ -79,7 +84,7 @@ def expand_points(cfg: SweepConfig) -> list[Point]:
                     point = Point(len(points), entry.name, schedule.model_dump(exclude_defaults=True),
                                   schedule.label(), length, seed, group_label(schedule, fields), batch)
                     if point.key in seen:
-                        if any(isinstance(v, str) for v in fields.values()):
+                        if any(map(is_length_expression, fields.values())):
                             continue
                         raise ConfigError(f"sweep {cfg.name}: point {point.key} appears twice; "
                                           "remove the repeated schedule")
@@ -90,13 +95,6 @@ def expand_points(cfg: SweepConfig) -> list[Point]:
 
 def group_label(schedule: SamplingSchedule, raw: dict) -> str:
     """Like ``schedule.label()`` but with the config's length expressions ("T=L/8")."""
-    if not any(isinstance(v, str) for v in raw.values()):
-        return schedule.label()
-    parts = []
-    for key, value in schedule.model_dump(exclude_defaults=True).items():
-        value = raw[key] if isinstance(raw.get(key), str) else value
-        short = SHORT_NAMES[key]
-        parts.append(f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}")
-    return ",".join(parts) or "default"
+    return schedule.label({k: v for k, v in raw.items() if is_length_expression(v)})
 
 

@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.schedules import SamplingSchedule
 from harness.sweep.grid import Point
-from harness.sweep.schema import EvaluatorRef, ModelEntry, SweepConfig
+from harness.sweep.schema import SCHEDULE_FIELDS, EvaluatorRef, ModelEntry, SweepConfig
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +58,8 @@ def evaluator_identity(cfg: SweepConfig):
 def point_hash(cfg: SweepConfig, entry: ModelEntry, point: Point, device: torch.device) -> str:
     metrics = sorted(cfg.metrics)
     spec = {
-        "entry": entry_identity(cfg, entry), "schedule": point.schedule, "length": point.length, "seed": point.seed,
+        "entry": entry_identity(cfg, entry), "length": point.length, "seed": point.seed,
+        "schedule": SamplingSchedule(**point.schedule).hash_fields("split" in SCHEDULE_FIELDS.get(entry.family, ())),
         "num_samples": cfg.num_samples, "batch_size": cfg.batch_size, "metrics": metrics,
         "device": device.type, "precision": cfg.precision,
     }

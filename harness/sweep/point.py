@@ -162,7 +162,8 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         n_ref = cfg.mauve.reference_samples or cfg.num_samples
         kwargs = {"num_buckets": cfg.mauve.num_buckets} if cfg.mauve.num_buckets else {}
         result = mauve_score(ctx.evaluator(), texts, reference_texts(ctx, loaded, point.length, n_ref), **kwargs)
-        metrics.update(mauve=result["mauve"], mauve_note=result.get("reason"), mauve_n=[result["n_p"], result["n_q"]])
+        metrics.update(mauve=result["mauve"], mauve_note=result.get("reason"), mauve_n=[result["n_p"], result["n_q"]],
+                       mauve_degenerate=result.get("degenerate"))
         metrics.setdefault("evaluator", ctx.evaluator().name)
     if "test_ppl" in cfg.metrics:
         metrics.update(compute_test_ppl(ctx, entry, loaded, point.length, alpha_0 if is_esolm else None))
@@ -204,6 +205,8 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "schedule_fields": point.schedule,
         "alpha_0": alpha_0,
         "alpha_0_train": options.get("alpha_0"),
+        "diffusion_split": schedule.diffusion_split() if is_esolm else None,  # absent in older rows: "fixed"
+        "data_protocol": loaded.data.protocol,  # absent in older rows: "documents"
         "length": point.length,
         "seed": point.seed,
         "num_samples": num_samples,

@@ -8,7 +8,9 @@ where it stopped.
 
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -36,8 +38,55 @@ def train_entries(cfg: SweepConfig, names: set[str], progress: bool) -> dict[str
 
             paths[entry.name] = str(resolve_checkpoint_path(entry.checkpoint))
             continue
-        paths[entry.name] = str(train(entry_train_config(cfg, entry), resume=True, progress=progress))
+        # wait=True: a shard finding another training this run waits for its checkpoint
+        paths[entry.name] = str(train(entry_train_config(cfg, entry), resume=True, progress=progress, wait=True))
     return paths
+
+
+def check_models(cfg: SweepConfig, source: str) -> None:
+    """Every entry's model class loads and takes its model_args, before any entry is trained
+    (a bad models.1 used to fail after models.0 had trained)."""
+    import inspect
+
+    from harness.models import resolve_model_class
+
+    for i, entry in enumerate(cfg.models):
+        model, where = (entry.train.model, "train.model") if entry.train is not None else (entry.model, "model")
+        if model is None:
+            continue
+        try:
+            cls = resolve_model_class(model)
+        except ValueError as err:
+            raise ConfigError(f"{source}: field 'models.{i}.{where}': {err}") from None
+        if entry.train is not None:
+            try:
+                inspect.signature(cls).bind(None, None, **entry.train.model_args)
+            except TypeError as err:
+                raise ConfigError(f"{source}: field 'models.{i}.train.model_args': {err}; use the arguments of "
+                                  f"{cls.__name__}") from None
+
+
+@contextmanager
+def results_lock(results_dir: Path, shard: tuple[int, int], only: set[str] | None):
+    """One process per results folder and shard (and --entries subset): a second one would
+    append the same rows.  Refused naming the holder's pid; released when the run ends."""
+    import fcntl
+
+    suffix = "" if shard == (0, 1) else f"-shard-{shard[0]}-of-{shard[1]}"
+    suffix += f"-entries-{'+'.join(sorted(only))}" if only else ""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with open(results_dir / f".lock{suffix}", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise ConfigError(f"{results_dir} is being written by pid {handle.read().strip() or '?'} running the same "
+                              "sweep (and shard); wait for it to finish (a re-run skips its finished points)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
 
 
 
@@ -52,6 +101,9 @@ def missing_paths(cfg: SweepConfig, names: set[str], source: str) -> None:
     for i, e in enumerate(cfg.models):  # the text an imported checkpoint's test_ppl reads
         corpus = (e.import_args or {}).get("corpus") if e.name in names and e.checkpoint is not None else None
         wanted += [(f"models.{i}.import_args.corpus", p) for p in corpus or () if isinstance(corpus, list)]
+        dataset = ((e.import_args or {}).get("data") or {}) if e.name in names and e.checkpoint is not None else {}
+        if isinstance(dataset, dict) and dataset.get("hf_dataset"):
+            wanted.append((f"models.{i}.import_args.data.hf_dataset", dataset["hf_dataset"]))
     scored = {"gen_ppl", "mauve"} & set(cfg.metrics)
     if scored and isinstance(cfg.evaluator, str) and cfg.evaluator.partition(":")[0].lower() in ("hf", "ar"):
         wanted.append(("evaluator", cfg.evaluator.partition(":")[2].strip()))
@@ -100,11 +152,18 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
     device = resolve_device(cfg.device)
     points = select_points(cfg, (shard_i, shard_n), only)
     evaluator_entry = {cfg.evaluator.model_entry} if isinstance(cfg.evaluator, EvaluatorRef) else set()
+    check_models(cfg, str(config_path))
     import_entries(cfg, {p.entry for p in points} | evaluator_entry, str(config_path))
-    check_checkpoint_entries(cfg, {p.entry for p in points}, str(config_path))
+    check_checkpoint_entries(cfg, {p.entry for p in points} | evaluator_entry, str(config_path))
     results_dir = Path(results_root) / cfg.name
-    results_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(results_dir / "config.yaml", effective_config_text(config_path, overrides, data))
+    with results_lock(results_dir, (shard_i, shard_n), only):
+        return _run_checked(cfg, config_path, overrides, data, points, results_dir, device, report, reports_root,
+                            progress)
+
+
+def _run_checked(cfg: SweepConfig, config_path, overrides, data: dict, points, results_dir: Path, device,
+                 report: bool, reports_root, progress: bool) -> Path:
+    """The run itself, once the config is validated and the results folder locked."""
     path = results_dir / POINTS_FILE
     repair_tail(path)
     existing = read_points(path)
@@ -119,8 +178,12 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
     needed = {p.entry for p in todo}
     if todo and isinstance(cfg.evaluator, EvaluatorRef) and ({"gen_ppl", "mauve"} & set(cfg.metrics)):
         needed.add(cfg.evaluator.model_entry)
-    checkpoints = train_entries(cfg, needed, progress)
-    ctx.checkpoints = checkpoints
+    on_ray = cfg.backend == "ray" and bool(todo)
+    if not on_ray:  # Ray trains on its workers
+        ctx.checkpoints = train_entries(cfg, needed, progress)
+    # Written once the entries are trained or loaded (Ray: before its workers start): a config that
+    # failed never replaces the one that ran.
+    write_atomic(results_dir / "config.yaml", effective_config_text(config_path, overrides, data))
     for row in existing:  # reuse test perplexities of finished points (same entry, length, options)
         m = row.get("metrics", {})
         if "test_ppl_key" in m:
@@ -133,10 +196,10 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
 
     bar = tqdm(total=len(todo), desc=f"sweep {cfg.name}", unit="pt", disable=not progress, dynamic_ncols=True)
     try:
-        if cfg.backend == "ray" and todo:
+        if on_ray:
             from harness.sweep.ray_runner import run_ray
 
-            run_ray(results_dir / "config.yaml", cfg, todo, checkpoints, results_dir, bar)  # with any --set
+            run_ray(results_dir / "config.yaml", cfg, todo, needed, results_dir, bar, ctx.commit)  # with any --set
         else:
             run_local(ctx, todo, results_dir, bar)
     finally:

@@ -30,6 +30,7 @@ Schedules are :class:`harness.schedules.SamplingSchedule` fields; a model entry 
 from __future__ import annotations
 
 import copy
+import difflib
 import shlex
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +46,7 @@ METRICS = ("test_ppl", "gen_ppl", "entropy", "mauve", "speed")
 FAMILIES = ("ar", "mdlm", "bd3lm", "esolm-a", "esolm-b")
 # Schedule fields each built-in family reads (checked before any training starts).
 SCHEDULE_FIELDS = {"ar": (), "mdlm": ("steps",), "bd3lm": ("steps", "first_hitting"),
-                   "esolm-a": ("steps", "alpha_0", "blocks"), "esolm-b": ("steps", "alpha_0", "blocks")}
+                   **dict.fromkeys(("esolm-a", "esolm-b"), ("steps", "alpha_0", "blocks", "split", "stride", "shuffle"))}
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -70,7 +71,7 @@ class PerplexitySpec(Strict):
     max_sequences: int | None = Field(256, ge=1, description="first N held-out sequences (null: all)")
     split: Literal["valid", "test"] = "test"
     draws: int = Field(1, ge=1, description="Monte-Carlo t draws per sequence (diffusion models)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds torch's RNG for the Monte-Carlo estimators")
 
 
 class SpeedSpec(Strict):
@@ -213,10 +214,7 @@ def check_schedule(model: str | None, schedule: SamplingSchedule) -> None:
     if model == "bd3lm" and (schedule.steps is None) == (not schedule.first_hitting):
         raise ValueError("bd3lm needs exactly one of 'steps' (per block) or 'first_hitting: true' in every schedule")
     if model in ("esolm-a", "esolm-b"):
-        if schedule.steps is not None and schedule.blocks is not None:
-            raise ValueError(f"{model}: give 'steps' or 'blocks' in a schedule, not both")
-        if schedule.steps is None and schedule.blocks is None and schedule.alpha_0 != 0:
-            raise ValueError(f"{model} needs 'steps' or 'blocks' for its diffusion phase, e.g. {{alpha_0: 0.25, steps: 32}}")
+        schedule.check_diffusion_phase(model, schedule.alpha_0)
 
 
 def check_consistency(cfg: SweepConfig, source: str) -> None:
@@ -259,6 +257,17 @@ def check_checkpoint_entries(cfg: SweepConfig, names: set[str], source: str) -> 
             check_model(state, entry.checkpoint, entry.model)
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from None
+        held = state["model_name"]
+        if isinstance(cfg.evaluator, EvaluatorRef) and cfg.evaluator.model_entry == entry.name and held != "ar":
+            raise ConfigError(f"{source}: field 'evaluator.model_entry': entry {entry.name!r} (models.{i}) holds a "
+                              f"{held!r} checkpoint ({entry.checkpoint}), not 'ar'; name an AR entry as the evaluator")
+        for length in entry.lengths or cfg.lengths if entry.model is None else ():  # schedules: for what it holds
+            for fields in expand_schedules(entry.schedules):
+                try:
+                    check_schedule(held, SamplingSchedule(**{k: resolve_value(v, length) for k, v in fields.items()}))
+                except ValueError as err:
+                    raise ConfigError(f"{source}: field 'models.{i}.schedules': entry {entry.name!r} holds a {held!r} "
+                                      f"checkpoint ({entry.checkpoint}): {err}") from None
         max_len = state["backbone"]["max_len"]
         too_long = [length for length in entry.lengths or cfg.lengths if length > max_len]
         if too_long:
@@ -347,8 +356,8 @@ def parse_sweep_config(data: dict, source: str = "sweep config") -> SweepConfig:
     try:
         cfg = SweepConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source, lambda loc: merged_from_defaults(loc, raw, defaults))) \
-            from err
+        where = lambda loc: merged_from_defaults(loc, raw, defaults)  # noqa: E731
+        raise ConfigError(format_validation_error(err, source, where, SweepConfig)) from err
     check_consistency(cfg, source)
     for i, entry in enumerate(cfg.models):
         for j, raw in enumerate(entry.schedules):
@@ -356,8 +365,10 @@ def parse_sweep_config(data: dict, source: str = "sweep config") -> SweepConfig:
                 raise ConfigError(f"{source}: field 'models.{i}.schedules.{j}': expected a mapping like {{steps: 32}}")
             unknown = sorted(set(raw) - set(SamplingSchedule.model_fields))
             if unknown:
+                close = difflib.get_close_matches(unknown[0], list(SamplingSchedule.model_fields), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(f"{source}: field 'models.{i}.schedules.{j}.{unknown[0]}': unknown schedule field; "
-                                  f"use one of {sorted(SamplingSchedule.model_fields)}")
+                                  f"use one of {sorted(SamplingSchedule.model_fields)}{hint}")
         for length in entry.lengths or cfg.lengths:
             try:
                 cfg.batches_at(length)

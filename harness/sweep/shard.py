@@ -20,7 +20,7 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
 
 
 def parse_entries(cfg: SweepConfig, entries: str | list[str] | None) -> set[str] | None:
-    """--entries a,b: run only these model entries (e.g. one GPU lease trains half the models)."""
+    """--entries a,b: run only these model entries (e.g. one GPU run trains half the models)."""
     if entries is None:
         return None
     names = [e.strip() for e in (entries.split(",") if isinstance(entries, str) else entries) if e.strip()]
