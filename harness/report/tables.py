@@ -37,11 +37,13 @@ RESULT_COLUMNS = [  # (column, header, digits)
 
 def results_table(agg) -> str:
     cols = [c for c in RESULT_COLUMNS if agg[c[0]].map(finite).any()]
-    headers = ["model entry", "family", "schedule", "alpha_0"] + [h for _, h, _ in cols]
+    batches = "batch_size" in agg and agg["batch_size"].nunique() > 1  # a throughput sweep: say which batch
+    headers = ["model entry", "family", "schedule", "alpha_0"] + (["batch"] if batches else []) + [h for _, h, _ in cols]
     rows = []
     for _, r in agg.iterrows():
         rows.append([r["model_entry"], FAMILY_NAMES.get(r["family"], r["family"]), r["schedule"],
                      fmt(r["alpha_0"], 4) if finite(r["alpha_0"]) else "–"]
+                    + ([int(r["batch_size"])] if batches else [])
                     + [times(r[c]) if c == "x_floor" else "degenerate" if c == "mauve" and isinstance(r.get("mauve_degenerate"), str)
                        else fmt(float(r[c]), d) for c, _, d in cols])
     return md_table(headers, rows, ["l", "l", "l"] + ["r"] * (len(headers) - 3))
