@@ -99,3 +99,14 @@ def test_ratios_pair_rows_of_one_run_only(tmp_path):
     eso = agg[(agg["family"] == "esolm-b") & (agg["steps"] == 4)]["tokens_per_second"].iloc[0]
     mdlm = agg[agg["family"] == "mdlm"]["tokens_per_second"].iloc[0]
     assert pairs[0]["speedup"] == pytest.approx(eso / mdlm)
+
+
+def test_fastest_step_mode_runs_the_fastest_measured_mode(tmp_path):
+    cfg = config(batch_sizes=[2], step_mode="fastest",
+                 models=[{"name": "ar", "init": "random", "train": {"model": "ar"}}])
+    results = tmp_path / "results"
+    row = sw.read_points(sw.run_sweep(write(tmp_path, cfg), results_root=results, report=False, progress=False))[0]
+    trials = row["metrics"]["step_mode_trials"]
+    assert set(trials) == {"dynamic", "static", "compiled"}
+    timed = {m: t for m, t in trials.items() if isinstance(t, float)}
+    assert timed and row["step_mode"] == min(timed, key=timed.get)

@@ -91,7 +91,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     loaded = ctx.load(point.entry)
     model, tok = loaded.model, loaded.tokenizer
     sampler = ctx.sampler(loaded)
-    sampler.step_mode = None if cfg.step_mode == "auto" else cfg.step_mode
+    sampler.step_mode = None if cfg.step_mode in ("auto", "fastest") else cfg.step_mode
     sampler.max_memory = cfg.max_memory
     fallbacks = len(FALLBACKS)
     model.check_length(point.length)
@@ -108,6 +108,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     batch = point.batch_size or cfg.batch_size
     num_samples = point.batch_size or cfg.num_samples
     rows_at_once = sub_batch(sampler, batch, point.length)
+    trials = fastest_mode(ctx, sampler, point, schedule, batch, rows_at_once) if cfg.step_mode == "fastest" else None
     generator = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
     rows, nfe_batches, tokens_computed, nfe_rows, extra, key_reads = [], [], 0, [], {}, 0
     done = 0
@@ -138,6 +139,8 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "key_reads_per_sample": key_reads / num_samples,
     }
     metrics.update(sample_boundaries(tokens, tok.bos_id, tok.eos_id))
+    if trials is not None:
+        metrics["step_mode_trials"] = trials  # seconds per batch of each mode tried; the fastest ran
     for k, values in extra.items():
         metrics[f"extra_{k}"] = sum(values) / len(values)
     records = [{"i": i, "text": t} for i, t in enumerate(texts)]
@@ -226,6 +229,37 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return row, records
+
+
+def fastest_mode(ctx: Context, sampler, point: Point, schedule: SamplingSchedule, batch: int, rows: int) -> dict:
+    """``step_mode: fastest``: one batch in each step mode (after one untimed batch that
+    captures or compiles what the mode needs), then the fastest is left set on the sampler.
+    Returns {mode: seconds per batch, or the error that ruled it out}."""
+    import time
+
+    from harness.metrics.speed import synchronize
+
+    modes = ("graph", "compiled") if ctx.device.type == "cuda" else ("dynamic", "static", "compiled")
+    trials: dict = {}
+    for mode in modes:
+        sampler.step_mode = mode
+        try:
+            for _ in range(2):  # the first run captures or compiles; the second is timed
+                gen = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
+                synchronize(ctx.device)
+                t0 = time.perf_counter()
+                with torch.no_grad(), ctx.sampling_autocast():
+                    for lo in range(0, batch, rows):
+                        sampler.sample(min(rows, batch - lo), point.length, schedule, gen)
+                synchronize(ctx.device)
+            trials[mode] = time.perf_counter() - t0
+        except Exception as err:  # a mode this machine cannot run (e.g. no compiler): not a candidate
+            trials[mode] = f"failed: {str(err).splitlines()[0][:200]}"
+    timed = {m: t for m, t in trials.items() if isinstance(t, float)}
+    if not timed:
+        raise RuntimeError(f"step_mode fastest: every mode failed at {point.key}: {trials}")
+    sampler.step_mode = min(timed, key=timed.get)
+    return trials
 
 
 def _device_name(device: torch.device) -> str:
