@@ -8,7 +8,7 @@ batches that fit, or refused naming the flag and what fits (:func:`sampling_cost
 Large-batch sampling (the papers' throughput regime): at batch 64 and L = 8192 MDLM's
 float32 logits alone are ~100 GB, so a sampler cannot run every row of its batch through
 one forward.  ``LanguageModel.max_memory`` (bytes, a string like "40GB", or None = 90 % of
-what the device has free now) is the budget one forward may use; :func:`row_chunk` turns it
+what the device has free at the first sample) is the budget one forward may use; :func:`row_chunk` turns it
 into how many rows run per forward.  Chunking only changes how the rows are grouped: the
 tokens drawn are the same (the draws go through :class:`harness.sampling.Drawer`, whose
 noise groups do not follow the chunks).  A KV cache is allocated for the whole batch, so
@@ -92,9 +92,15 @@ def parse_bytes(value) -> int | None:
 
 
 def budget(model) -> int:
-    """The model's ``max_memory`` in bytes, or 90 % of the free device memory."""
+    """The model's ``max_memory`` in bytes, or 90 % of the device memory free at its first
+    sample, kept for later calls: a budget that shrank as CUDA graphs and the allocator's
+    cache took memory would change the chunk shapes, and every new shape is another graph."""
     fixed = parse_bytes(getattr(model, "max_memory", None))
-    return fixed if fixed is not None else int(0.9 * free_bytes(model.device))
+    if fixed is not None:
+        return fixed
+    if getattr(model, "_free_budget", None) is None:
+        model._free_budget = int(0.9 * free_bytes(model.device))
+    return model._free_budget
 
 
 def forward_row_bytes(cfg, queries: int, keys: int, dtype_bytes: int) -> int:
