@@ -50,8 +50,8 @@ def test_ray_sweep_trains_on_the_workers_and_matches_the_local_runner(tmp_path, 
     assert (runs / "t" / "ar" / "checkpoint.pt").is_file() and (runs / "t" / "mdlm" / "checkpoint.pt").is_file()
 
     def comparable(results):
-        # where and when it ran differ; everything the numbers depend on must not
-        return {r["key"]: {k: v for k, v in r.items() if k not in ("timestamp", "checkpoint")}
+        # where and when it ran (and which sweep call: run_id) differ; everything the numbers depend on must not
+        return {r["key"]: {k: v for k, v in r.items() if k not in ("timestamp", "checkpoint", "run_id")}
                 for r in sw.read_points(results)}
 
     expected, got = comparable(local), comparable(on_ray)
@@ -60,3 +60,4 @@ def test_ray_sweep_trains_on_the_workers_and_matches_the_local_runner(tmp_path, 
     for key in expected:
         assert got[key] == expected[key], key
     assert all(str(runs) in r["checkpoint"] for r in sw.read_points(on_ray))
+    assert len({r["run_id"] for r in sw.read_points(on_ray)}) == 1  # one sweep call: its rows pair up

@@ -29,17 +29,19 @@ def ray_train(name: str, train_config: dict) -> tuple[str, str]:
                                 wait=True)).resolve())  # wait: another shard may be training it
 
 
-def ray_point(config_path: str, given: dict, commit: str | None, point: Point, *trained: tuple[str, str]):
-    """One point on a worker; ``trained`` are the results of the training tasks it waits for."""
+def ray_point(config_path: str, given: dict, commit: str | None, run_id: str, point: Point,
+              *trained: tuple[str, str]):
+    """One point on a worker; ``trained`` are the results of the training tasks it waits for.
+    ``run_id`` is the driver's, so the rows of one sweep call pair up (throughput ratios)."""
     cfg = load_sweep_config(config_path)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    ctx = Context(cfg, resolve_device(cfg.device), {**given, **dict(trained)}, commit=commit)
+    ctx = Context(cfg, resolve_device(cfg.device), {**given, **dict(trained)}, commit=commit, run_id=run_id)
     return compute_point(ctx, point)
 
 
 def run_ray(config_path, cfg: SweepConfig, todo: list[Point], needed: set[str], results_dir: Path, bar,
-            commit: str | None = None) -> None:
+            commit: str | None = None, run_id: str = "") -> None:
     import ray
 
     from harness.checkpoint import resolve_checkpoint_path
@@ -64,7 +66,7 @@ def run_ray(config_path, cfg: SweepConfig, todo: list[Point], needed: set[str], 
     pending = []
     for point in todo:
         waits = [training[name] for name in dict.fromkeys([point.entry, evaluator]) if name in training]
-        pending.append(point_task.remote(config_path, given, commit, point, *waits))
+        pending.append(point_task.remote(config_path, given, commit, run_id, point, *waits))
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         row, records = ray.get(done[0])

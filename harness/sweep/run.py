@@ -199,7 +199,8 @@ def _run_checked(cfg: SweepConfig, config_path, overrides, data: dict, points, r
         if on_ray:
             from harness.sweep.ray_runner import run_ray
 
-            run_ray(results_dir / "config.yaml", cfg, todo, needed, results_dir, bar, ctx.commit)  # with any --set
+            run_ray(results_dir / "config.yaml", cfg, todo, needed, results_dir, bar, ctx.commit,
+                    ctx.run_id)  # with any --set; one run_id for the rows of this call
         else:
             run_local(ctx, todo, results_dir, bar)
     finally:
