@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Writes to out/ (git-ignored): results/smoke and reports/smoke hold the committed reference,
-# whose finished points a sweep into results/ would simply skip.
+# Writes to out/ and trains into runs/smoke/ (both git-ignored; `make clean` removes them):
+# results/smoke and reports/smoke hold the committed reference, whose finished points a sweep
+# into results/ would simply skip.
 smoke: install
 	$(VENV)/bin/esolm sweep configs/smoke.yaml --results out/results --reports out/reports
 	@echo "compare with the committed reference: $(VENV)/bin/esolm compare results/smoke out/results/smoke"

@@ -326,8 +326,17 @@ def cmd_ceilings(args) -> None:
           f"({ceil['device_name']}, {ceil['threads']} threads)")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse errors as one line (the flag and the fix), like every other error; the usage
+    block is one ``--help`` away instead of above the message."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="esolm", description="Train, evaluate and race Eso-LMs against AR, MDLM and BD3-LM.")
+    parser = OneLineParser(prog="esolm", description="Train, evaluate and race Eso-LMs against AR, MDLM and BD3-LM.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a YAML config")
@@ -356,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="print samples from a checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("--n", type=at_least(1), default=2)
-    p.add_argument("--length", type=int)
+    p.add_argument("--length", type=at_least(2), help="sequence length, BOS included (default: the training length)")
     p.add_argument("--steps", type=int, help="denoising steps T (default: T = L for MDLM and Eso-LM's diffusion "
                    "phase; BD3-LM defaults to --first-hitting)")
     p.add_argument("--alpha-0", type=fraction, help="Eso-LM: fraction of positions filled by diffusion "

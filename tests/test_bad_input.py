@@ -142,3 +142,15 @@ def test_importance_weighted_orders_combine_across_chunks(monkeypatch):
     monkeypatch.setattr(esolm, "IW_CHUNK", 2)
     chunked = model.nll_exact_order(x, orders=5, generator=torch.Generator().manual_seed(0)).nats
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("model", ["mdlm", "esolm-b", "ar"])
+@pytest.mark.parametrize("flag, value", [("--length", "0"), ("--length", "-3"), ("--n", "0")])
+def test_out_of_range_sizes_are_one_line_naming_the_flag(runs, capsys, model, flag, value):
+    """--length 0 on MDLM/Eso-LM used to surface as 'validation error for SamplingSchedule';
+    argparse's own errors used to print the usage block above the message."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", str(runs / model), flag, value, "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert f"argument {flag}: must be at least" in err[0] and "--help" in err[0]

@@ -312,7 +312,7 @@ def test_sample_schedule_errors_name_the_flag(checkpoints, capsys, args, fragmen
     (["sample", "{ar}", "--top-p", "1.5"], "--top-p: Input should be less than or equal to 1 (got 1.5)"),
     (["sample", "{mdlm}", "--steps", "0"], "--steps: Input should be greater than or equal to 1 (got 0)"),
     (["sample", "{esolm-b}", "--alpha-0", "1.5"], "argument --alpha-0: must be in [0, 1]"),
-    (["sample", "{ar}", "--length", "0"], "length must be at least 2"),
+    (["sample", "{ar}", "--length", "0"], "argument --length: must be at least 2"),
     (["sample", "{ar}", "--n", "0"], "argument --n: must be at least 1, got 0"),
     pytest.param(["lm-eval-task", "{ar}/checkpoint.pt"], "is a file; give a folder",
                  marks=pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
