@@ -17,13 +17,11 @@ Passes and tokens computed are exact and hardware-independent; seconds are advis
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from harness.metrics.speed import device_name, synchronize
+from harness.metrics.speed import device_name, median_seconds
 from harness.models import SpecialTokens, build_model
 from harness.nn.transformer import BackboneConfig
 from harness.sampling import record_log_probs
@@ -39,20 +37,6 @@ SETUPS = {
     "esolm-b": ("esolm-b", {"alpha_0": 1.0}, lambda L: SamplingSchedule(steps=max(1, L // 4))),
 }
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
-
-
-def timed(fn, device, repeats: int, warmup: int = 1) -> float:
-    """Median seconds of ``repeats`` device-synchronised calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def scorers(model):
@@ -75,7 +59,7 @@ def bench_point(setup: str, length: int, batch: int, cfg: dict, device: torch.de
     draw = lambda: model.sample(batch, length, schedule, torch.Generator(device).manual_seed(cfg["seed"]))
     with record_log_probs(batch, device) as recorded:
         gen = draw()
-    sample_seconds = timed(draw, device, 1, warmup=0)  # the recorded draw was the warm-up
+    sample_seconds = median_seconds(draw, device, 1, warmup=0)  # the recorded draw was the warm-up
     base = dict(setup=setup, model=name, schedule=schedule.label(), length=length, batch=batch,
                 sample_nfe=gen.nfe, sample_tokens_computed=gen.tokens_computed,
                 sample_seconds=sample_seconds)
@@ -83,7 +67,7 @@ def bench_point(setup: str, length: int, batch: int, cfg: dict, device: torch.de
     for scorer, fn in scorers(model):
         with torch.no_grad():
             result = fn(gen)
-            seconds = timed(lambda: fn(gen), device, cfg["repeats"])
+            seconds = median_seconds(lambda: fn(gen), device, cfg["repeats"])
         row = dict(base, scorer=scorer, exact=result.exact, passes=result.passes,
                    tokens_computed=result.tokens_computed, seconds=seconds)
         if cfg["backward"]:
@@ -91,7 +75,7 @@ def bench_point(setup: str, length: int, batch: int, cfg: dict, device: torch.de
                 model.zero_grad(set_to_none=True)
                 fn(gen).log_prob.sum().backward()
             try:
-                row["seconds_backward"] = timed(step, device, cfg["repeats"])
+                row["seconds_backward"] = median_seconds(step, device, cfg["repeats"])
             except torch.OutOfMemoryError:  # every pass's graph lives until backward: passes x activations
                 model.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache() if device.type == "cuda" else None

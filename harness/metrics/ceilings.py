@@ -16,26 +16,12 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from harness.metrics.speed import device_name, synchronize
-
-
-def _median_seconds(fn, repeats: int, device: torch.device) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from harness.metrics.speed import device_name, median_seconds
 
 
 def measure_ceilings(d_model: int, vocab: int, mlp_ratio: int = 4, tokens: int = 2048, repeats: int = 5,
@@ -58,11 +44,11 @@ def measure_ceilings(d_model: int, vocab: int, mlp_ratio: int = 4, tokens: int =
             for inp, w in zip(inputs, weights):
                 inp @ w
 
-        rates[x.shape[0]] = flops / _median_seconds(matmuls, repeats, device)
+        rates[x.shape[0]] = flops / median_seconds(matmuls, device, repeats)
     n_bytes = copy_bytes or (2 ** 31 if device.type == "cuda" else 2 ** 28)
     src = torch.empty(n_bytes // 4, device=device, dtype=torch.float32).fill_(1.0)
     dst = torch.empty_like(src)
-    copy_s = _median_seconds(lambda: dst.copy_(src), repeats, device)
+    copy_s = median_seconds(lambda: dst.copy_(src), device, repeats)
     out = {
         "matmul_flops": max(rates.values()),
         "copy_bytes_per_s": 2 * src.numel() * 4 / copy_s,

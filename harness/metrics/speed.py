@@ -126,6 +126,21 @@ class GpuTelemetry:
             self._nvml = self._handle = None
 
 
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:
+    """Median seconds of ``repeats`` device-synchronised calls of ``fn`` after ``warmup``
+    untimed ones (no telemetry: the light timer of benchmarks and ceiling measurements)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def time_sampling(fn: Callable[[], object], warmup: int = 1, repeats: int = 3, *,
                   device: torch.device | str | None = None, batch_size: int | None = None,
                   length: int | None = None, dtype: torch.dtype | str | None = None,
