@@ -350,7 +350,12 @@ def build_splits(corpus: str | os.PathLike | Sequence[str | os.PathLike], tokeni
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """Read in 1 MiB blocks: also used on multi-GB released weight files (harness.official)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def cached_splits(key: dict, build) -> dict[str, torch.Tensor]:

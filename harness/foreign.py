@@ -12,7 +12,6 @@ back into dicts, lists and values.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 from pathlib import Path
@@ -115,11 +114,3 @@ def lookup(config: dict | None, dotted: str):
             target = lookup(config, match.group(1))
             return None if isinstance(target, str) and _REFERENCE.search(target) else target
     return value
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -23,14 +23,13 @@ config.json field, AR weights imported as a diffusion model or the reverse.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from harness.foreign import load_foreign, lookup, plain, sha256_file
+from harness.foreign import load_foreign, lookup, plain
 
 VOCAB = 50258  # GPT-2's 50257 ids + [MASK]
 MASK_ID = 50257
@@ -368,7 +367,7 @@ def import_checkpoint(src: str | Path, model: str, out: str | Path, *, block_siz
     text eval and sweeps read for it.  Every check runs before anything is written; an existing
     checkpoint is never replaced."""
     from harness.checkpoint import CHECKPOINT_NAME, save_checkpoint, tokenizer_files
-    from harness.data import GPT2Tokenizer
+    from harness.data import GPT2Tokenizer, file_sha256
     from harness.models import SpecialTokens, build_model
     from harness.nn.transformer import BackboneConfig
 
@@ -404,7 +403,7 @@ def import_checkpoint(src: str | Path, model: str, out: str | Path, *, block_siz
     net.load_state_dict(fold(source.weights, n_layers, adaln=cond is not None))
     data = data_spec.model_copy(update={"seq_len": min(max_len, 1024)})
     meta = {"imported": {"source": str(source.path.resolve()), "format": source.kind,
-                         "weights_file": source.weights_file.name, "sha256": sha256_file(source.weights_file),
+                         "weights_file": source.weights_file.name, "sha256": file_sha256(source.weights_file),
                          "ema": source.ema, "model_type": source.kind_name, "source_options": dict(source.options)},
             "parameters": net.net.num_parameters(), "tokenizer": tokenizer.name, **(extra_meta or {})}
     config = {"name": Path(out).name, "model": model, "model_args": options, "data": data.model_dump(),
