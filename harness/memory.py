@@ -55,7 +55,7 @@ def sampling_cost(model, length: int, steps: int | None) -> tuple[int, int]:
     Rough by design: it only has to tell a request that fits from one that cannot.
     """
     cfg = model.backbone_config
-    per_row = length * cfg.vocab_size * (4 + 8) + 2 * cfg.n_layers * 2 * length * cfg.d_model * 4
+    per_row = logits_row_bytes(cfg, length, 4) + cache_row_bytes(cfg, 2 * length, 4)
     fixed = 0
     if steps:
         windows = -(-length // model.block_size) if hasattr(model, "block_size") else 1
@@ -108,10 +108,15 @@ def forward_row_bytes(cfg, queries: int, keys: int, dtype_bytes: int) -> int:
     the logits (in the compute dtype, then float32, plus a float32 copy for sampling), the
     widest activations (the MLP's hidden layer and its inputs) and attention scores when
     the attention materialises them (per head, float32)."""
-    logits = queries * cfg.vocab_size * (dtype_bytes + 8)
+    logits = logits_row_bytes(cfg, queries, dtype_bytes)
     acts = queries * cfg.d_model * (2 * cfg.mlp_ratio + 8) * dtype_bytes
     scores = cfg.n_heads * queries * keys * 4 * 2
     return logits + acts + scores
+
+
+def logits_row_bytes(cfg, queries: int, dtype_bytes: int) -> int:
+    """One row's logits in the compute dtype plus the float64 copy a draw makes."""
+    return queries * cfg.vocab_size * (dtype_bytes + 8)
 
 
 def cache_row_bytes(cfg, capacity: int, dtype_bytes: int) -> int:
