@@ -49,19 +49,6 @@ def per_sequence_times(n: int, draws: int, eps: float, generator=None, device=No
         yield (eps + (1 - eps) * ((u + d / draws) % 1)).float()
 
 
-def draw_tokens(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mask_id: int, generator,
-                top_p: float, batch_rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Float64 Gumbel-max draw at positions (rows[j], cols[j]) of logits (R, W, V), in order,
-    in the :class:`Drawer`'s groups of rows (never a (k, V) tensor for all k positions).
-    ``batch_rows`` (default ``rows``): each draw's batch row, for the recording hook."""
-    batch_rows = rows if batch_rows is None else batch_rows
-    drawer = Drawer(logits.shape[-1], generator, top_p, mask_id)
-    for i in range(0, rows.numel(), drawer.group):
-        j = slice(i, i + drawer.group)
-        drawer.push(logits[rows[j], cols[j]], batch_rows[j])
-    return drawer.finish().to(logits.device)
-
-
 def dense_rank(step: torch.Tensor) -> torch.Tensor:
     """Rank of each entry's step among the distinct steps >= 0 of its last dimension
     (0, 1, …), −1 where step < 0 (given).  A position of rank r was drawn by the r-th forward

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import harness.sampling as sampling_module
-from baselines.mdlm import MDLM, ancestral_denoise, draw_tokens, plan_reveals
+from baselines.mdlm import MDLM, ancestral_denoise, plan_reveals
 from harness.models import SpecialTokens
 from harness.nn.transformer import BackboneConfig
 from harness.sampling import top_p_filter
@@ -244,9 +244,15 @@ def test_chunked_draws_exclude_mask_in_every_chunk(monkeypatch):
     logits = torch.randn(3, 8, VOCAB, dtype=torch.float64, generator=g)
     logits[..., SPECIAL.mask] = 50.0  # [MASK] would win every draw it is allowed into
     rows, cols = torch.arange(3).repeat_interleave(8), torch.arange(8).repeat(3)
-    whole = draw_tokens(logits, rows, cols, SPECIAL.mask, torch.Generator().manual_seed(0), 1.0)
+
+    def draw():  # as the MDLM sampler draws a step's revealed positions
+        drawer = sampling_module.Drawer(VOCAB, torch.Generator().manual_seed(0), 1.0, SPECIAL.mask)
+        drawer.push(logits[rows, cols], rows)
+        return drawer.finish()
+
+    whole = draw()
     monkeypatch.setattr(sampling_module, "SAMPLE_CHUNK_ELEMENTS", 5 * VOCAB)  # 5 positions per chunk: 5 chunks
-    chunked = draw_tokens(logits, rows, cols, SPECIAL.mask, torch.Generator().manual_seed(0), 1.0)
+    chunked = draw()
     assert (whole != SPECIAL.mask).all() and (chunked != SPECIAL.mask).all()
     assert torch.equal(chunked, whole)
 
