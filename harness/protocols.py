@@ -32,7 +32,6 @@ import torch
 
 from harness import data as data_lib
 
-PROTOCOLS = ("documents", "owt", "lm1b")
 OWT_VALID_DOCS = 100_000  # the papers' OpenWebText validation split: the last 100k documents
 WRAP_GROUP = 1000          # documents wrapped together (datasets.map's default batch)
 

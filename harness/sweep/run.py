@@ -96,14 +96,17 @@ def missing_paths(cfg: SweepConfig, names: set[str], source: str) -> None:
     line per missing path and a ConfigError before anything is imported, trained or written."""
     from harness.official import foreign_source
 
-    wanted = [(f"models.{i}.checkpoint", foreign_source(e.checkpoint) or e.checkpoint)
-              for i, e in enumerate(cfg.models) if e.name in names and e.checkpoint is not None]
-    for i, e in enumerate(cfg.models):  # the text an imported checkpoint's test_ppl reads
-        corpus = (e.import_args or {}).get("corpus") if e.name in names and e.checkpoint is not None else None
-        wanted += [(f"models.{i}.import_args.corpus", p) for p in corpus or () if isinstance(corpus, list)]
-        dataset = ((e.import_args or {}).get("data") or {}) if e.name in names and e.checkpoint is not None else {}
+    checkpoints, texts = [], []  # reported in this order: every checkpoint, then the texts
+    for i, e in enumerate(cfg.models):
+        if e.name not in names or e.checkpoint is None:
+            continue
+        checkpoints.append((f"models.{i}.checkpoint", foreign_source(e.checkpoint) or e.checkpoint))
+        args = e.import_args or {}  # the text an imported checkpoint's test_ppl reads
+        corpus, dataset = args.get("corpus"), args.get("data") or {}
+        texts += [(f"models.{i}.import_args.corpus", p) for p in corpus or () if isinstance(corpus, list)]
         if isinstance(dataset, dict) and dataset.get("hf_dataset"):
-            wanted.append((f"models.{i}.import_args.data.hf_dataset", dataset["hf_dataset"]))
+            texts.append((f"models.{i}.import_args.data.hf_dataset", dataset["hf_dataset"]))
+    wanted = checkpoints + texts
     scored = {"gen_ppl", "mauve"} & set(cfg.metrics)
     if scored and isinstance(cfg.evaluator, str) and cfg.evaluator.partition(":")[0].lower() in ("hf", "ar"):
         wanted.append(("evaluator", cfg.evaluator.partition(":")[2].strip()))
