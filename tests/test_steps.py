@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import harness.esolm as esolm_module
 from harness.nn import masks
 from harness.nn.steps import StaticSteps, bucket, resolve_mode, static_steps
 from harness.schedules import SamplingSchedule
@@ -108,16 +109,17 @@ def test_bucket_and_mode_resolution(monkeypatch):
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on a CPU needs a C++ compiler")
 def test_compiled_steps_write_the_cache_in_place_and_give_the_static_tokens():
-    """One compiled shape (width 1, all 24 keys): the fused step's K/V land in the shared cache
-    and its logits equal the eager step's to float32 tolerance (both compute the rotary angles
-    in float32, and inductor's vectorised cos/sin differ in the last bits); an AR sample is
-    unchanged."""
+    """On a CPU the compiled steps keep every window and key range exact (nothing is padded:
+    no graph needs a fixed shape): the fused step's K/V land in the shared cache and its
+    logits equal the eager padded step's to float32 tolerance (both compute the rotary
+    angles in float32, and inductor's vectorised cos/sin differ in the last bits); an AR
+    sample is unchanged."""
     model = tiny_model("ar", max_len=24)
     static = sample(model, "static", 2, 24, SamplingSchedule())
     static_cache = model._static_steps.cache
     compiled = sample(model, "compiled", 2, 24, SamplingSchedule())
     steps = model._static_steps
-    assert steps.key[-1] is True and sorted(steps._steps) == [(1, 24)]
+    assert steps.key[-1] is True and steps.exact and steps._steps == {}  # no padded shape was built
     assert torch.equal(compiled.tokens, static.tokens)
     for layer in range(model.net.cfg.n_layers):  # written in place, not into a functional copy
         torch.testing.assert_close(steps.cache.k[layer], static_cache.k[layer], rtol=1e-5, atol=1e-5)
@@ -126,6 +128,20 @@ def test_compiled_steps_write_the_cache_in_place_and_give_the_static_tokens():
     eager = StaticSteps(model.net, batch=2, capacity=24, graph=False)
     eager._cache = static_cache
     torch.testing.assert_close(steps.step(x, pos, start=5), eager.step(x, pos, start=5), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_exact_windows_in_row_chunks_give_the_dynamic_tokens(monkeypatch):
+    """Eso-LM (B) windows of every width, run in two row chunks of the batch (a memory
+    budget): the compiled exact-shape steps give the eager sampler's tokens."""
+    model = tiny_model("esolm-b", max_len=32, alpha_0=0.5)
+    schedule = SamplingSchedule(alpha_0=0.5, steps=4)
+    dynamic = sample(model, "dynamic", 4, 32, schedule)
+    monkeypatch.setattr(esolm_module, "row_chunk", lambda *args, **kwargs: 2)
+    compiled = sample(model, "compiled", 4, 32, schedule)
+    assert model._static_steps.exact and sorted(model._static_steps._row_caches) == [(0, 2), (2, 4)]
+    assert torch.equal(compiled.tokens, dynamic.tokens)
 
 
 def test_static_steps_are_kept_per_batch_and_capacity():

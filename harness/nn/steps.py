@@ -16,7 +16,9 @@ shapes (the CPU default); ``"static"`` runs the fixed-shape step eagerly (what t
 replays: tests check it gives the dynamic path's tokens exactly); ``"graph"`` captures and
 replays (the CUDA default); ``"compiled"`` first fuses the fixed-shape step with
 torch.compile (a graph replays ~19 kernels per layer, most of them small element-wise ones
-that inductor fuses into their neighbours), then captures it like ``"graph"`` on CUDA.
+that inductor fuses into their neighbours), then captures it like ``"graph"`` on CUDA; on a
+CPU, where nothing is captured, its windows and key ranges stay exact (padding would only
+add work: 10-50 % for Eso-LM (B)'s narrow windows) and the code is compiled for dynamic shapes.
 Fused kernels round differently, so compiled logits equal the eager ones to float
 tolerance, not bit for bit.  Sampling (Gumbel noise, argmax) stays outside the graph, so
 the random streams are the same in every mode.  The work counters
@@ -49,6 +51,15 @@ def resolve_mode(mode: str | None, device: torch.device) -> str:
     if mode == "graph" and device.type != "cuda":
         return "static"  # CUDA graphs need a CUDA device; the same steps run eagerly
     return mode
+
+
+def exact_modes(device: torch.device) -> tuple[str, ...]:
+    """The modes whose tokens equal the plain eager sampler's bit for bit, fastest-first as
+    a rule: what a sweep's ``auto`` times and picks from.  On a CPU only ``dynamic``: the
+    fixed-shape steps there run the same kernels on padded windows (they exist to check what
+    a graph replays), never less work.  ``compiled`` is left out everywhere: its fused kernels
+    round differently, so a sample would depend on which mode a timing happened to pick."""
+    return ("graph", "dynamic") if device.type == "cuda" else ("dynamic",)
 
 
 def bucket(n: int, minimum: int = 1) -> int:
@@ -144,6 +155,10 @@ class StaticSteps:
         self.pool = torch.cuda.graph_pool_handle() if graph else None
         self._steps: dict[tuple[int, int], Replay] = {}
         self._full: dict[tuple, Replay] = {}  # one per (rows, L): the batch, and a memory-budget chunk
+        # Compiled without graphs (a CPU): nothing needs a fixed shape, so windows and key
+        # ranges stay exact — padding them would only add work (compiled code with dynamic shapes)
+        self.exact = compiled and not graph
+        self._row_caches: dict[tuple[int, int], object] = {}
 
     @property
     def cache(self):
@@ -159,11 +174,13 @@ class StaticSteps:
         slots past the window, which no real query attends to and later steps overwrite.
         ``rows``: the window is these rows of the batch (a memory-budget chunk)."""
         B, N = tokens.shape
+        rows = None if rows is None or (rows.start in (0, None) and rows.stop >= self.batch) else rows
+        if self.exact:
+            return self._exact_step(tokens, positions, start, floor, rows)
         width = bucket(N)
         keys = min(bucket(start + N, 64), self.capacity)
         if start + width > self.capacity:
             raise ValueError(f"KV cache overflow: window [{start}, {start + width}) > capacity {self.capacity}")
-        rows = None if rows is None or (rows.start in (0, None) and rows.stop >= self.batch) else rows
         shape = (width, keys) if rows is None else (width, keys, rows.start, rows.stop)
         replay = self._steps.get(shape)
         if replay is None:
@@ -183,6 +200,20 @@ class StaticSteps:
             tokens = torch.cat([tokens, tokens[:, -1:].expand(B, pad)], 1)
             positions = torch.cat([positions, positions[:, -1:].expand(B, pad)], 1)
         return replay(tokens, positions, start, floor)[:, :N]
+
+    def _exact_step(self, tokens, positions, start: int, floor: int, rows: slice | None) -> torch.Tensor:
+        """The window at its own width over exactly the slots written so far, [0, start + N)."""
+        N = tokens.shape[1]
+        if start + N > self.capacity:
+            raise ValueError(f"KV cache overflow: window [{start}, {start + N}) > capacity {self.capacity}")
+        cache = self.cache
+        if rows is not None:  # one view per chunk, so the compiled code sees the same objects each step
+            cache = self._row_caches.get((rows.start, rows.stop))
+            if cache is None:
+                cache = self._row_caches[(rows.start, rows.stop)] = self.cache.rows(rows)
+        device = tokens.device
+        return self._forward_static(tokens.contiguous(), positions.contiguous(), cache,
+                                    torch.tensor([start], device=device), torch.tensor([floor], device=device), start + N)
 
     def full(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits of a full-attention forward without cache (MDLM's denoiser) at a fixed

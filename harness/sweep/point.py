@@ -3,6 +3,7 @@ store (:func:`compute_point`, :func:`save_point`)."""
 
 from __future__ import annotations
 
+import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 
 from harness.config import DataSpec
 from harness.memory import sub_batch
-from harness.nn.steps import FALLBACKS, resolve_mode
+from harness.nn.steps import FALLBACKS, exact_modes, resolve_mode
 from harness.results_store import POINTS_FILE, append_row, write_samples
 from harness.schedules import SamplingSchedule
 from harness.sweep.context import Context, LoadedEntry, git_commit
@@ -108,7 +109,8 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     batch = point.batch_size or cfg.batch_size
     num_samples = point.batch_size or cfg.num_samples
     rows_at_once = sub_batch(sampler, batch, point.length)
-    trials = fastest_mode(ctx, sampler, point, schedule, batch, rows_at_once) if cfg.step_mode == "fastest" else None
+    candidates = trial_modes(cfg.step_mode, ctx.device)
+    trials = fastest_mode(ctx, sampler, point, schedule, batch, rows_at_once, candidates) if candidates else None
     generator = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
     rows, nfe_batches, tokens_computed, nfe_rows, extra, key_reads = [], [], 0, [], {}, 0
     done = 0
@@ -231,15 +233,26 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     return row, records
 
 
-def fastest_mode(ctx: Context, sampler, point: Point, schedule: SamplingSchedule, batch: int, rows: int) -> dict:
-    """``step_mode: fastest``: one batch in each step mode (after one untimed batch that
-    captures or compiles what the mode needs), then the fastest is left set on the sampler.
-    Returns {mode: seconds per batch, or the error that ruled it out}."""
+def trial_modes(step_mode: str, device: torch.device) -> tuple[str, ...]:
+    """The step modes a point times before it runs, fastest taken (none: run the one set).
+    ``fastest``: every mode this device runs; ``auto``: those giving the eager tokens exactly
+    (harness.nn.steps.exact_modes), unless $ESOLM_STEP_MODE names one."""
+    if step_mode == "fastest":
+        return ("graph", "dynamic", "compiled") if device.type == "cuda" else ("dynamic", "static", "compiled")
+    if step_mode == "auto" and not os.environ.get("ESOLM_STEP_MODE") and len(exact_modes(device)) > 1:
+        return exact_modes(device)
+    return ()
+
+
+def fastest_mode(ctx: Context, sampler, point: Point, schedule: SamplingSchedule, batch: int, rows: int,
+                 modes: tuple[str, ...]) -> dict:
+    """One batch in each of ``modes`` (after one untimed batch that captures or compiles what
+    the mode needs), then the fastest is left set on the sampler.  Returns {mode: seconds per
+    batch, or the error that ruled it out}."""
     import time
 
     from harness.metrics.speed import synchronize
 
-    modes = ("graph", "compiled") if ctx.device.type == "cuda" else ("dynamic", "static", "compiled")
     trials: dict = {}
     for mode in modes:
         sampler.step_mode = mode
@@ -257,7 +270,7 @@ def fastest_mode(ctx: Context, sampler, point: Point, schedule: SamplingSchedule
             trials[mode] = f"failed: {str(err).splitlines()[0][:200]}"
     timed = {m: t for m, t in trials.items() if isinstance(t, float)}
     if not timed:
-        raise RuntimeError(f"step_mode fastest: every mode failed at {point.key}: {trials}")
+        raise RuntimeError(f"step modes {list(modes)}: every one failed at {point.key}: {trials}")
     sampler.step_mode = min(timed, key=timed.get)
     return trials
 

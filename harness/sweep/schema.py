@@ -143,9 +143,10 @@ class SweepConfig(Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
     step_mode: Literal["auto", "fastest", "dynamic", "static", "graph", "compiled"] = Field(
-        "auto", description="how the cached samplers run their steps (harness/nn/steps.py): auto = CUDA graphs "
-                            "on a GPU and plain eager steps on a CPU, or $ESOLM_STEP_MODE; fastest = time one batch "
-                            "in each mode per point and run the fastest (the trials are recorded)")
+        "auto", description="how the cached samplers run their steps (harness/nn/steps.py): auto = the fastest "
+                            "measured of the modes that give the eager tokens exactly (on a GPU: one batch each in "
+                            "graph and dynamic per point, trials recorded; on a CPU that is dynamic alone), or "
+                            "$ESOLM_STEP_MODE; fastest = the same over every mode, compiled included")
     backend: Literal["local", "ray"] = "local"
     runs_dir: str = Field("runs", description="trained entries go to <runs_dir>/<name>/<entry>/")
     save_samples: int | None = Field(None, ge=0, description="texts kept per point in samples/ (null: all)")
