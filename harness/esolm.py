@@ -348,7 +348,8 @@ class EsoLM(LanguageModel):
                         mask = self._window_mask(stop - start, start, revealed - start)
                         view = cache.rows(rows) if cached else None  # commits below, once for all rows
                         logits = self.net(x[rows, start:stop], order[rows, start:stop], mask, view)
-                    logits = self.subs_logits(logits[:, revealed - start:])  # the k [MASK] queries
+                    logits = logits[:, revealed - start:]  # the k [MASK] queries
+                    logits[..., self.special.mask] = float("-inf")  # SUBS, in place: the forward's own output
                 out.append(pick(logits, revealed, stop, rows))
                 del logits
             if not use_cache:

@@ -23,27 +23,30 @@ def descending_values(logits: torch.Tensor) -> torch.Tensor:
     if logits.device.type != "cpu":
         return logits.sort(dim=-1, descending=True).values
     flat = logits.detach().reshape(-1, logits.shape[-1]).numpy()
-    return torch.from_numpy(-np.sort(-flat, axis=-1)).reshape(logits.shape)
+    return torch.from_numpy(np.sort(flat, axis=-1)[:, ::-1].copy()).reshape(logits.shape)
+
+
+def nucleus_threshold(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """(..., 1): the smallest logit top-p sampling keeps.  Sorted descending, a token is
+    dropped when the mass strictly before it already reaches top_p (so >= 1 token is kept);
+    the kept tokens are then those at or above the last kept value — found from the sorted
+    values alone, with no argsort and no scatter back.  Tokens tied with that value are all
+    kept.  The sort/cumsum runs in the dtype of ``logits`` (the callers pass float64): a bf16
+    cumsum would erode the tail."""
+    if not 0.0 < top_p < 1.0:
+        raise ValueError(f"top_p must be in (0, 1), got {top_p}")
+    sorted_logits = descending_values(logits.detach())
+    probs = sorted_logits.softmax(dim=-1)
+    kept = (probs.cumsum(dim=-1).sub_(probs) < top_p).sum(dim=-1, keepdim=True)
+    return sorted_logits.gather(-1, kept - 1)
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Set to -inf every logit outside the smallest set whose probability reaches top_p.
-
-    Sorted descending, a token is dropped when the mass strictly before it already reaches
-    top_p (so >= 1 token is kept); the kept tokens are those at or above the last kept
-    value, found from the sorted values alone (no argsort, no scatter back).  Tokens tied
-    with that value are all kept.  The sort/cumsum runs in the dtype of ``logits`` (the
-    callers pass float64): a bf16 cumsum would erode the tail.
-    """
+    """Set to -inf every logit outside the smallest set whose probability reaches top_p
+    (:func:`nucleus_threshold`)."""
     if top_p >= 1.0:
         return logits
-    if not 0.0 < top_p < 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    sorted_logits = descending_values(logits.detach())
-    probs = sorted_logits.softmax(dim=-1)
-    kept = ((probs.cumsum(dim=-1) - probs) < top_p).sum(dim=-1, keepdim=True)
-    threshold = sorted_logits.gather(-1, kept - 1)
-    return logits.masked_fill(logits < threshold, float("-inf"))
+    return logits.masked_fill(logits < nucleus_threshold(logits, top_p), float("-inf"))
 
 
 def gumbel_noise(shape, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -53,14 +56,21 @@ def gumbel_noise(shape, generator: torch.Generator | None, device) -> torch.Tens
 
 def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None, top_p: float = 1.0,
                   rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Gumbel-max draw of one token per row of ``logits`` (..., V), all in float64.
+    """Gumbel-max draw of one token per row of ``logits`` (..., V), all in float64: the
+    argmax of logit + noise over the nucleus (the noise is drawn for every token, so the
+    random stream does not depend on top_p's cut).
 
     ``rows``: the batch row each leading index of ``logits`` belongs to (default: the leading
     index itself), used only by :func:`record_log_probs`."""
-    logits = top_p_filter(logits.to(torch.float64), top_p)
-    tokens = gumbel_noise(logits.shape, generator, logits.device).add_(logits).argmax(dim=-1)
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    logits = logits.to(torch.float64)
+    scores = gumbel_noise(logits.shape, generator, logits.device).add_(logits)
+    if top_p < 1.0:  # in place on the scores: one masked pass, no filtered copy of the logits
+        scores.masked_fill_(logits < nucleus_threshold(logits, top_p), float("-inf"))
+    tokens = scores.argmax(dim=-1)
     if _RECORDERS:
-        logp = logits.log_softmax(-1).gather(-1, tokens[..., None]).reshape(logits.shape[0], -1).sum(1)
+        logp = top_p_filter(logits, top_p).log_softmax(-1).gather(-1, tokens[..., None]).reshape(logits.shape[0], -1).sum(1)
         rows = torch.arange(logits.shape[0], device=logits.device) if rows is None else rows
         for total in _RECORDERS:
             total.index_add_(0, rows.to(total.device), logp.to(total.device))
@@ -120,7 +130,8 @@ class Drawer:
     def _flush(self) -> None:
         if not self._n:
             return
-        picked = torch.cat(self._pending)  # a copy: safe to edit
+        pieces = [piece.to(torch.float64) for piece in self._pending]  # what sample_tokens draws in
+        picked = torch.cat(pieces) if len(pieces) > 1 or pieces[0] is self._pending[0] else pieces[0]  # a copy: safe to edit
         if self.mask_id is not None:
             picked[:, self.mask_id] = float("-inf")
         self._out.append(sample_tokens(picked, self.generator, self.top_p, rows=torch.cat(self._rows)))
