@@ -43,6 +43,8 @@ class Context:
     test_ppl_cache: dict[str, dict] = field(default_factory=dict)
     commit: str | None = None  # git commit at the start of the run (one value per run)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # rows of one `esolm sweep` call
+    # (entry, length, batch) -> the step mode timed fastest there: auto/fastest time once per shape
+    step_modes: dict[tuple, str] = field(default_factory=dict)
     _loaded: tuple[str, LoadedEntry] | None = None
     _evaluator: Any = None
 

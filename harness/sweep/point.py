@@ -109,8 +109,14 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     batch = point.batch_size or cfg.batch_size
     num_samples = point.batch_size or cfg.num_samples
     rows_at_once = sub_batch(sampler, batch, point.length)
-    candidates = trial_modes(cfg.step_mode, ctx.device)
-    trials = fastest_mode(ctx, sampler, point, schedule, batch, rows_at_once, candidates) if candidates else None
+    candidates, trials = trial_modes(cfg.step_mode, ctx.device), None
+    if candidates:  # timed at the first point of each (entry, length, batch), then reused
+        shape = (point.entry, point.length, batch)
+        if shape in ctx.step_modes:
+            sampler.step_mode = ctx.step_modes[shape]
+        else:
+            trials = fastest_mode(ctx, sampler, point, schedule, batch, rows_at_once, candidates)
+            ctx.step_modes[shape] = sampler.step_mode
     generator = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
     rows, nfe_batches, tokens_computed, nfe_rows, extra, key_reads = [], [], 0, [], {}, 0
     done = 0
@@ -234,7 +240,8 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
 
 
 def trial_modes(step_mode: str, device: torch.device) -> tuple[str, ...]:
-    """The step modes a point times before it runs, fastest taken (none: run the one set).
+    """The step modes a sweep times (at the first point of each entry, length and batch) before
+    it runs the fastest (none: run the one set).
     ``fastest``: every mode this device runs; ``auto``: those giving the eager tokens exactly
     (harness.nn.steps.exact_modes), unless $ESOLM_STEP_MODE names one."""
     if step_mode == "fastest":

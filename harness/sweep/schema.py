@@ -145,7 +145,8 @@ class SweepConfig(Strict):
     step_mode: Literal["auto", "fastest", "dynamic", "static", "graph", "compiled"] = Field(
         "auto", description="how the cached samplers run their steps (harness/nn/steps.py): auto = the fastest "
                             "measured of the modes that give the eager tokens exactly (on a GPU: one batch each in "
-                            "graph and dynamic per point, trials recorded; on a CPU that is dynamic alone), or "
+                            "graph and dynamic at the first point of each entry, length and batch, trials recorded; "
+                            "on a CPU that is dynamic alone), or "
                             "$ESOLM_STEP_MODE; fastest = the same over every mode, compiled included")
     backend: Literal["local", "ray"] = "local"
     runs_dir: str = Field("runs", description="trained entries go to <runs_dir>/<name>/<entry>/")
