@@ -59,7 +59,7 @@ def first_argmax(scores: torch.Tensor) -> torch.Tensor:
     numpy's (the same index, ~3-10x faster there)."""
     if scores.device.type != "cpu":
         return scores.argmax(dim=-1)
-    return torch.from_numpy(scores.numpy().argmax(axis=-1))
+    return torch.from_numpy(scores.detach().numpy().argmax(axis=-1))
 
 
 def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None, top_p: float = 1.0,
@@ -78,7 +78,8 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None, top_p
         scores.masked_fill_(logits < nucleus_threshold(logits, top_p), float("-inf"))
     tokens = first_argmax(scores)
     if _RECORDERS:
-        logp = top_p_filter(logits, top_p).log_softmax(-1).gather(-1, tokens[..., None]).reshape(logits.shape[0], -1).sum(1)
+        logp = top_p_filter(logits, top_p).log_softmax(-1).gather(-1, tokens[..., None])
+        logp = logp.reshape(logits.shape[0], -1).sum(1)
         rows = torch.arange(logits.shape[0], device=logits.device) if rows is None else rows
         for total in _RECORDERS:
             total.index_add_(0, rows.to(total.device), logp.to(total.device))
@@ -139,7 +140,8 @@ class Drawer:
         if not self._n:
             return
         pieces = [piece.to(torch.float64) for piece in self._pending]  # what sample_tokens draws in
-        picked = torch.cat(pieces) if len(pieces) > 1 or pieces[0] is self._pending[0] else pieces[0]  # a copy: safe to edit
+        copied = len(pieces) == 1 and pieces[0] is not self._pending[0]
+        picked = pieces[0] if copied else torch.cat(pieces)  # a copy either way: safe to edit
         if self.mask_id is not None:
             picked[:, self.mask_id] = float("-inf")
         self._out.append(sample_tokens(picked, self.generator, self.top_p, rows=torch.cat(self._rows)))

@@ -54,8 +54,8 @@ def resolve_mode(mode: str | None, device: torch.device) -> str:
 
 
 def exact_modes(device: torch.device) -> tuple[str, ...]:
-    """The modes whose tokens equal the plain eager sampler's bit for bit, fastest-first as
-    a rule: what a sweep's ``auto`` times and picks from.  On a CPU only ``dynamic``: the
+    """The modes whose tokens equal the plain eager sampler's bit for bit: what a sweep's
+    ``auto`` times and picks from.  On a CPU only ``dynamic``: the
     fixed-shape steps there run the same kernels on padded windows (they exist to check what
     a graph replays), never less work.  ``compiled`` is left out everywhere: its fused kernels
     round differently, so a sample would depend on which mode a timing happened to pick."""
@@ -211,9 +211,8 @@ class StaticSteps:
             cache = self._row_caches.get((rows.start, rows.stop))
             if cache is None:
                 cache = self._row_caches[(rows.start, rows.stop)] = self.cache.rows(rows)
-        device = tokens.device
-        return self._forward_static(tokens.contiguous(), positions.contiguous(), cache,
-                                    torch.tensor([start], device=device), torch.tensor([floor], device=device), start + N)
+        start_, floor_ = (torch.tensor([v], device=tokens.device) for v in (start, floor))
+        return self._forward_static(tokens.contiguous(), positions.contiguous(), cache, start_, floor_, start + N)
 
     def full(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits of a full-attention forward without cache (MDLM's denoiser) at a fixed
