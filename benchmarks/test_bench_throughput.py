@@ -23,19 +23,19 @@ wall-clock on a shared machine is advisory (the project has no timed tests).
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import pytest
 import torch
 
 from harness.metrics.ceilings import measure_ceilings
+from harness.metrics.speed import median_seconds
 from harness.models import SpecialTokens, build_model
 from harness.nn.transformer import BackboneConfig, KVCache
 from harness.report.speed import floor_seconds
 from harness.schedules import SamplingSchedule
 from harness.sweep.point import forward_cost
 
+CPU = torch.device("cpu")
 VOCAB = 2049
 SPECIAL = SpecialTokens(bos=VOCAB - 2, eos=VOCAB - 2, mask=VOCAB - 1)
 BATCH, LENGTH = 8, 256
@@ -47,16 +47,6 @@ CASES = {  # id -> (model, options, schedule)
     "esolm-b-a1-T8": ("esolm-b", {"alpha_0": 1.0}, SamplingSchedule(alpha_0=1.0, steps=8, top_p=0.9)),
     "esolm-b-a1-TL": ("esolm-b", {"alpha_0": 1.0}, SamplingSchedule(alpha_0=1.0, steps=LENGTH, top_p=0.9)),
 }
-
-
-def median_seconds(fn, repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def recorded_forwards(model, sample) -> list[tuple]:
@@ -111,13 +101,13 @@ def test_sampler_against_its_floor(benchmark, ceilings, case, mode):
 
     with torch.no_grad():
         calls = recorded_forwards(model, sample)
-        forwards = median_seconds(lambda: replay_forwards(model.net, calls))
+        forwards = median_seconds(lambda: replay_forwards(model.net, calls), CPU)
     model.step_mode = mode
     gen = benchmark.pedantic(sample, rounds=3, iterations=1, warmup_rounds=1)
-    seconds = (benchmark.stats.stats.median if not benchmark.disabled else median_seconds(sample, 1))
+    seconds = (benchmark.stats.stats.median if not benchmark.disabled else median_seconds(sample, CPU, 1))
     tokens = torch.zeros(BATCH, LENGTH, dtype=torch.long)
     with torch.no_grad():
-        full = median_seconds(lambda: model.net(tokens, torch.arange(LENGTH), None))
+        full = median_seconds(lambda: model.net(tokens, torch.arange(LENGTH), None), CPU)
     cost = forward_cost(model)
     floor = floor_seconds(gen.nfe, gen.tokens_computed / BATCH, BATCH, cost["weight_bytes"],
                           cost["matmul_parameters"], ceilings["matmul_flops"], ceilings["copy_bytes_per_s"],

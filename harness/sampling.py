@@ -74,11 +74,13 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None, top_p
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     logits = logits.to(torch.float64)
     scores = gumbel_noise(logits.shape, generator, logits.device).add_(logits)
-    if top_p < 1.0:  # in place on the scores: one masked pass, no filtered copy of the logits
-        scores.masked_fill_(logits < nucleus_threshold(logits, top_p), float("-inf"))
+    cut = logits < nucleus_threshold(logits, top_p) if top_p < 1.0 else None
+    if cut is not None:  # in place on the scores: one masked pass, no filtered copy of the logits
+        scores.masked_fill_(cut, float("-inf"))
     tokens = first_argmax(scores)
     if _RECORDERS:
-        logp = top_p_filter(logits, top_p).log_softmax(-1).gather(-1, tokens[..., None])
+        kept = logits if cut is None else logits.masked_fill(cut, float("-inf"))
+        logp = kept.log_softmax(-1).gather(-1, tokens[..., None])
         logp = logp.reshape(logits.shape[0], -1).sum(1)
         rows = torch.arange(logits.shape[0], device=logits.device) if rows is None else rows
         for total in _RECORDERS:

@@ -189,7 +189,7 @@ class StaticSteps:
                        torch.zeros(1, dtype=torch.long, device=tokens.device),
                        torch.zeros(1, dtype=torch.long, device=tokens.device)]
 
-            cache = self.cache if rows is None else self.cache.rows(rows)
+            cache = self._cache_rows(rows)
 
             def run(tok, pos, start_, floor_, keys=keys, cache=cache):
                 return self._forward_static(tok, pos, cache, start_, floor_, keys)
@@ -201,16 +201,22 @@ class StaticSteps:
             positions = torch.cat([positions, positions[:, -1:].expand(B, pad)], 1)
         return replay(tokens, positions, start, floor)[:, :N]
 
+    def _cache_rows(self, rows: slice | None):
+        """The cache, or one kept view of some of its rows (a memory-budget chunk): the same
+        object at every step, as a captured graph or compiled code expects."""
+        if rows is None:
+            return self.cache
+        key = (rows.start, rows.stop)
+        if key not in self._row_caches:
+            self._row_caches[key] = self.cache.rows(rows)
+        return self._row_caches[key]
+
     def _exact_step(self, tokens, positions, start: int, floor: int, rows: slice | None) -> torch.Tensor:
         """The window at its own width over exactly the slots written so far, [0, start + N)."""
         N = tokens.shape[1]
         if start + N > self.capacity:
             raise ValueError(f"KV cache overflow: window [{start}, {start + N}) > capacity {self.capacity}")
-        cache = self.cache
-        if rows is not None:  # one view per chunk, so the compiled code sees the same objects each step
-            cache = self._row_caches.get((rows.start, rows.stop))
-            if cache is None:
-                cache = self._row_caches[(rows.start, rows.stop)] = self.cache.rows(rows)
+        cache = self._cache_rows(rows)
         start_, floor_ = (torch.tensor([v], device=tokens.device) for v in (start, floor))
         return self._forward_static(tokens.contiguous(), positions.contiguous(), cache, start_, floor_, start + N)
 
