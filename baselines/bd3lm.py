@@ -63,6 +63,7 @@ def rows_of(cache: KVCache, rows: torch.Tensor, keys: int, cfg) -> KVCache:
 
 class BD3LM(LanguageModel):
     name = "bd3lm"
+    fixed_steps_count_every_row = True
 
     def __init__(self, backbone, special, block_size: int = 4, clip: tuple[float, float] | None = None,
                  eps: float = 1e-3):

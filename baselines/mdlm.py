@@ -189,6 +189,7 @@ def ancestral_denoise(
 
 class MDLM(LanguageModel):
     name = "mdlm"
+    fixed_steps_count_every_row = True
 
     def __init__(self, backbone, special, eps: float = 1e-3):
         super().__init__(backbone, special)

@@ -116,6 +116,9 @@ class LanguageModel(nn.Module):
     # How the cached samplers run their steps (harness.nn.steps): None/"auto" = CUDA graphs
     # on a GPU, plain eager steps elsewhere; "dynamic", "static" or "graph" to force one.
     step_mode: str | None = None
+    # True where the fixed-shape steps run (and count) every row of a batch, while the eager
+    # path runs only the rows that reveal a token (MDLM, BD3-LM): same tokens, other counters
+    fixed_steps_count_every_row: bool = False
     # Bytes one sampling forward may use (harness.memory): None = 90 % of the free device memory.
     max_memory: int | str | None = None
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from harness.sampling import sample_tokens, top_p_filter
+from harness.schedules import SamplingSchedule
 from harness.sweep.point import trial_modes
 
 
@@ -55,5 +56,26 @@ def test_auto_times_only_the_modes_that_give_the_eager_tokens(monkeypatch):
     assert trial_modes("fastest", cpu) == ("dynamic", "static", "compiled")
     assert trial_modes("fastest", cuda) == ("graph", "dynamic", "compiled")
     assert trial_modes("static", cuda) == ()
+    assert trial_modes("auto", cuda, same_work=False) == ()  # MDLM/BD3-LM at batch > 1: graph, untimed
+    assert trial_modes("fastest", cuda, same_work=False) == ("graph", "dynamic", "compiled")
     monkeypatch.setenv("ESOLM_STEP_MODE", "dynamic")
     assert trial_modes("auto", cuda) == ()  # the environment forces a mode
+
+
+def test_only_mdlm_and_bd3lm_count_other_work_in_fixed_shape_steps():
+    """Why auto does not time MDLM/BD3-LM at a batch above 1: their fixed-shape steps count
+    every row, the eager ones only the rows that reveal (same tokens, other counters)."""
+    from tests.helpers import tiny_model
+
+    for name, options, schedule, counts in (("mdlm", {}, SamplingSchedule(steps=64), True),
+                                            ("bd3lm", {"block_size": 4}, SamplingSchedule(steps=3), True),
+                                            ("ar", {}, SamplingSchedule(), False),
+                                            ("esolm-b", {"alpha_0": 0.5}, SamplingSchedule(alpha_0=0.5, steps=7), False)):
+        model = tiny_model(name, max_len=32, **options)
+        gens = {}
+        for mode in ("dynamic", "static"):
+            model.step_mode = mode
+            gens[mode] = model.sample(3, 32, schedule, torch.Generator().manual_seed(5))
+        assert torch.equal(gens["dynamic"].tokens, gens["static"].tokens)
+        differs = gens["dynamic"].tokens_computed != gens["static"].tokens_computed
+        assert model.fixed_steps_count_every_row == counts == differs, name

@@ -109,7 +109,8 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     batch = point.batch_size or cfg.batch_size
     num_samples = point.batch_size or cfg.num_samples
     rows_at_once = sub_batch(sampler, batch, point.length)
-    candidates, trials = trial_modes(cfg.step_mode, ctx.device), None
+    same_work = rows_at_once == 1 or not getattr(sampler, "fixed_steps_count_every_row", False)
+    candidates, trials = trial_modes(cfg.step_mode, ctx.device, same_work), None
     if candidates:  # timed at the first point of each (entry, length, batch), then reused
         shape = (point.entry, point.length, batch)
         if shape in ctx.step_modes:
@@ -239,14 +240,16 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     return row, records
 
 
-def trial_modes(step_mode: str, device: torch.device) -> tuple[str, ...]:
+def trial_modes(step_mode: str, device: torch.device, same_work: bool = True) -> tuple[str, ...]:
     """The step modes a sweep times (at the first point of each entry, length and batch) before
     it runs the fastest (none: run the one set).
     ``fastest``: every mode this device runs; ``auto``: those giving the eager tokens exactly
-    (harness.nn.steps.exact_modes), unless $ESOLM_STEP_MODE names one."""
+    (harness.nn.steps.exact_modes), unless $ESOLM_STEP_MODE names one, and only where they
+    also count the same work (``same_work``: not MDLM/BD3-LM at a batch above 1, whose
+    fixed-shape steps count every row), so NFE and tokens computed never hang on a timing."""
     if step_mode == "fastest":
         return ("graph", "dynamic", "compiled") if device.type == "cuda" else ("dynamic", "static", "compiled")
-    if step_mode == "auto" and not os.environ.get("ESOLM_STEP_MODE") and len(exact_modes(device)) > 1:
+    if step_mode == "auto" and same_work and not os.environ.get("ESOLM_STEP_MODE") and len(exact_modes(device)) > 1:
         return exact_modes(device)
     return ()
 
