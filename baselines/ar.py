@@ -55,7 +55,7 @@ class AR(LanguageModel):
         given = 1 if prefix is None else prefix.shape[1]
         if prefix is not None:
             tokens[:, :given] = prefix
-        tokens_computed = key_reads = 0
+        tokens_computed = key_reads = pairs = 0
         steps = static_steps(self, n, length) if use_cache else None
         cache = self.net.new_cache(n, length) if use_cache and steps is None else None
         positions = torch.arange(length, device=device).expand(n, length)
@@ -73,12 +73,13 @@ class AR(LanguageModel):
                 logits = self.net(window, torch.arange(i, device=device), masks.causal(i, device))
             tokens_computed += window.numel()
             key_reads += n * i if use_cache else 0  # the cached step attends to slots [0, i)
+            pairs += n * (masks.allowed_pairs(1, i - 1) if use_cache else masks.allowed_pairs(i))
             if i >= given:
                 tokens[:, i] = sample_tokens(self.subs_logits(logits[:, -1]), generator, schedule.top_p)
         step = torch.arange(-1, length - 1, device=device).expand(n, length)
         step = torch.where(step >= given - 1, step, -1)  # position i is drawn at step i − 1 unless given
         return Generation(tokens, nfe=length - 1, tokens_computed=tokens_computed, key_reads=key_reads,
-                          step=step, order=positions)
+                          attention_pairs=pairs, step=step, order=positions)
 
     def sample_log_prob(self, generation: Generation, top_p: float = 1.0) -> SampleLogProb:
         """One causal pass: the output at i − 1 is the conditional step i − 1 drew from

@@ -154,7 +154,7 @@ class BD3LM(LanguageModel):
         # Fixed-shape steps pad a block to a power of two: scratch slots past the end.
         steps = static_steps(self, n, length + Lb) if use_cache else None
         cache = self.net.new_cache(n, length) if use_cache and steps is None else None
-        nfe = tokens_computed = cache_writes = key_reads = 0
+        nfe = tokens_computed = cache_writes = key_reads = pairs = 0
         per_row = torch.zeros(n, dtype=torch.long, device=device)
         first = given // Lb  # blocks before it are all given
         plans = plan_reveals(n, Lb, noise=self.noise, steps=schedule.steps, first_hitting=schedule.first_hitting,
@@ -185,6 +185,9 @@ class BD3LM(LanguageModel):
             per_row += run
             tokens_computed += rows_run * (Lb if use_cache else hi)
             key_reads += rows_run * hi if use_cache else 0  # a block's queries attend to slots [0, hi)
+            # cached: the block, both ways, over its cache; uncached: every block of the prefix so
+            pairs += rows_run * (masks.allowed_pairs(Lb, lo, Lb) if use_cache else
+                                 sum(masks.allowed_pairs(Lb, a, Lb) for a in range(0, hi, Lb)))
             if use_cache and b < nb - 1:
                 # The finished block, clean, writes its keys/values: one more forward.
                 if steps is not None:
@@ -196,13 +199,15 @@ class BD3LM(LanguageModel):
                 per_row += 1
                 tokens_computed += n * Lb
                 key_reads += n * hi
+                pairs += n * masks.allowed_pairs(Lb, lo, Lb)
         extra = {"cache_writes": cache_writes}
         per_block = schedule.steps or Lb  # steps a block's plan numbers (first hitting: L')
         step = torch.full((n, length), -1, dtype=torch.long, device=device)
         for b, plan in enumerate(plans, start=first):
             step[:, b * Lb:(b + 1) * Lb] = torch.where(plan.when < per_block, b * per_block + plan.when, -1)
         return Generation(x, nfe=nfe, tokens_computed=tokens_computed, nfe_per_sample=per_row, extra=extra,
-                          key_reads=key_reads, step=step, order=step.argsort(dim=1, stable=True))
+                          key_reads=key_reads, attention_pairs=pairs, step=step,
+                          order=step.argsort(dim=1, stable=True))
 
     def sample_log_prob(self, generation: Generation, top_p: float = 1.0) -> SampleLogProb:
         """Exact (see :meth:`LanguageModel.sample_log_prob`): pass r feeds z ⊕ x with, in every

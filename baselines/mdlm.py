@@ -280,6 +280,7 @@ class MDLM(LanguageModel):
         )
         step = torch.where(plan.when < schedule.steps, plan.when, -1)
         return Generation(z, nfe=forwards, tokens_computed=rows_run * length, nfe_per_sample=per_row,
+                          attention_pairs=rows_run * masks.allowed_pairs(length, 0, length),
                           step=step, order=step.argsort(dim=1, stable=True), extra={"row_chunk": chunk})
 
     def sample_log_prob(self, generation: Generation, top_p: float = 1.0) -> SampleLogProb:

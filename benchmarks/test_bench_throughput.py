@@ -15,6 +15,10 @@ Per sampler and step mode it records (``extra_info``):
   overhead; fused or padded modes can go below 1);
 - ``per_token_vs_full``: seconds per token computed over those of one full-length forward
   of the whole batch (how far a sampler's windows are from the best-amortised forward);
+- in the eager mode, ``time_shares``: where one profiled run's time goes (the trunk's
+  matmuls, attention, GELU and layer norms, the draws, and everything else: small kernels,
+  copies and dispatch), and ``kernels_x_floor``: the trunk's matmul, attention, GELU and
+  norm kernels alone over the floor — what this machine's kernels leave for the rest;
 - the exact work counters.
 The targets are reported (``meets_targets``), and asserted only with ESOLM_FLOOR_TARGETS=1:
 wall-clock on a shared machine is advisory (the project has no timed tests).
@@ -23,9 +27,14 @@ wall-clock on a shared machine is advisory (the project has no timed tests).
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+import baselines.ar
+import harness.sampling
 
 from harness.metrics.ceilings import measure_ceilings
 from harness.metrics.speed import median_seconds
@@ -81,6 +90,36 @@ def replay_forwards(net, calls) -> None:
         net(tokens, positions, mask, replayed, commit)
 
 
+KERNELS = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::bmm": "matmul",
+           "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+           "aten::_scaled_dot_product_attention_math": "attention",
+           "aten::gelu": "gelu", "aten::native_layer_norm": "norm"}
+
+
+def time_shares(sample, monkeypatch) -> dict:
+    """Seconds of one profiled run by where they go: each op's own time, filed under "draw"
+    when it runs inside a draw (the Drawer's, or AR's sample_tokens), else under its kernel
+    class (KERNELS) or "other".  The profiler adds a little to every op, most to small ones."""
+    def labelled(draw):
+        def run(*args, **kwargs):
+            with record_function("draw"):
+                return draw(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(harness.sampling.Drawer, "_flush", labelled(harness.sampling.Drawer._flush))
+    monkeypatch.setattr(baselines.ar, "sample_tokens", labelled(baselines.ar.sample_tokens))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        sample()
+    monkeypatch.undo()
+    seconds = Counter()
+    for event in prof.events():
+        parent = event
+        while parent is not None and parent.name != "draw":
+            parent = parent.cpu_parent
+        seconds["draw" if parent is not None else KERNELS.get(event.name, "other")] += event.self_cpu_time_total / 1e6
+    return dict(seconds)
+
+
 @pytest.fixture(scope="module")
 def ceilings():
     return measure_ceilings(TRUNK["d_model"], VOCAB, tokens=BATCH * LENGTH, repeats=3)
@@ -88,7 +127,7 @@ def ceilings():
 
 @pytest.mark.parametrize("mode", ["dynamic", "static", "compiled"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_sampler_against_its_floor(benchmark, ceilings, case, mode):
+def test_sampler_against_its_floor(benchmark, ceilings, case, mode, monkeypatch):
     name, options, schedule = CASES[case]
     torch.manual_seed(0)
     cfg = BackboneConfig(vocab_size=VOCAB, max_len=LENGTH, **TRUNK)
@@ -111,7 +150,8 @@ def test_sampler_against_its_floor(benchmark, ceilings, case, mode):
     cost = forward_cost(model)
     floor = floor_seconds(gen.nfe, gen.tokens_computed / BATCH, BATCH, cost["weight_bytes"],
                           cost["matmul_parameters"], ceilings["matmul_flops"], ceilings["copy_bytes_per_s"],
-                          gen.key_reads / BATCH * cost["kv_bytes_per_key"])
+                          gen.key_reads / BATCH * cost["kv_bytes_per_key"],
+                          gen.attention_pairs / BATCH * cost["attention_flops_per_pair"])
     x_floor = seconds / BATCH / floor
     per_token = (seconds / gen.tokens_computed) / (full / (BATCH * LENGTH))
     x_forwards = seconds / forwards
@@ -120,9 +160,18 @@ def test_sampler_against_its_floor(benchmark, ceilings, case, mode):
                 forwards_s=forwards, x_forwards=x_forwards, n_forwards=len(calls),
                 full_forward_s=full, per_token_vs_full=per_token, matmul_flops=ceilings["matmul_flops"],
                 copy_bytes_per_s=ceilings["copy_bytes_per_s"], meets_targets=x_floor <= 1.5 and x_forwards <= 1.2)
+    shares = ""
+    if mode == "dynamic":
+        spent = time_shares(sample, monkeypatch)
+        total = sum(spent.values())
+        kernels = sum(spent.get(k, 0.0) for k in ("matmul", "attention", "gelu", "norm"))
+        info.update(time_shares={k: v / total for k, v in sorted(spent.items())}, kernels_x_floor=kernels / BATCH / floor)
+        shares = ("\n    time shares: " + ", ".join(f"{k} {v:.0%}" for k, v in info["time_shares"].items())
+                  + f"; trunk kernels alone {info['kernels_x_floor']:.2f}x floor")
     benchmark.extra_info.update(info)
     print(f"\n{case:15s} {mode:8s} {seconds:8.3f} s/batch  floor {floor * BATCH:8.3f} s  x floor {x_floor:5.2f}  "
-          f"forwards alone {forwards:7.3f} s  x forwards {x_forwards:5.2f}  per token vs full forward {per_token:5.2f}")
+          f"forwards alone {forwards:7.3f} s  x forwards {x_forwards:5.2f}  per token vs full forward {per_token:5.2f}"
+          + shares)
     assert gen.tokens.shape == (BATCH, LENGTH)
     if os.environ.get("ESOLM_FLOOR_TARGETS") == "1":
         assert x_floor <= 1.5 and x_forwards <= 1.2, info

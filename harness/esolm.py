@@ -315,7 +315,7 @@ class EsoLM(LanguageModel):
         (A)'s diffusion phase runs [all clean so far] + [k queries] without a cache.
         Reference (use_cache=False): every step runs the full sorted sequence through the
         very training-time forwards (diffusion-term mask; sequential phase: z_0 ⊕ x).
-        Returns (sorted tokens, tokens computed, cache slots read).
+        Returns (sorted tokens, tokens computed, cache slots read, attention pairs).
         """
         n, L = order.shape
         x = torch.full((n, L), self.special.mask, dtype=torch.long, device=self.device)
@@ -328,7 +328,8 @@ class EsoLM(LanguageModel):
         held = cache_row_bytes(self.backbone_config, L + widest, self.net.head.weight.element_size()) * n
         chunk = row_chunk(self, n, widest, L + widest, reserved=held) if use_cache else row_chunk(self, n, 2 * L, 2 * L)
         parts = [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
-        committed = computed = key_reads = 0  # sorted indices [0, committed) hold K/V in the cache
+        committed = computed = key_reads = pairs = 0  # sorted indices [0, committed) hold K/V in the cache
+        prefix_lm = self.variant == "A"  # (A): the window's clean tokens see each other both ways
         if prefix is not None:
             x[:, :revealed] = prefix
         for k in counts:
@@ -354,7 +355,12 @@ class EsoLM(LanguageModel):
                 del logits
             if not use_cache:
                 computed += n * L * (1 if diffusion else 2)
+                if diffusion:  # the diffusion term's mask over the sorted z_t
+                    pairs += n * masks.allowed_pairs(L, 0, revealed if prefix_lm else 0)
+                else:  # z_0 ⊕ x: each z query its own slot and the x keys before it; x as in the cache
+                    pairs += n * (L + L * (L - 1) // 2 + masks.allowed_pairs(L, 0, n_diff if prefix_lm else 0))
             else:
+                pairs += n * masks.allowed_pairs(stop - start, start, revealed - start if prefix_lm else 0)
                 if cached and cache is not None:
                     cache.length += revealed - start
                 committed = revealed if cached else committed
@@ -362,7 +368,7 @@ class EsoLM(LanguageModel):
                 key_reads += n * stop if cached else 0
             x[:, revealed:stop] = pick.finish().view(n, k) if out[0] is None else torch.cat(out)
             revealed = stop
-        return x, computed, key_reads
+        return x, computed, key_reads, pairs
 
     def _reference_logits(self, x: torch.Tensor, order: torch.Tensor, n_diff: int, revealed: int):
         """The full sorted sequence (``revealed`` clean tokens first) through the training-time
@@ -399,14 +405,15 @@ class EsoLM(LanguageModel):
         if prefix is not None:
             order = torch.cat([torch.arange(given, device=self.device).expand(n, given), order], 1)
         all_counts = counts + [1] * (free - n_diff)
-        x, computed, key_reads = self.decode(order, given + n_diff, all_counts, Draws(generator, schedule.top_p),
-                                             use_cache, prefix)
+        draws = Draws(generator, schedule.top_p)
+        x, computed, key_reads, pairs = self.decode(order, given + n_diff, all_counts, draws, use_cache, prefix)
         inverse = order.argsort(1)
         tokens = x.gather(1, inverse)
         extra = dict(alpha_0=a, split=schedule.diffusion_split(), diffusion_positions=n_diff, diffusion_steps=len(counts),
                      sequential_steps=free - n_diff, reveal_counts=counts)
         return Generation(tokens, nfe=len(counts) + free - n_diff, tokens_computed=computed, extra=extra,
-                          key_reads=key_reads, step=self.sorted_steps(all_counts, given, n).gather(1, inverse),
+                          key_reads=key_reads, attention_pairs=pairs,
+                          step=self.sorted_steps(all_counts, given, n).gather(1, inverse),
                           order=order)
 
     def sorted_steps(self, counts: list[int], given: int, n: int) -> torch.Tensor:

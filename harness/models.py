@@ -56,6 +56,9 @@ class Generation:
     key_reads: cache slots read by attention, summed over KV-cached forwards and rows (a
         window at slots [start, stop) reads stop slots: the cache and its own keys); the
         KV-cache traffic a step adds to its weight reads (0 for forwards without a cache).
+    attention_pairs: query-key pairs the attention masks allow, summed over forwards and
+        rows (harness.nn.masks.allowed_pairs): the attention arithmetic no implementation
+        of the sampler avoids (4 · d_model FLOPs per pair per layer), beside its matmuls'.
     extra: model-specific counters (e.g. BD3-LM's cache-writing forwards).
     step: (n, L) long, the sampler step at which each position was drawn, −1 where the
         position was given (prefix).  Positions with the same step were drawn from one
@@ -76,6 +79,7 @@ class Generation:
     nfe_per_sample: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
     key_reads: int = 0
+    attention_pairs: int = 0
     step: torch.Tensor | None = None
     order: torch.Tensor | None = None
 

@@ -66,6 +66,16 @@ def test_cached_prefix_lm_window():
     assert torch.equal(masks.cached_prefix_lm(3, 2, 2), M([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]))
 
 
+def test_allowed_pairs_counts_the_masks_without_building_them():
+    for n_new in range(1, 7):
+        for n_cached in range(0, 5):
+            for n_prefix in range(0, n_new + 3):
+                expected = int(masks.cached_prefix_lm(n_new, n_cached, n_prefix).sum())
+                assert masks.allowed_pairs(n_new, n_cached, n_prefix) == expected, (n_new, n_cached, n_prefix)
+            assert masks.allowed_pairs(n_new, n_cached) == int(masks.cached_causal(n_new, n_cached).sum())
+        assert masks.allowed_pairs(n_new, 0, n_new) == int(masks.bidirectional(n_new).sum()) == n_new ** 2
+
+
 def test_esolm_diffusion_term():
     # Sorted z_t = [c0 c1 | m2 m3]: 2 clean then 2 masked.
     # (B): causal — c1 sees c0; m3 sees c0, c1, m2 and itself.

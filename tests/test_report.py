@@ -354,6 +354,8 @@ def test_floor_arithmetic():
     assert math.isclose(rp.floor_seconds(100, 2000, 4, 1e9, 5e8, 1e14, 1e12), 0.1 / 4, rel_tol=1e-12)
     # twice the tokens: compute-bound, 0.16 s per batch
     assert math.isclose(rp.floor_seconds(100, 4000, 4, 1e9, 5e8, 1e14, 1e12), 0.16 / 4, rel_tol=1e-12)
+    # attention arithmetic adds to the matmuls': 1e12 FLOPs per sample x 4 / 1e14 = 0.04 s more
+    assert math.isclose(rp.floor_seconds(100, 4000, 4, 1e9, 5e8, 1e14, 1e12, 0.0, 1e12), 0.2 / 4, rel_tol=1e-12)
 
 
 def test_floor_counts_kv_cache_reads_where_rows_carry_them(tmp_path):
@@ -370,6 +372,21 @@ def test_floor_counts_kv_cache_reads_where_rows_carry_them(tmp_path):
     assert math.isclose(df["floor_seconds_per_sample"][1], 100 * 1e9 / 1e12 / 4, rel_tol=1e-12)  # no counter: none
 
 
+def test_floor_counts_attention_arithmetic_where_rows_carry_it(tmp_path):
+    row = gpu_row("mdlm", "mdlm", "T=8", 1024, 0.5, nfe=8, tokens=8192, batch_size=4)
+    row.update(weight_bytes=1e9, matmul_parameters=5e8, attention_flops_per_pair=4 * 768 * 12)
+    row["metrics"]["attention_pairs_per_sample"] = 8 * 1024 ** 2  # 8 full forwards, L x L pairs each
+    old = json.loads(json.dumps(row))
+    del old["metrics"]["attention_pairs_per_sample"]
+    old["key"] = "mdlm/old/L1024/s0"
+    results = write_gpu_results(tmp_path, [row, old], {"matmul_flops": 1e14, "copy_bytes_per_s": 1e12, "source": "t"})
+    df = rp.load_frame(results)
+    rp.add_floors(df, results)
+    matmuls, attention = 2 * 5e8 * 8192, 4 * 768 * 12 * 8 * 1024 ** 2
+    assert math.isclose(df["floor_seconds_per_sample"][0], (matmuls + attention) / 1e14, rel_tol=1e-12)
+    assert math.isclose(df["floor_seconds_per_sample"][1], matmuls / 1e14, rel_tol=1e-12)  # no counter: none
+
+
 def test_floor_columns_and_ceiling_sources(tmp_path):
     rows = [gpu_row("ar", "ar", "default", 1024, 0.5, nfe=100, tokens=2000, batch_size=4)]
     rows[0].update(weight_bytes=1e9, matmul_parameters=5e8)
@@ -378,7 +395,7 @@ def test_floor_columns_and_ceiling_sources(tmp_path):
     (results / "gpu_bench.json").write_text(json.dumps({"ceilings": {"matmul_flops": 1.0, "copy_bytes_per_s": 1.0}}))
     md = rp.write_report(results, out_dir=tmp_path / "r").read_text()
     assert "| floor_s | x floor |" in md and "| 0.5000 | 0.0250 | 20.0× |" in md  # ceilings.json wins
-    assert "hand-made test ceilings" in md and "ignores attention" in md
+    assert "hand-made test ceilings" in md and "query-key pairs the attention masks allow" in md
     assert "Measured on NVIDIA H100 80GB HBM3, batch size 4, bf16, commit 824a2d1." in md
     (results / "ceilings.json").unlink()  # then gpu_bench.json
     md = rp.write_report(results, out_dir=tmp_path / "r").read_text()

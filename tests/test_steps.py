@@ -32,6 +32,24 @@ def sample(model, mode, n, L, schedule, seed=5):
     return model.sample(n, L, schedule, torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("name,options,schedule,n", CASES + [("esolm-a", {"alpha_0": 0.5},
+                                                             SamplingSchedule(steps=3, given_bos=True), 2)])
+def test_attention_pairs_are_what_the_forwards_masks_allow(name, options, schedule, n, use_cache):
+    """The floor's attention arithmetic: the counter equals the True entries of every mask the
+    eager sampler's forwards ran with, times the rows each ran over."""
+    model = tiny_model(name, max_len=40, **options)
+    model.step_mode, allowed, forward = "dynamic", [], model.net.forward
+
+    def counting(tokens, positions, mask, cache=None, commit=0):
+        allowed.append(int(mask.sum()) * (tokens.shape[0] if mask.dim() == 2 else 1))
+        return forward(tokens, positions, mask, cache, commit)
+
+    model.net.forward = counting
+    gen = model.sample(n, 40, schedule, torch.Generator().manual_seed(5), use_cache=use_cache)
+    assert gen.attention_pairs == sum(allowed) > 0
+
+
 @pytest.mark.parametrize("name,options,schedule,n", CASES)
 def test_static_steps_give_the_dynamic_samplers_tokens_exactly(name, options, schedule, n):
     model = tiny_model(name, max_len=40, **options)
@@ -42,6 +60,7 @@ def test_static_steps_give_the_dynamic_samplers_tokens_exactly(name, options, sc
     assert (static.tokens != SPECIAL.mask).all()
     assert static.nfe == dynamic.nfe
     assert static.key_reads == dynamic.key_reads  # counted by the algorithm, not the padded shapes
+    assert static.attention_pairs == dynamic.attention_pairs
     if n == 1:  # with one row nothing is run for a row that reveals nothing
         assert static.tokens_computed == dynamic.tokens_computed
     again = sample(model, "static", n, L, schedule)  # cache and compiled shapes are reused

@@ -28,6 +28,15 @@ def cached_causal(n_new: int, n_cached: int, device=None) -> torch.Tensor:
     )
 
 
+def allowed_pairs(n_new: int, n_cached: int = 0, n_prefix: int = 0) -> int:
+    """Query-key pairs :func:`cached_prefix_lm` (n_new, n_cached, n_prefix) allows, without
+    building it: the attention arithmetic a window must do (the report's floors).  n_prefix
+    = 0 counts :func:`cached_causal` (and :func:`causal` with no cache); n_prefix = n_new
+    counts a bidirectional window (MDLM's forward, a BD3-LM block over its cache)."""
+    p = min(max(int(n_prefix), 0), n_new)
+    return n_new * n_cached + n_new * (n_new + 1) // 2 + p * (p - 1) // 2
+
+
 def block_diffusion(length: int, block_size: int, device=None) -> torch.Tensor:
     """BD3-LM's vectorised training mask over the 2L input z_t ⊕ x (SPEC §3).
 

@@ -40,7 +40,7 @@ def load_frame(results_dir: str | Path):
     for col in ("gen_ppl", "gen_ppl_mean", "entropy", "test_ppl", "mauve", "seconds_per_sample", "tokens_per_second",
                 "nfe_per_sample", "nfe", "tokens_computed_per_sample", "degenerate", "alpha_0", "alpha_0_train",
                 "batch_size", "weight_bytes", "matmul_parameters", "key_reads_per_sample", "kv_bytes_per_key",
-                "bos_first", "eos_last", "eos_inside_per_sample"):
+                "attention_pairs_per_sample", "attention_flops_per_pair", "bos_first", "eos_last", "eos_inside_per_sample"):
         if col not in df:
             df[col] = float("nan")
         df[col] = pd.to_numeric(df[col], errors="coerce")

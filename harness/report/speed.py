@@ -20,14 +20,15 @@ PAPER_BD3LM = "3–4×"
 
 def floor_seconds(nfe: float, tokens_computed_per_sample: float, batch_size: float, weight_bytes: float,
                   matmul_parameters: float, matmul_flops: float, copy_bytes_per_s: float,
-                  kv_bytes_per_sample: float = 0.0) -> float:
-    """Seconds per sample no implementation can beat on this GPU: per batch, every forward reads
-    all weights (``nfe`` is forwards per batch) and every cached forward its KV-cache slots,
-    and every computed token costs 2 FLOPs per matmul parameter; whichever is slower, shared
-    by the batch's samples."""
+                  kv_bytes_per_sample: float = 0.0, attention_flops_per_sample: float = 0.0) -> float:
+    """Seconds per sample no implementation can beat on this machine: per batch, every forward
+    reads all weights (``nfe`` is forwards per batch) and every cached forward its KV-cache
+    slots; every computed token costs 2 FLOPs per matmul parameter, and every query-key pair
+    its masks allow 4 · d_model per layer (QKᵀ and the values), at the matmul rate; whichever
+    is slower, shared by the batch's samples."""
     read = (nfe * weight_bytes + kv_bytes_per_sample * batch_size) / copy_bytes_per_s
-    compute = 2 * matmul_parameters * tokens_computed_per_sample * batch_size / matmul_flops
-    return max(read, compute) / batch_size
+    flops = 2 * matmul_parameters * tokens_computed_per_sample + attention_flops_per_sample
+    return max(read, flops * batch_size / matmul_flops) / batch_size
 
 
 def file_ceilings(results_dir: Path) -> dict | None:
@@ -44,6 +45,12 @@ def file_ceilings(results_dir: Path) -> dict | None:
             return {**bench["ceilings"], "source": f"measured by scripts/gpu_bench.py{device}, {path}",
                     "any_device": False}
     return None
+
+
+def counted(row, count: str, per_unit: str) -> float:
+    """count × per unit, or 0 for a row from before that counter (the floor leaves it out)."""
+    values = [row.get(count), row.get(per_unit)]
+    return float(values[0]) * float(values[1]) if all(finite(v) for v in values) else 0.0
 
 
 def add_floors(df, results_dir: Path) -> list[dict]:
@@ -69,10 +76,10 @@ def add_floors(df, results_dir: Path) -> list[dict]:
         sub = r.get("sub_batch")  # a batch run as sub-batches (memory budget): nfe is per sub-batch
         if finite(sub) and 0 < float(sub) < float(values[2]):
             values[0] = float(values[0]) * math.ceil(float(values[2]) / float(sub))
-        kv = [r.get(c) for c in ("key_reads_per_sample", "kv_bytes_per_key")]
-        kv_bytes = float(kv[0]) * float(kv[1]) if all(finite(v) for v in kv) else 0.0  # older rows: not counted
         floors.append(floor_seconds(*(float(v) for v in values), float(ceil["matmul_flops"]),
-                                    float(ceil["copy_bytes_per_s"]), kv_bytes))
+                                    float(ceil["copy_bytes_per_s"]),
+                                    counted(r, "key_reads_per_sample", "kv_bytes_per_key"),
+                                    counted(r, "attention_pairs_per_sample", "attention_flops_per_pair")))
         used[ceil["source"]] = ceil
     df["floor_seconds_per_sample"] = floors
     return list(used.values())

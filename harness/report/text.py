@@ -18,11 +18,13 @@ def floor_text(ceilings: list[dict]) -> str:
     parts = [f"{rate(c['matmul_flops'], 'FLOP/s', 0)} matmul and {rate(c['copy_bytes_per_s'], 'B/s', 2)} memory "
              f"copy ({c['source']})" for c in ceilings]
     return ("Floor (floor_s, seconds per sample) = max((NFE per batch × weight bytes + KV-cache slots read × "
-            "K/V bytes per slot) / copy rate, 2 × matmul parameters × tokens computed per sample × batch size / "
-            "matmul rate) / batch size, with the weights of every layer but the embedding table in the sampling "
-            "dtype; ceilings: " + "; ".join(parts) + ". Rows from before the KV-read counter (no "
-            "key_reads_per_sample) count no KV reads. The floor ignores attention FLOPs, the embedding lookup and "
-            "sampling (the work between forwards), so it is a lower bound; x floor = measured / floor.")
+            "K/V bytes per slot) / copy rate, (2 × matmul parameters × tokens computed + 4 × d_model × layers × "
+            "query-key pairs the attention masks allow) per sample × batch size / matmul rate) / batch size, with "
+            "the weights of every layer but the embedding table in the sampling dtype; ceilings: "
+            + "; ".join(parts) + ". Rows from before the KV-read or attention-pair counters (no "
+            "key_reads_per_sample or attention_pairs_per_sample) count no KV reads or attention FLOPs. The floor "
+            "ignores the embedding lookup, elementwise work and sampling (the work between forwards), so it is a "
+            "lower bound; x floor = measured / floor.")
 
 
 def measured_on(df) -> str:

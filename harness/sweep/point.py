@@ -59,8 +59,9 @@ def test_texts(data: DataSpec, tokenizer, length: int, n: int) -> list[str]:
 
 def forward_cost(model) -> dict:
     """What one forward must at least do, for the report's floors (PERF.md): read every
-    weight but the embedding table (only looked up), 2 FLOPs per such weight per token, and
-    the K and V of every layer for each cache slot it attends to (``key_reads``)."""
+    weight but the embedding table (only looked up), 2 FLOPs per such weight per token, the
+    K and V of every layer for each cache slot it attends to (``key_reads``), and 4 · d_model
+    FLOPs per layer for each query-key pair its mask allows (``attention_pairs``)."""
     net = getattr(model, "net", None)
     if net is None:
         return {}
@@ -70,7 +71,8 @@ def forward_cost(model) -> dict:
     kv = 2 * cfg.n_layers * cfg.d_model * net.head.weight.element_size() if cfg is not None else None
     return {"matmul_parameters": sum(p.numel() for p in weights),
             "weight_bytes": sum(p.numel() * p.element_size() for p in weights),
-            "kv_bytes_per_key": kv}
+            "kv_bytes_per_key": kv,
+            "attention_flops_per_pair": 4 * cfg.d_model * cfg.n_layers if cfg is not None else None}
 
 
 def sample_boundaries(tokens: torch.Tensor, bos: int, eos: int) -> dict:
@@ -119,7 +121,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
             trials = fastest_mode(ctx, sampler, point, schedule, batch, rows_at_once, candidates)
             ctx.step_modes[shape] = sampler.step_mode
     generator = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
-    rows, nfe_batches, tokens_computed, nfe_rows, extra, key_reads = [], [], 0, [], {}, 0
+    rows, nfe_batches, tokens_computed, nfe_rows, extra, key_reads, pairs = [], [], 0, [], {}, 0, 0
     done = 0
     while done < num_samples:
         n = min(rows_at_once, num_samples - done)
@@ -129,6 +131,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         nfe_batches.append(int(gen.nfe))
         tokens_computed += int(gen.tokens_computed)
         key_reads += int(gen.key_reads)
+        pairs += int(gen.attention_pairs)
         if gen.nfe_per_sample is not None:
             nfe_rows.extend(int(v) for v in torch.as_tensor(gen.nfe_per_sample).reshape(-1).tolist())
         else:
@@ -146,6 +149,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "nfe_per_sample": sum(nfe_rows) / len(nfe_rows),
         "tokens_computed_per_sample": tokens_computed / num_samples,
         "key_reads_per_sample": key_reads / num_samples,
+        "attention_pairs_per_sample": pairs / num_samples,
     }
     metrics.update(sample_boundaries(tokens, tok.bos_id, tok.eos_id))
     if trials is not None:
