@@ -122,7 +122,7 @@ def time_shares(sample, monkeypatch) -> dict:
 
 @pytest.fixture(scope="module")
 def ceilings():
-    return measure_ceilings(TRUNK["d_model"], VOCAB, tokens=BATCH * LENGTH, repeats=3)
+    return measure_ceilings(TRUNK["d_model"], VOCAB, tokens=BATCH * LENGTH, repeats=20)
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static", "compiled"])

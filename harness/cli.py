@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "copy rate into results/<sweep>/ceilings.json, for the report's floors")
     p.add_argument("config")
     p.add_argument("--results", default="results", help="root folder of results/<sweep>/")
-    p.add_argument("--repeats", type=at_least(1), default=5)
+    p.add_argument("--repeats", type=at_least(1), default=20, help="timed runs of each; the fastest counts")
     p.add_argument("--tokens", type=at_least(1), default=2048, help="rows of each timed matmul")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, as for sweep")
     p.set_defaults(func=cmd_ceilings)

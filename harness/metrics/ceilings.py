@@ -9,7 +9,9 @@
 and writes them to ``<results>/<name>/ceilings.json``, which ``esolm report`` then applies to
 every row of that folder (harness/report/speed.py): each row gets a floor, compute-bound
 (2 FLOPs per matmul weight per token computed) or memory-bound (weights and KV slots read).
-Medians of ``repeats`` timed runs after one warm-up.
+The fastest of ``repeats`` timed runs after one warm-up: a ceiling is the best the machine
+did, and on a shared machine a median sinks with the load (it once came out 27 % lower from
+one minute to the next), which would flatter every x floor.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from harness.metrics.speed import device_name, median_seconds
+from harness.metrics.speed import call_seconds, device_name
 
 
 def measure_ceilings(d_model: int, vocab: int, mlp_ratio: int = 4, tokens: int = 2048, repeats: int = 5,
@@ -44,11 +46,11 @@ def measure_ceilings(d_model: int, vocab: int, mlp_ratio: int = 4, tokens: int =
             for inp, w in zip(inputs, weights):
                 inp @ w
 
-        rates[x.shape[0]] = flops / median_seconds(matmuls, device, repeats)
+        rates[x.shape[0]] = flops / min(call_seconds(matmuls, device, repeats))
     n_bytes = copy_bytes or (2 ** 31 if device.type == "cuda" else 2 ** 28)
     src = torch.empty(n_bytes // 4, device=device, dtype=torch.float32).fill_(1.0)
     dst = torch.empty_like(src)
-    copy_s = median_seconds(lambda: dst.copy_(src), device, repeats)
+    copy_s = min(call_seconds(lambda: dst.copy_(src), device, repeats))
     out = {
         "matmul_flops": max(rates.values()),
         "copy_bytes_per_s": 2 * src.numel() * 4 / copy_s,
@@ -69,7 +71,7 @@ def measure_ceilings(d_model: int, vocab: int, mlp_ratio: int = 4, tokens: int =
     return out
 
 
-def sweep_ceilings(config_path: str | Path, results_root: str | Path = "results", repeats: int = 5,
+def sweep_ceilings(config_path: str | Path, results_root: str | Path = "results", repeats: int = 20,
                    tokens: int = 2048, overrides: list[str] | tuple = ()) -> Path:
     """Measure the ceilings for a sweep config's trunk, device and precision; write them
     beside its results.  Returns the path of ceilings.json."""

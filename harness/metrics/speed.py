@@ -126,8 +126,8 @@ class GpuTelemetry:
             self._nvml = self._handle = None
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:
-    """Median seconds of ``repeats`` device-synchronised calls of ``fn`` after ``warmup``
+def call_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1) -> list[float]:
+    """Seconds of each of ``repeats`` device-synchronised calls of ``fn`` after ``warmup``
     untimed ones (no telemetry: the light timer of benchmarks and ceiling measurements)."""
     for _ in range(warmup):
         fn()
@@ -138,7 +138,12 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int 
         fn()
         synchronize(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:
+    """The typical call: median of :func:`call_seconds`."""
+    return statistics.median(call_seconds(fn, device, repeats, warmup))
 
 
 def time_sampling(fn: Callable[[], object], warmup: int = 1, repeats: int = 3, *,
