@@ -5,8 +5,9 @@ on this machine (the throughput regime on a CPU).
 
 Per sampler and step mode it records (``extra_info``):
 - ``floor_s``: seconds per batch no implementation could beat here — max(weights and KV
-  slots read / copy rate, 2 × matmul weights × tokens computed / matmul rate), with this
-  machine's ceilings measured once at the trunk's shapes (harness.metrics.ceilings);
+  slots read / copy rate, (2 × matmul weights × tokens computed + 4 · d_model · layers ×
+  attention pairs) / matmul rate), with this machine's ceilings measured once at the
+  trunk's shapes (harness.metrics.ceilings) and printed;
 - ``x_floor`` = measured / floor (target: ≤ 1.5);
 - ``x_forwards``: the sampler's time over that of its forwards alone — the very trunk
   forwards the plain eager sampler ran (same tokens, positions, masks and cache lengths),
@@ -122,7 +123,10 @@ def time_shares(sample, monkeypatch) -> dict:
 
 @pytest.fixture(scope="module")
 def ceilings():
-    return measure_ceilings(TRUNK["d_model"], VOCAB, tokens=BATCH * LENGTH, repeats=20)
+    measured = measure_ceilings(TRUNK["d_model"], VOCAB, tokens=BATCH * LENGTH, repeats=20)
+    print(f"\nceilings: {measured['matmul_flops'] / 1e9:.1f} GFLOP/s matmul, "
+          f"{measured['copy_bytes_per_s'] / 1e9:.2f} GB/s copy")
+    return measured
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static", "compiled"])
