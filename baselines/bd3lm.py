@@ -185,7 +185,7 @@ class BD3LM(LanguageModel):
             per_row += run
             tokens_computed += rows_run * (Lb if use_cache else hi)
             key_reads += rows_run * hi if use_cache else 0  # a block's queries attend to slots [0, hi)
-            # cached: the block, both ways, over its cache; uncached: every block of the prefix so
+            # cached: the block, both ways, over its cache; uncached: every block up to this one
             pairs += rows_run * (masks.allowed_pairs(Lb, lo, Lb) if use_cache else
                                  sum(masks.allowed_pairs(Lb, a, Lb) for a in range(0, hi, Lb)))
             if use_cache and b < nb - 1:

@@ -10,8 +10,7 @@ and writes them to ``<results>/<name>/ceilings.json``, which ``esolm report`` th
 every row of that folder (harness/report/speed.py): each row gets a floor, compute-bound
 (2 FLOPs per matmul weight per token computed) or memory-bound (weights and KV slots read).
 The fastest of ``repeats`` timed runs after one warm-up: a ceiling is the best the machine
-did, and on a shared machine a median sinks with the load (it once came out 27 % lower from
-one minute to the next), which would flatter every x floor.
+did, and on a shared machine a median sinks with the load, which would flatter every x floor.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import torch
 from harness.metrics.speed import call_seconds, device_name
 
 
-def measure_ceilings(d_model: int, vocab: int, mlp_ratio: int = 4, tokens: int = 2048, repeats: int = 5,
+def measure_ceilings(d_model: int, vocab: int, mlp_ratio: int = 4, tokens: int = 2048, repeats: int = 20,
                      device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                      copy_bytes: int | None = None) -> dict:
     """Matmul FLOP/s at the trunk's shapes over ``tokens`` rows, and the copy rate."""
