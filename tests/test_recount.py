@@ -1,5 +1,6 @@
-"""scripts/recount_kv_reads.py: KV-read counts added to rows measured before the counter
-existed equal what those rows would have recorded, from a run with a narrower trunk."""
+"""scripts/recount_counters.py: KV-read and attention-pair counts added to rows measured
+before the counters existed equal what those rows would have recorded, from a run with a
+narrower trunk (MDLM's from its own row)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import yaml
 from harness import sweep as sw
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("recount_kv_reads", REPO / "scripts" / "recount_kv_reads.py")
-recount_kv_reads = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(recount_kv_reads)
+spec = importlib.util.spec_from_file_location("recount_counters", REPO / "scripts" / "recount_counters.py")
+recount_counters = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(recount_counters)
 
 
 def sweep(tmp_path: Path, name: str, preset: str) -> Path:
@@ -41,21 +42,25 @@ def test_recount_restores_the_counter_from_a_narrower_trunk_and_is_idempotent(tm
     original = sw.read_points(measured)
     assert len(original) == 5 and all(r["metrics"]["key_reads_per_sample"] > 0
                                       for r in original if r["family"] != "mdlm")
-    older = json.loads(json.dumps(original))  # as rows made before the counter
+    assert all(r["metrics"]["attention_pairs_per_sample"] > 0 for r in original)
+    older = json.loads(json.dumps(original))  # as rows made before the counters
     for row in older:
         del row["metrics"]["key_reads_per_sample"], row["kv_bytes_per_key"]
+        del row["metrics"]["attention_pairs_per_sample"], row["attention_flops_per_pair"]
     older.append({**older[0], "key": "ar/default/L999/s0"})  # a point the re-run does not have
     (measured / sw.POINTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in older))
 
-    assert recount_kv_reads.main([str(measured), str(counts)]) == 0
+    assert recount_counters.main([str(measured), str(counts)]) == 0
     rows = sw.read_points(measured)
     for before, after in zip(original, rows):
-        assert after["metrics"]["key_reads_per_sample"] == before["metrics"]["key_reads_per_sample"]
+        for counter, name in (("key_reads_per_sample", "key_reads"), ("attention_pairs_per_sample", "attention_pairs")):
+            assert after["metrics"][counter] == before["metrics"][counter], (after["key"], counter)
+            note = after[f"{name}_recount"]
+            assert note.get("same_draw", True) and ("why" in note) == (after["family"] == "mdlm")
         assert after["kv_bytes_per_key"] == before["kv_bytes_per_key"] == 2 * 4 * 128 * 4  # K+V, layers, width, fp32
-        note = after["key_reads_recount"]
-        assert note.get("same_draw", True) and ("why" in note) == (after["family"] == "mdlm")
+        assert after["attention_flops_per_pair"] == before["attention_flops_per_pair"] == 4 * 128 * 4  # d, layers
     assert "key_reads_per_sample" not in rows[-1]["metrics"]
     assert "ar/default/L999/s0: not in" in capsys.readouterr().out
 
-    recount_kv_reads.main([str(measured), str(counts)])  # the second run changes nothing
+    recount_counters.main([str(measured), str(counts)])  # the second run changes nothing
     assert sw.read_points(measured) == rows
