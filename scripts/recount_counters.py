@@ -20,8 +20,11 @@ counts them.
   CUDA's, so its recount is another draw of the same schedule.  Each row keeps that draw's
   NFE and tokens computed in ``<counter>_recount`` (``same_draw`` says whether both equal
   the measured row's).
-- MDLM needs no re-run: it keeps no KV cache (0 slots), and every forward runs its L
-  queries over all L keys, so its pairs are its own tokens computed x L.
+- Some counts follow exactly from a row's own counters, and are taken from there: MDLM
+  keeps no KV cache (0 slots) and every forward runs its L queries over all L keys (pairs
+  = tokens computed x L); an AR step's one query attends to every slot it reads (pairs =
+  KV reads); a BD3-LM forward's L' queries attend to every slot it reads (pairs = L' x KV
+  reads).  Only Eso-LM's attention pairs then need the re-run.
 
 The per-unit costs come from the measured rows' own trunk and dtype (built on the meta
 device, so nothing is allocated).  A counter a row already has is left as it is.
@@ -57,9 +60,20 @@ def trunk_cost(results: Path, entry_name: str, dtype: str) -> dict:
     return forward_cost(model)
 
 
-def mdlm_count(counter: str, metrics: dict, length: int) -> float:
-    """MDLM's counters from its own row: no cache; every forward L queries over L keys."""
-    return 0.0 if counter == "key_reads_per_sample" else metrics["tokens_computed_per_sample"] * length
+def own_count(counter: str, row: dict) -> tuple[float, str] | None:
+    """A counter that follows exactly from the row's own counters (and why), else None."""
+    m, family = row["metrics"], row["family"]
+    if family == "mdlm":
+        if counter == "key_reads_per_sample":
+            return 0.0, "mdlm keeps no KV cache"
+        return m["tokens_computed_per_sample"] * int(row["length"]), "mdlm: each forward runs L queries over L keys"
+    if counter == "attention_pairs_per_sample" and "key_reads_per_sample" in m:
+        if family == "ar":
+            return m["key_reads_per_sample"], "ar: a step's one query attends to every slot it reads"
+        if family == "bd3lm":
+            block = int(row["model_options"]["block_size"])
+            return m["key_reads_per_sample"] * block, "bd3lm: a block's L' queries attend to every slot read"
+    return None
 
 
 def recount(target: Path, counts: Path) -> tuple[list[dict], list[str]]:
@@ -73,9 +87,9 @@ def recount(target: Path, counts: Path) -> tuple[list[dict], list[str]]:
         for counter, (unit, name) in COUNTERS.items():
             if counter in m:
                 continue
-            if row["family"] == "mdlm":
-                value, note = mdlm_count(counter, m, int(row["length"])), {
-                    "why": "mdlm keeps no KV cache, and each forward runs L queries over L keys"}
+            own = own_count(counter, row)
+            if own is not None:
+                value, note = own[0], {"why": own[1]}
             elif row["key"] in counted:
                 c = counted[row["key"]]
                 cm = c["metrics"]
