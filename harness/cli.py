@@ -317,13 +317,16 @@ def cmd_lm_eval_task(args) -> None:
 
 
 def cmd_ceilings(args) -> None:
-    from harness.metrics.ceilings import sweep_ceilings
+    from harness.metrics.ceilings import busy_warning, sweep_ceilings
 
     out = sweep_ceilings(args.config, args.results, repeats=args.repeats, tokens=args.tokens,
                          overrides=args.set or ())
     ceil = json.loads(out.read_text())
     print(f"{out}: matmul {ceil['matmul_flops'] / 1e9:.1f} GFLOP/s, copy {ceil['copy_bytes_per_s'] / 1e9:.2f} GB/s "
           f"({ceil['device_name']}, {ceil['threads']} threads)")
+    warning = busy_warning(ceil)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 class OneLineParser(argparse.ArgumentParser):

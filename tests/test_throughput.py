@@ -12,7 +12,7 @@ import yaml
 
 from harness import sweep as sw
 from harness.config import ConfigError
-from harness.metrics.ceilings import measure_ceilings, sweep_ceilings
+from harness.metrics.ceilings import busy_warning, measure_ceilings, sweep_ceilings
 from harness.report.frame import aggregate, load_frame
 from harness.report.speed import add_floors
 from harness.report.throughput import throughput_ratios
@@ -61,6 +61,14 @@ def test_ceilings_are_positive_finite_and_stored(tmp_path):
     assert path == tmp_path / "results" / "tp" / "ceilings.json"
     stored = json.loads(path.read_text())
     assert stored["matmul_flops"] > 0 and stored["copy_bytes_per_s"] > 0 and stored["device"] == "cpu"
+
+
+def test_ceilings_record_the_load_and_warn_when_the_cpu_was_busy(tmp_path):
+    stored = json.loads(sweep_ceilings(write(tmp_path, config()), tmp_path / "r", repeats=1, tokens=64).read_text())
+    assert stored["load_average_1min"] >= 0
+    quiet, busy = dict(stored, load_average_1min=0.4, threads=2), dict(stored, load_average_1min=3.7, threads=2)
+    assert busy_warning(quiet) is None and busy_warning(dict(busy, device="cuda")) is None
+    assert busy_warning(busy).startswith("warning: load average 3.7 on 2 threads")
 
 
 def test_every_row_has_batch_tokens_per_second_floor_and_step_mode(tmp_path):

@@ -16,6 +16,7 @@ did, and on a shared machine a median sinks with the load, which would flatter e
 from __future__ import annotations
 
 import json
+import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,6 +61,7 @@ def measure_ceilings(d_model: int, vocab: int, mlp_ratio: int = 4, tokens: int =
         "device": str(device),
         "device_name": device_name(device),
         "threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "repeats": repeats,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -68,6 +70,16 @@ def measure_ceilings(d_model: int, vocab: int, mlp_ratio: int = 4, tokens: int =
     out["source"] = (f"measured by esolm ceilings on {out['device_name']} ({out['threads']} threads), "
                      f"{out['dtype']} matmuls of the trunk's weights (d={d_model}, V={vocab}), best of {sorted(rates)} rows")
     return out
+
+
+def busy_warning(ceilings: dict) -> str | None:
+    """A warning when other work shared the CPU while the ceilings were measured: its 1-minute
+    load average (which counts the measurement's own threads) above 1.5x the threads used."""
+    load, threads = ceilings.get("load_average_1min"), ceilings.get("threads") or 1
+    if ceilings.get("device", "cpu") != "cpu" or load is None or load <= 1.5 * threads:
+        return None
+    return (f"warning: load average {load:.1f} on {threads} threads while measuring: other work may have "
+            "lowered these ceilings (and so every floor); re-measure on a quiet machine")
 
 
 def sweep_ceilings(config_path: str | Path, results_root: str | Path = "results", repeats: int = 20,

@@ -20,7 +20,7 @@ from harness.results_store import POINTS_FILE, read_points, repair_tail, write_a
 from harness.sweep.context import Context, git_commit
 from harness.sweep.identity import point_hash
 from harness.sweep.local import run_local
-from harness.sweep.schema import (EvaluatorRef, SweepConfig, apply_overrides, check_checkpoint_entries,
+from harness.sweep.schema import (EvaluatorRef, SweepConfig, apply_overrides, check_checkpoint_entries, config_source,
                                   effective_config_text, entry_train_config, parse_sweep_config)
 from harness.sweep.shard import parse_entries, parse_shard, select_points
 
@@ -141,7 +141,7 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
               entries: str | list[str] | None = None, overrides: list[str] | tuple = ()) -> Path:
     """Run (or resume) a sweep; returns the results folder ``<results_root>/<name>``."""
     data = apply_overrides(read_yaml(config_path), overrides)  # read and merged once, kept below
-    cfg = parse_sweep_config(data, str(config_path))
+    cfg = parse_sweep_config(data, config_source(config_path, overrides))
     shard_i, shard_n = parse_shard(shard)
     only = parse_entries(cfg, entries)
     if cfg.backend == "ray":

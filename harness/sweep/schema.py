@@ -279,9 +279,13 @@ def check_checkpoint_entries(cfg: SweepConfig, names: set[str], source: str) -> 
 
 
 def load_sweep_config(path: str | Path, overrides: list[str] | tuple = ()) -> SweepConfig:
-    source = str(path)
     data = apply_overrides(read_yaml(path), overrides)
-    return parse_sweep_config(data, source)
+    return parse_sweep_config(data, config_source(path, overrides))
+
+
+def config_source(path: str | Path, overrides: list[str] | tuple = ()) -> str:
+    """How an error names the config: the file and the --set items (a bad value may come from either)."""
+    return str(path) + "".join(f" --set {item}" for item in overrides)
 
 
 def apply_overrides(data: dict, overrides: list[str] | tuple) -> dict:
