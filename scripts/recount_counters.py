@@ -111,8 +111,7 @@ def recount(target: Path, counts: Path) -> tuple[list[dict], list[str]]:
             m[counter] = value
             row[unit] = costs[key][unit]
             row[f"{name}_recount"] = note
-            same = note.get("same_draw", True)
-            lines.append(f"{row['key']}: {value:.0f} {name}/sample" + ("" if same else
+            lines.append(f"{row['key']}: {value:.0f} {name}/sample" + ("" if note.get("same_draw", True) else
                          f" (another draw: NFE {note['nfe_per_sample']:.0f} vs {m['nfe_per_sample']:.0f}, tokens "
                          f"{note['tokens_computed_per_sample']:.0f} vs {m['tokens_computed_per_sample']:.0f})"))
     return rows, lines

@@ -358,33 +358,35 @@ def test_floor_arithmetic():
     assert math.isclose(rp.floor_seconds(100, 4000, 4, 1e9, 5e8, 1e14, 1e12, 0.0, 1e12), 0.2 / 4, rel_tol=1e-12)
 
 
+def floors_with_and_without(tmp_path, row: dict, counter: str) -> tuple[float, float]:
+    """The floors of ``row`` and of a copy made before ``counter`` existed, under 100
+    TFLOP/s and 1 TB/s ceilings."""
+    old = json.loads(json.dumps(row))
+    del old["metrics"][counter]
+    old["key"] = row["key"].replace("/L", "-old/L")
+    results = write_gpu_results(tmp_path, [row, old], {"matmul_flops": 1e14, "copy_bytes_per_s": 1e12, "source": "t"})
+    df = rp.load_frame(results)
+    rp.add_floors(df, results)
+    return df["floor_seconds_per_sample"][0], df["floor_seconds_per_sample"][1]
+
+
 def test_floor_counts_kv_cache_reads_where_rows_carry_them(tmp_path):
     row = gpu_row("ar", "ar", "default", 1024, 0.5, nfe=100, tokens=2000, batch_size=4)
     row.update(weight_bytes=1e9, matmul_parameters=5e8, kv_bytes_per_key=1e6)
     row["metrics"]["key_reads_per_sample"] = 12500.0  # 12.5 GB per sample: 50 GB more per batch
-    old = json.loads(json.dumps(row))
-    del old["metrics"]["key_reads_per_sample"]
-    old["key"] = "ar/old/L1024/s0"
-    results = write_gpu_results(tmp_path, [row, old], {"matmul_flops": 1e14, "copy_bytes_per_s": 1e12, "source": "t"})
-    df = rp.load_frame(results)
-    rp.add_floors(df, results)
-    assert math.isclose(df["floor_seconds_per_sample"][0], (100 * 1e9 + 4 * 12500 * 1e6) / 1e12 / 4, rel_tol=1e-12)
-    assert math.isclose(df["floor_seconds_per_sample"][1], 100 * 1e9 / 1e12 / 4, rel_tol=1e-12)  # no counter: none
+    counted, older = floors_with_and_without(tmp_path, row, "key_reads_per_sample")
+    assert math.isclose(counted, (100 * 1e9 + 4 * 12500 * 1e6) / 1e12 / 4, rel_tol=1e-12)
+    assert math.isclose(older, 100 * 1e9 / 1e12 / 4, rel_tol=1e-12)  # no counter: none
 
 
 def test_floor_counts_attention_arithmetic_where_rows_carry_it(tmp_path):
     row = gpu_row("mdlm", "mdlm", "T=8", 1024, 0.5, nfe=8, tokens=8192, batch_size=4)
     row.update(weight_bytes=1e9, matmul_parameters=5e8, attention_flops_per_pair=4 * 768 * 12)
     row["metrics"]["attention_pairs_per_sample"] = 8 * 1024 ** 2  # 8 full forwards, L x L pairs each
-    old = json.loads(json.dumps(row))
-    del old["metrics"]["attention_pairs_per_sample"]
-    old["key"] = "mdlm/old/L1024/s0"
-    results = write_gpu_results(tmp_path, [row, old], {"matmul_flops": 1e14, "copy_bytes_per_s": 1e12, "source": "t"})
-    df = rp.load_frame(results)
-    rp.add_floors(df, results)
+    counted, older = floors_with_and_without(tmp_path, row, "attention_pairs_per_sample")
     matmuls, attention = 2 * 5e8 * 8192, 4 * 768 * 12 * 8 * 1024 ** 2
-    assert math.isclose(df["floor_seconds_per_sample"][0], (matmuls + attention) / 1e14, rel_tol=1e-12)
-    assert math.isclose(df["floor_seconds_per_sample"][1], matmuls / 1e14, rel_tol=1e-12)  # no counter: none
+    assert math.isclose(counted, (matmuls + attention) / 1e14, rel_tol=1e-12)
+    assert math.isclose(older, matmuls / 1e14, rel_tol=1e-12)  # no counter: none
 
 
 def test_floor_columns_and_ceiling_sources(tmp_path):
