@@ -657,3 +657,49 @@ def test_a_shard_waits_for_the_entry_another_shard_trains(tmp_path):
     assert path.stat().st_mtime_ns == stamp  # not trained again
     log = [json.loads(line)["step"] for line in (tcfg.run_dir() / "log.jsonl").read_text().splitlines()]
     assert log == [2]
+
+
+def test_overlapping_sweeps_into_one_folder_compute_each_point_once(tmp_path, runs, monkeypatch, capsys):
+    """A full sweep, a shard and an --entries subset into one folder used to take three
+    different locks and append the same points up to three times (96 rows for 60 points).
+    Here the shard and the subset start while the full sweep computes its first point: each
+    point is computed by exactly one of them and appears once."""
+    cfg_path = write(tmp_path, base_config(runs, seeds=[0, 1, 2, 3], metrics=["entropy"], evaluator=None))
+    results = tmp_path / "results"
+    real = sw.compute_point
+    computed, started = [], []
+
+    def first_point_starts_the_others(ctx, point):
+        computed.append(point.key)
+        if not started:
+            started.append(True)
+            run(cfg_path, results, shard="0/2")  # overlaps the full sweep's points s0 and s2
+            run(cfg_path, results, entries="ar")  # overlaps every point
+        return real(ctx, point)
+
+    monkeypatch.setattr(runner, "compute_point", first_point_starts_the_others)
+    run(cfg_path, results)
+    keys = [r["key"] for r in rows_of(results / "t")]
+    assert sorted(keys) == [f"ar/default/L16/s{i}" for i in range(4)]  # each once
+    assert sorted(computed) == sorted(keys)  # and computed once
+    assert "1 point(s) were being computed by another sweep into this folder" in capsys.readouterr().err
+    assert not list((results / "t" / ".claims").iterdir())  # every claim released
+
+
+def test_a_claim_left_by_a_killed_sweep_does_not_block_the_point(tmp_path):
+    """A claim is a lock the kernel drops with its process: the file a killed sweep leaves
+    behind is taken over; a live holder's is not."""
+    from harness.sweep.claims import PointClaims
+
+    out = tmp_path / "t"
+    holder = PointClaims(out, {"k": "h"})
+    assert holder.claim("k")
+    other = PointClaims(out, {"k": "h"})
+    assert not other.claim("k") and other.busy == {"k": str(os.getpid())}
+    holder.held.pop("k").close()  # the holder dies: its lock goes, its file stays
+    assert (out / ".claims" / "k").exists()
+    assert other.claim("k")
+    sw.append_row(out / "points.jsonl", {"key": "k", "config_hash": "h", "metrics": {}})
+    other.release("k")
+    assert not PointClaims(out, {"k": "h"}).claim("k")  # finished: nothing to compute
+    assert PointClaims(out, {"k": "other"}).claim("k")  # a changed config recomputes it

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from harness.config import TrainConfig, resolve_device
+from harness.sweep.claims import PointClaims
 from harness.sweep.context import Context
 from harness.sweep.grid import Point
 from harness.sweep.point import compute_point, save_point
@@ -41,7 +42,9 @@ def ray_point(config_path: str, given: dict, commit: str | None, run_id: str, po
 
 
 def run_ray(config_path, cfg: SweepConfig, todo: list[Point], needed: set[str], results_dir: Path, bar,
-            commit: str | None = None, run_id: str = "") -> None:
+            claims: PointClaims, commit: str | None = None, run_id: str = "") -> None:
+    """The driver claims every point before submitting it (see harness.sweep.claims) and
+    releases each once its row is written."""
     import ray
 
     from harness.checkpoint import resolve_checkpoint_path
@@ -65,10 +68,14 @@ def run_ray(config_path, cfg: SweepConfig, todo: list[Point], needed: set[str], 
     evaluator = cfg.evaluator.model_entry if isinstance(cfg.evaluator, EvaluatorRef) else None
     pending = []
     for point in todo:
+        if not claims.claim(point.key):
+            bar.update(1)
+            continue
         waits = [training[name] for name in dict.fromkeys([point.entry, evaluator]) if name in training]
         pending.append(point_task.remote(config_path, given, commit, run_id, point, *waits))
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         row, records = ray.get(done[0])
         save_point(results_dir, cfg, row, records)
+        claims.release(row["key"])
         bar.update(1)

@@ -17,6 +17,7 @@ import torch
 
 from harness.config import ConfigError, read_yaml, resolve_device
 from harness.results_store import POINTS_FILE, read_points, repair_tail, write_atomic
+from harness.sweep.claims import PointClaims
 from harness.sweep.context import Context, git_commit
 from harness.sweep.identity import point_hash
 from harness.sweep.local import run_local
@@ -172,7 +173,8 @@ def _run_checked(cfg: SweepConfig, config_path, overrides, data: dict, points, r
     existing = read_points(path)
     finished = {(r["key"], r.get("config_hash")) for r in existing}
     entries = {m.name: m for m in cfg.models}
-    todo = [p for p in points if (p.key, point_hash(cfg, entries[p.entry], p, device)) not in finished]
+    hashes = {p.key: point_hash(cfg, entries[p.entry], p, device) for p in points}
+    todo = [p for p in points if (p.key, hashes[p.key]) not in finished]
     skipped = len(points) - len(todo)
 
     ctx = Context(cfg, device, {}, commit=git_commit())
@@ -198,16 +200,20 @@ def _run_checked(cfg: SweepConfig, config_path, overrides, data: dict, points, r
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc=f"sweep {cfg.name}", unit="pt", disable=not progress, dynamic_ncols=True)
+    claims = PointClaims(results_dir, hashes)
     try:
         if on_ray:
             from harness.sweep.ray_runner import run_ray
 
-            run_ray(results_dir / "config.yaml", cfg, todo, needed, results_dir, bar, ctx.commit,
+            run_ray(results_dir / "config.yaml", cfg, todo, needed, results_dir, bar, claims, ctx.commit,
                     ctx.run_id)  # with any --set; one run_id for the rows of this call
         else:
-            run_local(ctx, todo, results_dir, bar)
+            run_local(ctx, todo, results_dir, bar, claims)
     finally:
         bar.close()
+        claims.release_all()
+    if claims.left_to_others():
+        print(f"sweep {cfg.name}: {claims.left_to_others()}", file=sys.stderr)
     if report:
         from harness.report.write import ReportExists, default_report_dir, write_report
 
