@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 
 import torch
@@ -154,12 +155,16 @@ def sample_batch_rows(model, n: int, length: int, schedule, device) -> int:
     fit even one row is refused naming the flag that makes it too big."""
     from harness.memory import free_bytes, gib, rows_that_fit, sampling_cost
 
-    per_row, fixed = sampling_cost(model, length, schedule.steps)
+    per_row, fixed = sampling_cost(model, length, schedule.steps, schedule.blocks)
     rows = rows_that_fit(per_row, fixed, device)
     if rows >= 1:
         return min(n, rows)
     free = free_bytes(device)
     no_steps = sum(sampling_cost(model, length, None))
+    if schedule.blocks and no_steps < free / 2:
+        raise ValueError(f"--blocks {schedule.blocks}: one sample needs ~{gib(per_row + fixed)} for its chunk plan but "
+                         f"{gib(free)} is free on {device}; lower --blocks (up to --length {length}: one position "
+                         "per chunk)")
     if schedule.steps and no_steps < free / 2:
         raise ValueError(f"--steps {schedule.steps}: one sample needs ~{gib(per_row + fixed)} for its step plan but "
                          f"{gib(free)} is free on {device}; lower --steps (up to --length {length} reveals every "
@@ -206,6 +211,19 @@ def sample_schedule(args, model, length: int):
     return SamplingSchedule(**fields)
 
 
+def sample_progress(args, length: int, rows: int):
+    """More than one batch is long work: say what it will run, then a progress bar on stderr
+    from the first batch (None: one batch, or --quiet)."""
+    batches = -(-args.n // rows)
+    if batches == 1 or args.quiet:
+        return None
+    from tqdm import tqdm
+
+    print(f"esolm sample: {args.n} samples x {length} tokens as {batches} batches of up to {rows} (what fits in "
+          "memory); --quiet hides the progress bar", file=sys.stderr)
+    return tqdm(total=args.n, desc="sample", unit="sample", file=sys.stderr, dynamic_ncols=True)
+
+
 def cmd_sample(args) -> None:
     from harness.checkpoint import load_checkpoint
 
@@ -223,14 +241,21 @@ def cmd_sample(args) -> None:
     rows = sample_batch_rows(model, args.n, length, schedule, model.device)
     forwards = tokens = 0
     per_sample = []  # forwards each sample needed (a forward over a batch runs every row once)
-    for start in range(0, args.n, rows):  # batches that fit; one generator runs through them all
-        gen = model.sample(min(rows, args.n - start), length, schedule, generator, prefix=prefix)
-        forwards, tokens = forwards + gen.nfe, tokens + gen.tokens_computed
-        per_sample.append(gen.nfe_per_sample.double().cpu() if gen.nfe_per_sample is not None
-                          else torch.full((gen.tokens.shape[0],), float(gen.nfe), dtype=torch.float64))
-        for i, row in enumerate(gen.tokens.tolist(), start):
-            print(f"--- sample {i} ---")
-            print(loaded.tokenizer.decode(row))
+    bar = sample_progress(args, length, rows)
+    try:
+        for start in range(0, args.n, rows):  # batches that fit; one generator runs through them all
+            gen = model.sample(min(rows, args.n - start), length, schedule, generator, prefix=prefix)
+            forwards, tokens = forwards + gen.nfe, tokens + gen.tokens_computed
+            per_sample.append(gen.nfe_per_sample.double().cpu() if gen.nfe_per_sample is not None
+                              else torch.full((gen.tokens.shape[0],), float(gen.nfe), dtype=torch.float64))
+            for i, row in enumerate(gen.tokens.tolist(), start):
+                print(f"--- sample {i} ---")
+                print(loaded.tokenizer.decode(row))
+            if bar is not None:
+                bar.update(gen.tokens.shape[0])
+    finally:
+        if bar is not None:
+            bar.close()
     nfe = torch.cat(per_sample).mean().item()
     batches = f" (run as batches of {rows})" if rows < args.n else ""
     print(f"--- schedule {schedule.label()}; per sample: NFE {nfe:g}, tokens computed {tokens / args.n:g}; "
@@ -385,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="text the samples continue (given after BOS; every model)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (shown on stderr when --n runs as batches)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("sweep", help="run a sweep config; finished points are kept and skipped on re-run")
@@ -482,13 +508,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(err: Exception) -> str:
+    """One line for an error: ours say what to fix; the system's (a read-only folder, a folder
+    given as a file) name the path and what the system said."""
+    if isinstance(err, OSError) and err.errno is not None and err.filename is not None:
+        return f"{err.filename}: {err.strerror}; check the path (a file, not a folder, in a folder you can write)"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, NotImplementedError) as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"esolm: error: {message}", file=sys.stderr)
+    except BrokenPipeError:  # the reader went away (esolm export --csv - | head): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except (ValueError, OSError, NotImplementedError) as err:
+        print(f"esolm: error: {error_line(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("esolm: interrupted; finished work is kept (re-run the same command to resume)", file=sys.stderr)

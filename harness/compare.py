@@ -109,7 +109,9 @@ def load_tolerances(path: str | Path | dict | None) -> dict[str, Tolerance]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"tolerance file {source!r} not found")
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ToleranceError(f"--tolerances {source!r} is not UTF-8 text; save it as UTF-8 YAML") from None
         except yaml.YAMLError as err:
             raise ToleranceError(f"{source}: not valid YAML: {str(err).splitlines()[0]}") from err
         if not isinstance(data, dict):
@@ -305,9 +307,12 @@ def compare_files(reference: str | Path, candidate: str | Path, tolerances: str 
     compared, 1 on any regression or missing point, else 0."""
     import sys
 
-    from harness.results_store import latest_rows, read_points
+    from harness.results_store import check_output, check_output_file, latest_rows, read_points
 
     out = out or sys.stdout
+    check_output(csv_path, "--csv", results=(reference, candidate),
+                 files=(tolerances,) if isinstance(tolerances, (str, Path)) else ())
+    check_output_file(csv_path, "--csv")
     tol = load_tolerances(tolerances)
     ref = latest_rows(read_points(reference, strict=True))
     cand = latest_rows(read_points(candidate, strict=True))

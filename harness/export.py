@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from harness.results_store import latest_rows, read_points
+from harness.results_store import check_output, check_output_file, latest_rows, read_points
 
 
 def current_rows(results: str | Path) -> list[dict]:
@@ -74,6 +74,9 @@ def export(results: str | Path, csv_path: str | Path | None = None, parquet_path
     """Write the current rows of RESULTS; returns how many."""
     if (csv_path is None) == (parquet_path is None):
         raise ValueError("give one of --csv FILE or --parquet FILE")
+    out, flag = (csv_path, "--csv") if parquet_path is None else (parquet_path, "--parquet")
+    check_output(out, flag, results=(results,))
+    check_output_file(out, flag)
     rows = current_rows(results)
     if parquet_path is not None:
         write_parquet(rows, parquet_path)

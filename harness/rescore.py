@@ -109,8 +109,9 @@ def rescore(results_dir, evaluator_spec: str, out_dir=None, mauve: bool = False,
         raise ConfigError(f"RESULTS_DIR {str(results_dir)!r} has no {store.POINTS_FILE}; pass a sweep results folder")
     command = _command(results_dir, evaluator_spec, out_dir, mauve, reference_samples)
     out_dir = Path(out_dir) if out_dir else results_dir.with_name(f"{results_dir.name}_{evaluator_slug(evaluator_spec)}")
-    if out_dir.resolve() == results_dir.resolve():
-        raise ConfigError(f"--out {str(out_dir)!r} is RESULTS_DIR itself; rescore never modifies its input, pick another folder")
+    store.check_output(out_dir, "--out", results=(results_dir,))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {str(out_dir)!r} is a file; give a folder (new, or an earlier rescore's)")
     if reference_samples is not None and reference_samples < 2:
         raise ConfigError(f"--reference-samples {reference_samples}: MAUVE needs at least 2; raise it")
     dev = resolve_device(device, "--device")

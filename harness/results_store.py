@@ -30,6 +30,40 @@ def points_path(results: str | Path) -> Path:
     return path / POINTS_FILE if path.is_dir() or path.suffix != ".jsonl" else path
 
 
+def results_folder(results: str | Path) -> Path:
+    """The folder of a results argument: the folder itself, or the folder of its points file."""
+    path = Path(results)
+    return path.parent if path.suffix == ".jsonl" and not path.is_dir() else path
+
+
+def check_output(out: str | Path | None, flag: str, results: tuple = (), files: tuple = ()) -> None:
+    """Refuse an output path that would overwrite what the command reads: a file in
+    ``files``, or anything inside (or being) one of the ``results`` folders or points files
+    (points.jsonl, config.yaml, ceilings.json, samples/).  '-' (stdout) and None pass."""
+    if out is None or str(out) == "-":
+        return
+    target = Path(out).expanduser().resolve()
+    for given in results:
+        folder = results_folder(given).expanduser().resolve()
+        if target == folder or folder in target.parents:
+            raise ValueError(f"{flag} {str(out)!r} is inside the results folder {str(results_folder(given))!r} "
+                             "this command reads; write it elsewhere (finished results are never overwritten)")
+    for given in files:
+        if given is not None and str(given) != "-" and target == Path(given).expanduser().resolve():
+            raise ValueError(f"{flag} {str(out)!r} is {str(given)!r}, which this command reads; write it elsewhere")
+
+
+def check_output_file(out: str | Path | None, flag: str) -> None:
+    """An output file's folder must exist and the path must not be a folder ('-' passes)."""
+    if out is None or str(out) == "-":
+        return
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{flag} {str(out)!r} is a folder; give a file path")
+    if not path.parent.is_dir():
+        raise ValueError(f"{flag} {str(out)!r}: folder {str(path.parent)!r} does not exist; create it or pick another")
+
+
 def read_points(results: str | Path, strict: bool = False) -> list[dict]:
     """Every row of a points file in order; an unreadable LAST line (a crash mid-write) is ignored."""
     path = points_path(results)

@@ -148,7 +148,7 @@ def test_bad_input_is_a_config_error_naming_the_option(sweep_dir, tmp_path, caps
         with pytest.raises(ConfigError, match="^--evaluator"):
             rescore(sweep_dir, spec, out_dir=tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
-    with pytest.raises(ConfigError, match="--out"):
+    with pytest.raises(ValueError, match="--out .* is inside the results folder"):
         rescore(sweep_dir, "bogus", out_dir=sweep_dir, progress=False)
     for argv in (["rescore", str(sweep_dir), "--evaluator", "bogus", "--quiet"],
                  ["rescore", str(tmp_path / "missing"), "--evaluator", "smollm2"]):

@@ -20,6 +20,7 @@ from harness.report.tables import (alpha0_table, boundaries_table, by_length_tab
                                    times)
 from harness.report.throughput import throughput_section
 from harness.report.text import description, floor_text, measured_on, notes, protocol_table, sample_section
+from harness.results_store import check_output
 
 SOURCE_FILE = "source.txt"
 
@@ -82,6 +83,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
     df = load_frame(results_dir)
     sweep = str(df["sweep"].iloc[0])
     out = Path(out_dir) if out_dir is not None else default_report_dir(results_dir)
+    check_output(out, "--out", results=(results_dir,))
     if out.exists() and not out.is_dir():
         raise ValueError(f"report folder {out} is a file, not a folder; pass --out with a folder (new or a report's)")
     check_report_dir(out, results_dir, force)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from harness.config import ConfigError, read_yaml, resolve_device
-from harness.results_store import POINTS_FILE, read_points, repair_tail, write_atomic
+from harness.results_store import POINTS_FILE, check_output, read_points, repair_tail, write_atomic
 from harness.sweep.claims import PointClaims
 from harness.sweep.context import Context, git_commit
 from harness.sweep.identity import point_hash
@@ -160,6 +160,8 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
     import_entries(cfg, {p.entry for p in points} | evaluator_entry, str(config_path))
     check_checkpoint_entries(cfg, {p.entry for p in points} | evaluator_entry, str(config_path))
     results_dir = Path(results_root) / cfg.name
+    if report and reports_root is not None:  # before any work: the report must not land in the results
+        check_output(Path(reports_root) / cfg.name, "--reports", results=(results_dir,))
     with results_lock(results_dir, (shard_i, shard_n), only):
         return _run_checked(cfg, config_path, overrides, data, points, results_dir, device, report, reports_root,
                             progress)
