@@ -141,3 +141,10 @@ def test_export_into_a_closed_pipe_exits_quietly(results):
                           "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", capture_output=True,
                           text=True, cwd=REPO, timeout=120)
     assert len(proc.stdout) == 10 and proc.stderr == "" and proc.returncode == 0, proc.stderr
+
+
+def test_a_tolerance_file_that_is_not_utf8_is_named(results, tmp_path, capsys):
+    tol = tmp_path / "tol.yaml"
+    tol.write_bytes("gen_ppl: {rel: 0.1}\n".encode("utf-16"))
+    line = refused(capsys, ["compare", str(results), str(results), "--tolerances", str(tol)])
+    assert line == f"esolm: error: --tolerances {str(tol)!r} is not UTF-8 text; save it as UTF-8 YAML"
