@@ -28,6 +28,8 @@ from collections.abc import Callable
 
 import torch
 
+from harness.metrics.machine import SharedMachine
+
 NO_CUDA = "not available: no CUDA device"
 NO_PYNVML = "not available: install nvidia-ml-py (import pynvml)"
 
@@ -157,7 +159,8 @@ def time_sampling(fn: Callable[[], object], warmup: int = 1, repeats: int = 3, *
     ``seconds_per_sample`` = median / batch_size; ``tokens_per_second`` = batch_size ·
     length / median (sequence positions produced per second, BOS included).
     ``energy_joules`` covers all timed repeats; ``energy_per_sample_joules`` divides it by
-    repeats · batch_size.
+    repeats · batch_size.  ``load_average_1min``, ``cpu_seconds``, ``other_cores`` and
+    ``machine_busy`` say whether other work shared the machine (harness.metrics.machine).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
@@ -168,14 +171,16 @@ def time_sampling(fn: Callable[[], object], warmup: int = 1, repeats: int = 3, *
     telemetry = GpuTelemetry(device)
     times: list[float] = []
     result = None
+    shared = SharedMachine(torch.get_num_threads() if device.type == "cpu" else 1)
     try:
         telemetry.start()
-        for _ in range(repeats):
-            synchronize(device)
-            t0 = clock()
-            result = fn()
-            synchronize(device)
-            times.append(clock() - t0)
+        with shared:
+            for _ in range(repeats):
+                synchronize(device)
+                t0 = clock()
+                result = fn()
+                synchronize(device)
+                times.append(clock() - t0)
         gpu = telemetry.stop(seconds=sum(times))
     finally:
         telemetry.close()
@@ -199,6 +204,7 @@ def time_sampling(fn: Callable[[], object], warmup: int = 1, repeats: int = 3, *
         "device_name": device_name(device),
         "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
         **gpu,
+        **shared.reading,
     }
     energy = out["energy_joules"]
     out["energy_per_sample_joules"] = energy / (repeats * batch_size) if energy is not None and batch_size else None

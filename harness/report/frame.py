@@ -81,6 +81,9 @@ def aggregate(df):
     if "mauve_degenerate" in df:  # a seed's degenerate MAUVE makes the mean degenerate too
         agg["mauve_degenerate"] = df.groupby(keys, sort=False, dropna=False)["mauve_degenerate"].agg(
             lambda v: next((x for x in v if isinstance(x, str)), None)).values
+    busy = df["machine_busy"].map(lambda v: v is True) if "machine_busy" in df else None
+    agg["machine_busy"] = (busy.groupby([df[k] for k in keys], sort=False, dropna=False).any().values
+                           if busy is not None else False)  # a seed timed on a shared machine flags the point
     for col, how in (("seconds_min_per_sample", "min"), ("seconds_max_per_sample", "max")):  # over seeds and repeats
         agg[col] = df.groupby(keys, sort=False, dropna=False)[col].agg(how).values if col in df else float("nan")
     for col in ("device", "device_name", "dtype", "step_mode", "run_id", "batch_grid", "block_size", "first_hitting"):

@@ -35,6 +35,12 @@ RESULT_COLUMNS = [  # (column, header, digits)
 ]
 
 
+TIMED = ("seconds_per_sample", "tokens_per_second")
+BUSY_MARK = " (busy)"
+BUSY_NOTE = ("(busy): other processes kept cores busy while the point was timed (its row's `other_cores`), so its "
+             "seconds may be inflated; re-time it on a quiet machine.")
+
+
 def results_table(agg) -> str:
     cols = [c for c in RESULT_COLUMNS if agg[c[0]].map(finite).any()]
     batches = "batch_size" in agg and agg["batch_size"].nunique() > 1  # a throughput sweep: say which batch
@@ -45,8 +51,12 @@ def results_table(agg) -> str:
                      fmt(r["alpha_0"], 4) if finite(r["alpha_0"]) else "–"]
                     + ([int(r["batch_size"])] if batches else [])
                     + [times(r[c]) if c == "x_floor" else "degenerate" if c == "mauve" and isinstance(r.get("mauve_degenerate"), str)
-                       else fmt(float(r[c]), d) for c, _, d in cols])
-    return md_table(headers, rows, ["l", "l", "l"] + ["r"] * (len(headers) - 3))
+                       else fmt(float(r[c]), d) + (BUSY_MARK if c in TIMED and r.get("machine_busy") is True else "")
+                       for c, _, d in cols])
+    table = md_table(headers, rows, ["l", "l", "l"] + ["r"] * (len(headers) - 3))
+    if "machine_busy" in agg and (agg["machine_busy"] == True).any():  # noqa: E712 - NaN-safe
+        table += "\n\n" + BUSY_NOTE
+    return table
 
 
 def seconds_with_spread(r) -> str:

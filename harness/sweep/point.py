@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,9 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     if "test_ppl" in cfg.metrics:
         metrics.update(compute_test_ppl(ctx, entry, loaded, point.length, alpha_0 if is_esolm else None))
     if "speed" in cfg.metrics:
+        from tqdm import tqdm
+
+        from harness.metrics.machine import busy_warning
         from harness.metrics.speed import time_sampling
 
         def one_batch():
@@ -201,7 +205,11 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         metrics.update(seconds_per_sample=sp["seconds_per_sample"], tokens_per_second=sp["tokens_per_second"],
                        seconds_per_batch=sp["seconds_median"], seconds_all=sp["seconds_all"],
                        gpu_peak_memory_bytes=sp["peak_memory_bytes"], gpu_energy_per_sample_joules=sp["energy_per_sample_joules"],
-                       gpu_mean_power_watts=sp["mean_power_watts"], telemetry_note=sp.get("telemetry_reason"))
+                       gpu_mean_power_watts=sp["mean_power_watts"], telemetry_note=sp.get("telemetry_reason"),
+                       **{k: sp[k] for k in ("load_average_1min", "cpu_seconds", "other_cores", "machine_busy")})
+        warning = busy_warning(sp, f"point {point.key}")
+        if warning:
+            tqdm.write(warning, file=sys.stderr)
 
     row = {
         "sweep": cfg.name,
