@@ -22,7 +22,7 @@ config.json field, AR weights imported as a diffusion model or the reverse.
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,16 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.foreign import load_foreign, lookup, plain
+from harness.import_checks import LIGHTNING_FIELDS, VOCAB, check_fields, check_tensors, read_config_json, scalar
 
-VOCAB = 50258  # GPT-2's 50257 ids + [MASK]
-MASK_ID = 50257
 MODELS = ("ar", "mdlm", "bd3lm", "esolm-a", "esolm-b")
-# config.json fields Hugging Face itself writes; they say nothing about the network.
-HF_BOOKKEEPING = {"architectures", "auto_map", "model_type", "torch_dtype", "dtype", "transformers_version",
-                  "return_dict", "_name_or_path"}
-HF_FIELDS = {"vocab_size", "mask_index", "text_vocab_size", "model_length", "hidden_size", "hidden_dim", "cond_dim",
-             "n_blocks", "n_heads", "dropout", "time_conditioning", "block_size", "cross_attn", "adaln", "causal",
-             "attn_backend", "var_min", "sampling_eps_min", "sampling_eps_max", "backbone"}
 # model_type (HF) or algo name (Lightning config) -> the harness models it may be imported as.
 KINDS = {"EsoLM": ("esolm-a", "esolm-b"), "esolm": ("esolm-a", "esolm-b"), "bd3lm": ("bd3lm",), "mdlm": ("mdlm",),
          "ar": ("ar",)}
@@ -81,26 +74,8 @@ def split_backbone(state: dict, where: str) -> tuple[dict, dict]:
 
 def read_hf(folder: Path) -> Source:
     """A Hugging Face folder: config.json + model.safetensors (or pytorch_model.bin)."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        refuse(f"{folder}/config.json cannot be read ({type(err).__name__}); a Hugging Face folder needs one")
-    unknown = sorted(set(config) - HF_BOOKKEEPING - HF_FIELDS)
-    if unknown:
-        refuse(f"{folder}/config.json has field(s) {unknown[:4]} this importer does not understand; refusing "
-               f"rather than guessing what they change")
-    if config.get("vocab_size", VOCAB) != VOCAB or config.get("mask_index", MASK_ID) != MASK_ID \
-            or config.get("text_vocab_size", VOCAB - 1) != VOCAB - 1:
-        refuse(f"{folder}/config.json: vocab_size {config.get('vocab_size')} / mask_index "
-               f"{config.get('mask_index')} is not GPT-2 + [MASK] ({VOCAB} ids, [MASK] = {MASK_ID})")
-    for key, allowed in (("backbone", {"dit"}), ("attn_backend", {"flex", "sdpa"}), ("causal", {False}),
-                         ("adaln", {True, False}), ("cross_attn", {True, False}), ("var_min", {True, False})):
-        if key in config and config[key] not in allowed:
-            refuse(f"{folder}/config.json: {key} = {config[key]!r} is not supported (expected one of {sorted(allowed, key=str)})")
+    config = read_config_json(folder)
     sizes = {config[k] for k in ("hidden_size", "hidden_dim") if k in config}
-    if len(sizes) > 1:
-        refuse(f"{folder}/config.json: hidden_size {config['hidden_size']} and hidden_dim {config['hidden_dim']} "
-               f"disagree; fix the file")
     safetensors_file, bin_file = folder / "model.safetensors", folder / "pytorch_model.bin"
     if safetensors_file.is_file():
         from safetensors.torch import load_file
@@ -120,17 +95,16 @@ def read_hf(folder: Path) -> Source:
         weights_file = bin_file
     else:
         refuse(f"{folder} has neither model.safetensors nor pytorch_model.bin (sharded weights are not supported)")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
         refuse(f"{weights_file} is not a mapping of names to tensors")
     weights, rest = split_backbone(state, str(weights_file))
     extra = sorted(set(rest) - {"sampling_eps_min", "sampling_eps_max"})
     if extra:
         refuse(f"{weights_file}: unknown weights {extra[:3]}; refusing rather than dropping them")
-    options = {}
-    if "block_size" in config:
-        options["block_size"] = int(config["block_size"])
+    options = {"block_size": config["block_size"]} if "block_size" in config else {}
     if "sampling_eps_min" in rest and "sampling_eps_max" in rest:  # the learned clip (BD3-LM var_min)
-        options["clip"] = (float(rest["sampling_eps_min"]), float(rest["sampling_eps_max"]))
+        options["clip"] = tuple(scalar(rest[k], k, weights_file) for k in ("sampling_eps_min", "sampling_eps_max"))
     time_conditioning = config.get("time_conditioning")
     if time_conditioning is None and config.get("model_type") == "EsoLM":
         time_conditioning = False  # the Eso-LM algorithm asserts it is off; its HF config has no field
@@ -147,7 +121,7 @@ def read_lightning(path: Path, use_ema: bool) -> Source:
     ckpt = load_foreign(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         refuse(f"{path} has no state_dict; not a Lightning checkpoint")
-    state = {k: v for k, v in ckpt["state_dict"].items() if isinstance(v, torch.Tensor)}
+    state = {k: v for k, v in ckpt["state_dict"].items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     weights, rest = split_backbone(state, str(path))
     extra = sorted(set(rest) - {"sampling_eps_min", "sampling_eps_max"})
     if extra:
@@ -169,6 +143,8 @@ def read_lightning(path: Path, use_ema: bool) -> Source:
             weights[name] = tensor
     config = plain(ckpt.get("hyper_parameters"))
     config = config.get("config") if isinstance(config, dict) else None
+    given = {k: lookup(config, k) for k in LIGHTNING_FIELDS}  # None: absent, null or an unresolvable ${...}
+    check_fields({k: v for k, v in given.items() if v is not None}, LIGHTNING_FIELDS, f"{path} config")
     tc = [lookup(config, k) for k in ("algo.time_conditioning", "time_conditioning")]
     tc = [v for v in tc if isinstance(v, bool)]
     algo = lookup(config, "algo.name")
@@ -180,7 +156,7 @@ def read_lightning(path: Path, use_ema: bool) -> Source:
     modes = (lookup(config, "algo.diffusion_attn_mode"), lookup(config, "algo.sequential_attn_mode"))
     options["variant"] = {("causal", "causal"): "B", ("mixed2", "mixed"): "A"}.get(modes)
     if "sampling_eps_min" in rest and "sampling_eps_max" in rest:
-        options["clip"] = (float(rest["sampling_eps_min"]), float(rest["sampling_eps_max"]))
+        options["clip"] = tuple(scalar(rest[k], k, path) for k in ("sampling_eps_min", "sampling_eps_max"))
     options = {k: number(v) if k in ("block_size", "alpha_0", "batch_split", "eps") else v
                for k, v in options.items()}
     options = {k: v for k, v in options.items() if v is not None}
@@ -189,12 +165,12 @@ def read_lightning(path: Path, use_ema: bool) -> Source:
                   max_len=lookup(config, "model.length"), dropout=lookup(config, "model.dropout"),
                   hidden=lookup(config, "model.hidden_size"), time_conditioning=any(tc) if tc else None,
                   kind_name=algo if isinstance(algo, str) else None, options=options,
-                  step=step if isinstance(step, int) else 0,
+                  step=step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else 0,
                   declared={k: lookup(config, f"model.{k}") for k in ("n_blocks", "cond_dim")})
 
 
 def number(value):
-    """A config number (YAML may leave "1e-3" a string); None for anything else."""
+    """A config number (YAML may leave "1e-3" a string); None for anything else, NaN and inf included."""
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
@@ -202,7 +178,7 @@ def number(value):
             value = float(value)
         except ValueError:
             return None
-    return value if isinstance(value, (int, float)) else None
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def read_source(src: str | Path, use_ema: bool = True) -> Source:
@@ -238,6 +214,7 @@ def expected_shapes(n_layers: int, d: int, cond: int | None, mlp: int) -> dict[s
 def check_weights(source: Source, model: str) -> tuple[int, int, int | None, int]:
     """(n_layers, d, cond_dim or None, mlp width) after checking names, shapes, vocabulary and family."""
     w, where = source.weights, source.weights_file
+    check_tensors(w, where)
     if "vocab_embed.embedding" not in w or w["vocab_embed.embedding"].dim() != 2:
         refuse(f"{where}: no vocab_embed.embedding; not an official DiT checkpoint")
     vocab, d = w["vocab_embed.embedding"].shape
@@ -256,7 +233,11 @@ def check_weights(source: Source, model: str) -> tuple[int, int, int | None, int
                                                              source.options.get("block_size") == source.max_len):
         refuse(f"{source.path} is a {source.kind_name} checkpoint; import it with --model {' or '.join(allowed)}")
     blocks = {int(k.split(".")[1]) for k in w if k.startswith("blocks.") and k.split(".")[1].isdigit()}
-    n_layers = max(blocks) + 1 if blocks else 0
+    n_layers = len(blocks)
+    if blocks != set(range(n_layers)):  # blocks.{10^12} must not make a 10^12-block shape table
+        listed = sorted(blocks)
+        refuse(f"{where}: blocks are numbered {listed[:3]}{' ...' if n_layers > 3 else ''}, not 0 to {n_layers - 1}; "
+               f"not an official DiT checkpoint")
     cond = None  # the conditioning width, from the first adaLN weight found (all are checked below)
     if "sigma_map.mlp.0.weight" in w:
         cond = w["sigma_map.mlp.0.weight"].shape[0]
@@ -280,7 +261,10 @@ def check_weights(source: Source, model: str) -> tuple[int, int, int | None, int
     head = d // source.n_heads
     want_freq = 1.0 / 10_000.0 ** (torch.arange(0, head, 2, dtype=torch.float64) / head)
     for name in (k for k in w if k.endswith(BUFFERS)):  # the rotary frequencies, when the file keeps them
-        if w[name].shape != want_freq.shape or not torch.allclose(w[name].double(), want_freq, rtol=1e-5):
+        # compared at the buffer's own precision: a bf16 release stores them rounded to bf16
+        buffer, rtol = w[name], max(1e-5, torch.finfo(w[name].dtype).eps)
+        if buffer.shape != want_freq.shape or not torch.allclose(buffer.double(), want_freq.to(buffer.dtype).double(),
+                                                                  rtol=rtol):
             refuse(f"{where}: {name} is not rotary base 10000 over head size {head} (n_heads {source.n_heads})")
     return n_layers, d, cond, mlp
 
@@ -344,8 +328,8 @@ def model_options(source: Source, model: str, block_size: int | None, alpha_0: f
             refuse("--block-size: the source does not record its block size; pass the L' it was trained with")
         clip = opts.get("clip")
         clip = list(clip) if clip and 0 < clip[0] < clip[1] <= 1 else None
-        if int(size) != size:
-            refuse(f"block size {size} is not a whole number")
+        if size < 1 or int(size) != size:  # a finite number here: config.json is checked, Lightning's via number()
+            refuse(f"block_size {size}: L' must be a positive whole number; pass --block-size")
         return {"block_size": int(size), "clip": clip, "eps": eps}
     variant = opts.get("variant")
     if variant is not None and model != f"esolm-{variant.lower()}":
@@ -427,11 +411,15 @@ def import_data_spec(corpus: list[str] | None, data: dict | None):
     if corpus and "corpus" in fields:
         refuse("give the corpus once: --corpus or data.corpus")
     try:
-        return DataSpec(**{"corpus": corpus or "bundled", **fields, "tokenizer": "gpt2"})
+        spec = DataSpec(**{"corpus": corpus or "bundled", **fields, "tokenizer": "gpt2"})
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         refuse(f"data{'.' + where if where else ''}: {first['msg']}")
+    if spec.hf_dataset is not None and not Path(spec.hf_dataset).is_dir():  # as eval reads it; else it fails there
+        refuse(f"data.hf_dataset (--hf-dataset): no dataset folder at {spec.hf_dataset}; pass a local Hugging Face "
+               f"dataset folder (nothing was written)")
+    return spec
 
 
 # --- sweep entries naming a released file ---------------------------------------------------

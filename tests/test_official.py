@@ -358,7 +358,8 @@ def edited(w, drop=(), add=None, reshape=None):
     ("ar_as_mdlm", "causal AR weights"),
     ("mdlm_as_ar", "diffusion DiT"),
     ("kind", "bd3lm checkpoint; import it with --model bd3lm"),
-    ("no_heads", "n_heads None"),
+    ("no_heads", "config.json field 'n_heads': must be a positive integer, got null"),
+    ("uneven_heads", "n_heads 3 is missing or does not split hidden size 32"),
     ("n_blocks", "n_blocks 3 does not fit the weights' 2"),
 ])
 def test_hf_refusals(tmp_path, capsys, case, message):
@@ -382,6 +383,8 @@ def test_hf_refusals(tmp_path, capsys, case, message):
         model = "ar"
     elif case == "no_heads":
         config = {"n_heads": None}
+    elif case == "uneven_heads":
+        config = {"n_heads": 3}
     elif case == "n_blocks":
         config = {"n_blocks": 3}
     src = write_hf(tmp_path / "hf", w, "bd3lm" if case == "kind" else "mdlm", **config)
