@@ -74,27 +74,37 @@ def load_foreign(path: Path):
                          f"export the weights as a Hugging Face folder (model.safetensors) instead") from None
 
 
-def plain(obj, depth: int = 0):
+def plain(obj, depth: int = 0, seen: dict | None = None):
     """Dicts, lists and values out of a loaded foreign object: an OmegaConf container's record
-    becomes its ``_content``, a value node its ``_val``; any other inert record becomes None."""
+    becomes its ``_content``, a value node its ``_val``; any other inert record becomes None.
+    Each object is converted once (``seen``, by id): a pickle's memo lets a few kilobytes
+    share one list 2^40 times over (x = [x, x]), which a tree walk would never finish; a
+    cycle back into an object still being converted becomes None."""
     if depth > 50:
         return None
+    seen = {} if seen is None else seen
+    if id(obj) in seen:
+        return seen[id(obj)]
+    seen[id(obj)] = None  # until converted: a reference back to it reads as None
     if isinstance(obj, Inert):
         state = obj.state
         if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
             state = state[0]  # (dict state, slot state)
+        result = None
         if isinstance(state, dict) and "_content" in state:
-            return plain(state["_content"], depth + 1)
-        if isinstance(state, dict) and "_val" in state:
-            return plain(state["_val"], depth + 1)
-        return None
-    if isinstance(obj, dict):
-        return {k: plain(v, depth + 1) for k, v in obj.items() if isinstance(k, (str, int))}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v, depth + 1) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return None
+            result = plain(state["_content"], depth + 1, seen)
+        elif isinstance(state, dict) and "_val" in state:
+            result = plain(state["_val"], depth + 1, seen)
+    elif isinstance(obj, dict):
+        result = {k: plain(v, depth + 1, seen) for k, v in obj.items() if isinstance(k, (str, int))}
+    elif isinstance(obj, (list, tuple)):
+        result = [plain(v, depth + 1, seen) for v in obj]
+    elif isinstance(obj, (str, int, float, bool)) or obj is None:
+        result = obj
+    else:
+        result = None
+    seen[id(obj)] = result
+    return result
 
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")

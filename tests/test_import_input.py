@@ -2,6 +2,7 @@
 no traceback, nothing written."""
 
 import json
+import signal
 
 import pytest
 import torch
@@ -142,3 +143,24 @@ def test_a_bf16_release_imports_with_its_bf16_rotary_buffer(tmp_path):
     main(["import", str(write_hf(tmp_path / "hf", w, "mdlm")), "--model", "mdlm", "--out", str(tmp_path / "out")])
     state = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
     assert state["model_state"]["net.embed.weight"].dtype == torch.bfloat16
+
+
+def test_a_config_whose_pickle_shares_nodes_is_read_in_linear_time(tmp_path):
+    """x = [x, x] forty times is 41 lists in the pickle but 2^40 nodes when walked as a tree."""
+    x = [1]
+    for _ in range(40):
+        x = [x, x]
+    w = official_weights(adaln=True)
+    src = write_lightning(tmp_path / "m.ckpt", w, "mdlm", tmp_path / "MARKER", model__extra=x)
+
+    def too_slow(*_):
+        raise TimeoutError("the config walk did not finish in 60 s")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(60)
+    try:
+        main(["import", str(src), "--model", "mdlm", "--out", str(tmp_path / "out")])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert (tmp_path / "out" / "checkpoint.pt").is_file()
