@@ -3,7 +3,9 @@
 One ``checkpoint.pt`` holds everything needed to rebuild the model and its tokenizer on
 another machine (the tokenizer's files are stored inside it as bytes), so a checkpoint
 can be evaluated, sampled or swept without the run folder around it.  Writes are
-atomic (temporary file + rename): an interrupted save never corrupts the last good one.
+atomic (temporary file + rename): an interrupted save never corrupts the last good one,
+and the temporary a killed save leaves behind is removed by the next save into the folder
+(its name carries the writer's host and pid, so a live writer's is never touched).
 
 Loading never runs code: the file holds only tensors and plain Python values, read with
 ``torch.load(weights_only=True)``.  (Checkpoints written before this rule kept torch's
@@ -18,8 +20,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import socket
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +35,7 @@ from harness.models import LanguageModel, SpecialTokens, build_model
 from harness.nn.transformer import BackboneConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
+HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"  # in temporaries' names (no dots)
 FORMAT_VERSION = 1
 # What load_checkpoint needs; a dict without one of them is refused in one line.
 REQUIRED_KEYS = ("model_name", "model_options", "backbone", "special", "model_state", "step", "config",
@@ -94,10 +100,56 @@ def save_checkpoint(path: Path, *, model: LanguageModel, model_name: str, tokeni
         "meta": {"git_commit": git_commit(), "torch": str(torch.__version__), **(meta or {})},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    for stale in stale_temporaries(path.parent):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"tmp.{os.getpid()}.{HOST}.", suffix=".tmp")
     os.close(fd)
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def stale_temporaries(folder: Path) -> list[Path]:
+    """save_checkpoint's temporaries (tmp.PID.HOST.*.tmp) left by a writer on this host that
+    is no longer alive (killed between writing and renaming).  Another host's are kept: its
+    pids cannot be checked from here."""
+    stale = []
+    for path in folder.glob("tmp.*.tmp"):
+        parts = path.name.split(".")
+        if len(parts) == 5 and parts[1].isdigit() and parts[2] == HOST and not pid_alive(int(parts[1])):
+            stale.append(path)
+    return stale
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # alive under another user / not a pid: keep its file
+        return True
+    return True
+
+
+@contextmanager
+def folder_lock(folder: Path, flag: str):
+    """Hold ``folder/.lock``, the run folder's lock harness.train also holds while training:
+    one writer at a time.  Another holder is refused in one line naming ``flag`` and its pid."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ValueError(f"{flag} {str(folder)!r} is being written by pid {holder}; wait for it to finish or "
+                             f"choose another folder (nothing was written)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:

@@ -350,7 +350,7 @@ def import_checkpoint(src: str | Path, model: str, out: str | Path, *, block_siz
     ``corpus`` or ``data`` (DataSpec fields, e.g. ``{hf_dataset: PATH, protocol: owt}``) say what
     text eval and sweeps read for it.  Every check runs before anything is written; an existing
     checkpoint is never replaced."""
-    from harness.checkpoint import CHECKPOINT_NAME, save_checkpoint, tokenizer_files
+    from harness.checkpoint import CHECKPOINT_NAME, folder_lock, save_checkpoint, tokenizer_files
     from harness.data import GPT2Tokenizer, file_sha256
     from harness.models import SpecialTokens, build_model
     from harness.nn.transformer import BackboneConfig
@@ -392,8 +392,12 @@ def import_checkpoint(src: str | Path, model: str, out: str | Path, *, block_siz
             "parameters": net.net.num_parameters(), "tokenizer": tokenizer.name, **(extra_meta or {})}
     config = {"name": Path(out).name, "model": model, "model_args": options, "data": data.model_dump(),
               "imported_from": str(source.path)}
-    save_checkpoint(target, model=net, model_name=model, tokenizer_blobs=tokenizer_files(tokenizer), config=config,
-                    step=source.step, meta=meta)
+    with folder_lock(Path(out), "--out"):  # another import (or training run) into --out finished first: refuse
+        if target.exists():
+            refuse(f"--out {str(out)!r} already holds {CHECKPOINT_NAME}, written while this import ran; it was "
+                   f"kept (nothing was written)")
+        save_checkpoint(target, model=net, model_name=model, tokenizer_blobs=tokenizer_files(tokenizer),
+                        config=config, step=source.step, meta=meta)
     return target
 
 

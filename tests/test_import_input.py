@@ -1,14 +1,21 @@
 """``esolm import`` on input it cannot honour: one line naming the field, file or flag, exit 2,
-no traceback, nothing written."""
+no traceback, nothing written; and two imports (or a killed one) never cost a finished checkpoint."""
 
 import json
+import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import harness.official as official
 from harness.cli import main
 from tests.test_official import D, official_weights, write_hf, write_lightning
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def refused_line(capsys, argv) -> str:
@@ -164,3 +171,60 @@ def test_a_config_whose_pickle_shares_nodes_is_read_in_linear_time(tmp_path):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert (tmp_path / "out" / "checkpoint.pt").is_file()
+
+
+def test_a_second_import_into_the_same_folder_never_replaces_the_first(tmp_path, capsys, monkeypatch):
+    """Two imports started together: the second one to finish is refused under the folder's
+    lock, and the first one's checkpoint stays byte for byte."""
+    src = write_hf(tmp_path / "hf", official_weights(adaln=True), "mdlm")
+    other = write_hf(tmp_path / "hf2", official_weights(adaln=True, seed=4), "mdlm")
+    out = tmp_path / "out"
+    real_fold = official.fold
+    calls = []
+
+    def fold_while_another_import_runs(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # the other import passes its checks and writes while this one folds
+            main(["import", str(other), "--model", "mdlm", "--out", str(out)])
+        return real_fold(*args, **kwargs)
+
+    monkeypatch.setattr(official, "fold", fold_while_another_import_runs)
+    line = refused_line(capsys, ["import", str(src), "--model", "mdlm", "--out", str(out)])
+    assert "already holds checkpoint.pt" in line
+    first = (out / "checkpoint.pt").read_bytes()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["meta"]["imported"]["source"] == str(other.resolve())
+    monkeypatch.setattr(official, "fold", real_fold)
+
+    import fcntl
+
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    with open(out2 / ".lock", "a+") as held:  # another writer holds the folder
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242")
+        held.flush()
+        line = refused_line(capsys, ["import", str(src), "--model", "mdlm", "--out", str(out2)])
+    assert "--out" in line and "is being written by pid 4242" in line
+    assert not (out2 / "checkpoint.pt").exists() and (out / "checkpoint.pt").read_bytes() == first
+
+
+def test_an_import_killed_before_its_rename_leaves_no_temporary_behind(tmp_path):
+    """kill -9 between writing the temporary checkpoint and renaming it: the next import into
+    the folder removes the dead writer's temporary (a live writer's is kept) and finishes."""
+    src = write_hf(tmp_path / "hf", official_weights(adaln=True), "mdlm")
+    out = tmp_path / "out"
+    script = ("import os, torch; from harness.cli import main; save = torch.save\n"
+              "def save_then_die(obj, f, *a, **k):\n"
+              "    save(obj, f, *a, **k)\n"
+              f"    if str(f).startswith({str(out)!r}): os.kill(os.getpid(), 9)\n"
+              "torch.save = save_then_die\n"
+              f"main(['import', {str(src)!r}, '--model', 'mdlm', '--out', {str(out)!r}])")
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    left = list(out.glob("tmp*.tmp"))
+    assert len(left) == 1 and left[0].stat().st_size > 1_000_000 and not (out / "checkpoint.pt").exists()
+    live = out / left[0].name.replace(left[0].name.split(".")[1], str(os.getpid()), 1)
+    live.write_bytes(b"being written")  # a temporary whose writer (this process) is alive
+    main(["import", str(src), "--model", "mdlm", "--out", str(out)])
+    assert sorted(p.name for p in out.glob("tmp*.tmp")) == [live.name]
+    assert (out / "checkpoint.pt").is_file()
