@@ -21,6 +21,10 @@ from harness.schedules import SamplingSchedule
 
 class AR(LanguageModel):
     name = "ar"
+    display_name = "AR"
+    color = "#333333"
+    schedule_fields = ()  # left to right, one token per forward: nothing to schedule
+    importable = True
     exact_loss = True
 
     def next_token_logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,26 @@ def rows_of(cache: KVCache, rows: torch.Tensor, keys: int, cfg) -> KVCache:
 
 class BD3LM(LanguageModel):
     name = "bd3lm"
+    display_name = "BD3-LM"
+    color = "#2ca02c"
+    schedule_fields = ("steps", "first_hitting")
+    importable = True
     fixed_steps_count_every_row = True
+
+    @classmethod
+    def check_schedule(cls, schedule: SamplingSchedule, options: dict | None = None) -> None:
+        super().check_schedule(schedule, options)
+        if (schedule.steps is None) == (not schedule.first_hitting):
+            raise ValueError("bd3lm needs exactly one of 'steps' (per block) or 'first_hitting' (one token per "
+                             "step) in every schedule")
+
+    @classmethod
+    def default_schedule(cls, schedule, new_positions, options=None):
+        """First hitting (one token per step), as the reference sampler runs by default."""
+        return schedule if schedule.steps is not None else schedule.model_copy(update={"first_hitting": True})
+
+    def cache_capacity(self, length: int) -> int:
+        return length + self.block_size  # a padded block of scratch slots past the end
 
     def __init__(self, backbone, special, block_size: int = 4, clip: tuple[float, float] | None = None,
                  eps: float = 1e-3):

@@ -189,7 +189,25 @@ def ancestral_denoise(
 
 class MDLM(LanguageModel):
     name = "mdlm"
+    display_name = "MDLM"
+    color = "#1f77b4"
+    schedule_fields = ("steps",)
+    importable = True
     fixed_steps_count_every_row = True
+
+    @classmethod
+    def check_schedule(cls, schedule: SamplingSchedule, options: dict | None = None) -> None:
+        super().check_schedule(schedule, options)
+        if schedule.steps is None:
+            raise ValueError("mdlm needs 'steps' in every schedule, e.g. schedules: [{steps: [8, 32]}]")
+
+    @classmethod
+    def default_schedule(cls, schedule, new_positions, options=None):
+        """T = L: one grid step per position, the finest the ancestral sampler takes."""
+        return schedule if schedule.steps is not None else schedule.model_copy(update={"steps": new_positions})
+
+    def cache_capacity(self, length: int) -> int:
+        return 0  # every step is a full forward
 
     def __init__(self, backbone, special, eps: float = 1e-3):
         super().__init__(backbone, special)

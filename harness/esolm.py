@@ -86,6 +86,25 @@ class EsoLM(LanguageModel):
 
     variant = "B"
     caches_diffusion_phase = True
+    schedule_fields = ("steps", "alpha_0", "blocks", "split", "stride", "shuffle")
+    importable = True
+
+    @classmethod
+    def check_schedule(cls, schedule: SamplingSchedule, options: dict | None = None) -> None:
+        super().check_schedule(schedule, options)
+        alpha_0 = schedule.alpha_0 if schedule.alpha_0 is not None else (options or {}).get("alpha_0")
+        schedule.check_diffusion_phase(cls.name, alpha_0)
+
+    @classmethod
+    def default_schedule(cls, schedule, new_positions, options=None):
+        """T = L for the diffusion phase when it has one and no steps, blocks or stride."""
+        alpha_0 = schedule.alpha_0 if schedule.alpha_0 is not None else (options or {}).get("alpha_0", 0)
+        if alpha_0 == 0 or any(v is not None for v in (schedule.steps, schedule.blocks, schedule.stride)):
+            return schedule
+        return schedule.model_copy(update={"steps": new_positions})
+
+    def cache_capacity(self, length: int) -> int:
+        return 2 * length  # at most: L + the widest window, padded to a power of two
 
     def __init__(self, backbone, special, alpha_0: float = 0.25, batch_split: float = 0.5, eps: float = 1e-3):
         super().__init__(backbone, special)
@@ -461,6 +480,8 @@ class EsoLMB(EsoLM):
     """Eso-LM (B): causal attention over the sorted order in both phases; KV cache in both."""
 
     name = "esolm-b"
+    display_name = "Eso-LM (B)"
+    color = "#d62728"
     variant = "B"
     caches_diffusion_phase = True
 
@@ -470,5 +491,7 @@ class EsoLMA(EsoLM):
     recomputes the clean tokens every step, the sequential phase caches a prefix-LM encoding."""
 
     name = "esolm-a"
+    display_name = "Eso-LM (A)"
+    color = "#ff7f0e"
     variant = "A"
     caches_diffusion_phase = False

@@ -126,6 +126,35 @@ class LanguageModel(nn.Module):
     # Bytes one sampling forward may use (harness.memory): None = 90 % of the free device memory.
     max_memory: int | str | None = None
 
+    # --- the model's facts: the CLI, sweeps, lm-eval, memory estimates, the importer and the
+    # reports read them here, so a model (a plug-in too) declares them once, on its class.
+    display_name: str | None = None  # in reports; None: its name
+    color: str = "#9467bd"  # its colour in the reports' plots
+    # SamplingSchedule fields its sampler reads besides top_p and given_bos; None: any (it
+    # checks its own schedules in check_schedule)
+    schedule_fields: tuple[str, ...] | None = None
+    importable: bool = False  # esolm import reads its released checkpoints (harness.official)
+
+    @classmethod
+    def check_schedule(cls, schedule: SamplingSchedule, options: dict | None = None) -> None:
+        """Refuse a schedule this model cannot run, naming the field (a sweep checks every
+        schedule before any training).  ``options``: the model's own, when it is built."""
+        if cls.schedule_fields is not None:
+            schedule.require_only(cls.name, *cls.schedule_fields)
+
+    @classmethod
+    def default_schedule(cls, schedule: SamplingSchedule, new_positions: int,
+                         options: dict | None = None) -> SamplingSchedule:
+        """``schedule`` with this model's defaults where the user gave none (esolm sample and
+        lm-eval; a sweep runs exactly what its config says).  ``new_positions``: how many
+        positions the sampler fills."""
+        return schedule
+
+    def cache_capacity(self, length: int) -> int:
+        """KV-cache slots per row its sampler allocates at this length (0: none): one per
+        position, as a KV-cached left-to-right sampler keeps, unless a model says otherwise."""
+        return length
+
     def __init__(self, backbone: BackboneConfig, special: SpecialTokens):
         super().__init__()
         self.backbone_config = backbone
@@ -235,6 +264,22 @@ def _import_plugin(module_name: str):
 
 
 INTERFACE = ("loss", "nll", "sample")
+
+
+def registered_classes() -> dict[str, type[LanguageModel]]:
+    """Every registry name -> its class (the built-in models, imported)."""
+    return {name: resolve_model_class(name) for name in REGISTRY}
+
+
+def model_class(name: str | None) -> type[LanguageModel] | None:
+    """The class of a registry name, or None for anything else (a plug-in path, or no name):
+    readers never import a plug-in named in a results or config file just to read its facts."""
+    return resolve_model_class(name) if name in REGISTRY else None
+
+
+def importable_models() -> list[str]:
+    """Registry names whose released checkpoints ``esolm import`` reads."""
+    return [name for name, cls in registered_classes().items() if cls.importable]
 
 
 def resolve_model_class(name: str) -> type[LanguageModel]:

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from harness.foreign import load_foreign, lookup, plain
 from harness.import_checks import LIGHTNING_FIELDS, VOCAB, check_fields, check_tensors, read_config_json, scalar
+from harness.models import importable_models
 
-MODELS = ("ar", "mdlm", "bd3lm", "esolm-a", "esolm-b")
 # model_type (HF) or algo name (Lightning config) -> the harness models it may be imported as.
 KINDS = {"EsoLM": ("esolm-a", "esolm-b"), "esolm": ("esolm-a", "esolm-b"), "bd3lm": ("bd3lm",), "mdlm": ("mdlm",),
          "ar": ("ar",)}
@@ -355,8 +355,8 @@ def import_checkpoint(src: str | Path, model: str, out: str | Path, *, block_siz
     from harness.models import SpecialTokens, build_model
     from harness.nn.transformer import BackboneConfig
 
-    if model not in MODELS:
-        refuse(f"--model {model!r}: choose one of {list(MODELS)}")
+    if model not in importable_models():
+        refuse(f"--model {model!r}: choose one of {importable_models()}")
     data_spec = import_data_spec(corpus, data)
     target = Path(out) / CHECKPOINT_NAME
     if target.exists():

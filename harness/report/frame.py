@@ -7,12 +7,13 @@ import math
 from pathlib import Path
 
 from harness.metrics.mauve import recorded_degenerate
+from harness.models import LanguageModel, registered_classes
 from harness.results_store import latest_rows, read_points
 
-FAMILY_COLORS = {"ar": "#333333", "mdlm": "#1f77b4", "bd3lm": "#2ca02c", "esolm-a": "#ff7f0e",
-                 "esolm-b": "#d62728", "custom": "#9467bd"}
-FAMILY_NAMES = {"ar": "AR", "mdlm": "MDLM", "bd3lm": "BD3-LM", "esolm-a": "Eso-LM (A)", "esolm-b": "Eso-LM (B)",
-                "custom": "custom"}
+# Names and colours come from the model classes (their facts); "custom" is a plug-in model's
+# family (a report never imports a plug-in named in a results file).
+FAMILY_COLORS = {name: cls.color for name, cls in registered_classes().items()} | {"custom": LanguageModel.color}
+FAMILY_NAMES = {name: cls.display_name or name for name, cls in registered_classes().items()} | {"custom": "custom"}
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 SHADES = [0.0, -0.45, 0.45, -0.7, 0.7]  # a family's further entries: darker (-) or lighter (+)
 FAMILY_ORDER = list(FAMILY_COLORS)
