@@ -1,4 +1,4 @@
-"""Autoregressive baseline (SPEC §1): the shared trunk with causal attention.
+"""Autoregressive baseline (docs/models.md §1): the shared trunk with causal attention.
 
 loss / exact NLL:  −Σ_{i≥1} log p(x_i | x_<i)   (x_0 is the BOS context)
 sample:            one token per forward with a real incremental KV cache — each step

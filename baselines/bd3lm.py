@@ -1,4 +1,4 @@
-"""Block diffusion, BD3-LM (SPEC §3): autoregressive over blocks, MDLM within a block.
+"""Block diffusion, BD3-LM (docs/models.md §3): autoregressive over blocks, MDLM within a block.
 
 The sequence is cut into B = L / L' blocks x^1 … x^B and
     −log p(x) ≤ Σ_b NELBO_MDLM(x^b | x^{<b}),
@@ -38,7 +38,7 @@ from harness.nn.transformer import KVCache
 from harness.schedules import LogLinear, SamplingSchedule, antithetic_times
 
 # The BD3-LM code regenerates samples whose last 256 tokens have unigram entropy < 4 nats;
-# this sampler never does (SPEC §0): harness.metrics.entropy counts degenerate samples
+# this sampler never does (docs/models.md §0): harness.metrics.entropy counts degenerate samples
 # for every model instead.
 
 

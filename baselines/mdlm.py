@@ -1,4 +1,4 @@
-"""Masked diffusion language model, MDLM (SPEC §2): the shared trunk, bidirectional.
+"""Masked diffusion language model, MDLM (docs/models.md §2): the shared trunk, bidirectional.
 
 forward process   z_t keeps each token of x with probability alpha_t and replaces it by
                   [MASK] otherwise; log-linear alpha_t = 1 − (1 − eps)·t.

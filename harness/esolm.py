@@ -1,4 +1,4 @@
-"""Eso-LM (A) and (B) (Sahoo et al., arXiv 2506.01928; SPEC §4): masked diffusion fused
+"""Eso-LM (A) and (B) (Sahoo et al., arXiv 2506.01928; docs/models.md §4): masked diffusion fused
 with left-to-right AR generation, on the shared trunk.
 
 Generative story (one row):
@@ -10,7 +10,7 @@ Generative story (one row):
      step, k from the log-linear schedule alpha_t = alpha_0·(1 − (1 − eps)·t);
   3. sequential phase: the remaining positions one per step, left to right.
 
-Training (hybrid NELBO, SPEC §4.4), per sequence of length L:
+Training (hybrid NELBO, docs/models.md §4.4), per sequence of length L:
   diffusion term   E_t[ alpha_0(1−eps)/(1−alpha_t) · Σ_{i masked in z_t} −log p(x_i | z_t) ]
   sequential term  E_{z_0}[ Σ_{i masked in z_0} −log p(x_i | clean z_0, x before i in the order) ]
 both computed as per-token averages over L on disjoint parts of the batch; ``loss`` is
@@ -204,7 +204,7 @@ class EsoLM(LanguageModel):
 
         (B): ONE forward on [all-MASK] ⊕ x with the sequential-term mask: the [MASK] at
         sorted index j sees exactly the clean tokens before it (x is causal), so the z half
-        holds every conditional at once (SPEC §4.4).
+        holds every conditional at once (docs/models.md §4.4).
         (A): the clean diffusion prefix is bidirectional, so a prefix token's representation
         depends on later prefix tokens; the single pass would leak.  The n_diff diffusion
         conditionals each take their own forward (clean prefix both ways + one [MASK]); the

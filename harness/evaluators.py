@@ -1,4 +1,4 @@
-"""Evaluator language models for generative perplexity and MAUVE features (SPEC §5).
+"""Evaluator language models for generative perplexity and MAUVE features (docs/models.md §5.2).
 
 A sample is decoded to text by the harness and *re-tokenised through text* by the
 evaluator (the evaluator never sees harness token ids).  Scoring protocol, the same for

@@ -1,6 +1,6 @@
 """``esolm import``: the released AR, MDLM, BD3-LM and Eso-LM checkpoints as harness checkpoints.
 
-All of them are one network, the official DiT (CHECKPOINTS.md), whose released weights
+All of them are one network, the official DiT (docs/checkpoints.md), whose released weights
 fold exactly onto the harness trunk:
 
 - the released diffusion models are not time-conditioned: they feed sigma = 0, so the

@@ -104,7 +104,7 @@ def record_log_probs(n: int, device=None):
 
 # Bound on one gathered-logits / float64 Gumbel-noise tensor (rows drawn × vocabulary): a
 # step that reveals many positions at a large vocabulary (e.g. T = 1 at 512 × 1024 × 50258)
-# is drawn in groups of rows instead of one ~200 GB tensor (SPEC §0).
+# is drawn in groups of rows instead of one ~200 GB tensor (docs/models.md §0).
 SAMPLE_CHUNK_ELEMENTS = 1 << 22
 
 

@@ -3,7 +3,7 @@
 
 Why this script exists: no package registry ships WikiText / OpenWebText /
 TinyStories, but three small packages do ship real English text (see
-/work/shared/DATA.md).  We assemble them once into
+docs/data.md §2).  We assemble them once into
 ``harness/assets/corpus.jsonl.xz`` (committed, ~3.5 MB) so that tests, CI and
 users never need a download.  This script is the recipe: it fetches the
 pinned artefacts through the ordinary package clients, checks every artefact

@@ -1,9 +1,9 @@
-"""GPU bench for issue #6: ceilings, sampler step modes against their floors, training-step cost.
+"""GPU bench: ceilings, sampler step modes against their floors, training-step cost.
 
     python scripts/gpu_bench.py --out bench.json
 
 1. Ceilings of this GPU: a bf16 8192^3 matmul (FLOP/s) and a 2 GiB device-to-device copy
-   (bytes read + written per second), as in PERF.md.
+   (bytes read + written per second), as docs/floors.md §1 describes.
 2. The papers' trunk ("small", random bf16 weights, GPT-2 vocabulary) at L = 1024, batch 1:
    one sample per sampler in "dynamic" (plain eager), "graph" (fixed-shape CUDA-graph) and
    "compiled" (torch.compile-fused, then CUDA-graph) step modes (``--modes``), with the floor
@@ -12,7 +12,7 @@
    flip).  A mode's time excludes its warm-up sample (graph captures and compilation),
    which is reported as ``<mode>_warmup_s``.
 3. ms per optimizer step of the quality trunk ("medium", batch 64 x 512) for each model family,
-   to size configs/paper_quality.yaml to a lease (``--train-compile``: also compiled).
+   to size configs/paper_quality.yaml to a time budget (``--train-compile``: also compiled).
 ``--only steps``: one step's cost by window width (AR 1, Eso-LM 2, BD3-LM 4/16) at short and
 long cache ranges, graph and compiled, with the top kernels of an eager step (where the time goes).
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU lease's work for issue #6, run from the repository root on the GPU machine:
+# A batch of GPU work (checks, benches, the paper sweeps), run from the repository root on the GPU machine:
 #   ESOLM_GIT_COMMIT=$(git rev-parse --short HEAD) BUDGET_S=570 OUT=/some/dir bash scripts/gpu_lease.sh STAGE...
 # Stages (in the order given):
 #   check   the CUDA tests of tests/test_steps.py (graph and compiled steps vs static; CI runs the rest) and nvidia-smi
@@ -16,13 +16,13 @@
 #           results/likelihood_gpu (resumes)
 #   throughput  esolm ceilings (once) + esolm sweep configs/paper_throughput.yaml at L <= 8192
 #           (entries $TP_ENTRIES), for at most $TP_SHARE % of the budget left (default 50; resumes)
-#   paper   throughput, then the pending paper_quality leases ($QUALITY_LEASES, ';'-separated entry
+#   paper   throughput, then the pending paper_quality runs ($QUALITY_LEASES, ';'-separated entry
 #           lists; each resumes where the last call stopped) in the rest of the budget
 # DRY_RUN=1 runs the throughput and paper stages on the CPU at tiny sizes (tests/test_gpu_lease.py);
 # RESULTS (default results) is the results root, PYTHON (default python3) the interpreter.
 # Everything lands in $OUT (results folders as .tgz); a sweep that hits the budget stops
-# between points and the next lease resumes it.  Python packages the machine lacks travel as
-# wheels in .whl/ (see /work/.library/device/README.md).
+# between points and the next call resumes it.  Python packages the machine lacks travel as
+# wheels in .whl/.
 set -u
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"

@@ -2,7 +2,7 @@
 what the official network computes.
 
 The reference below is this test's own float64 implementation of the official DiT as
-CHECKPOINTS.md describes it (time embedder, adaLN fed sigma = 0, weight-only LayerNorm,
+docs/checkpoints.md §3 describes it (time embedder, adaLN fed sigma = 0, weight-only LayerNorm,
 rotate-half rotary, output bias), deliberately written apart from the harness trunk.
 Random weights with a non-zero output bias and non-trivial adaLN / LayerNorm weights are
 written in both official formats, imported through the CLI, and the harness model's own

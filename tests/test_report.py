@@ -402,7 +402,7 @@ def test_floor_columns_and_ceiling_sources(tmp_path):
     (results / "ceilings.json").unlink()  # then gpu_bench.json
     md = rp.write_report(results, out_dir=tmp_path / "r").read_text()
     assert "gpu_bench.json" in md and "| 0.5000 | 2.000e+12 |" in md
-    (results / "gpu_bench.json").unlink()  # then PERF.md's H100 figures
+    (results / "gpu_bench.json").unlink()  # then the built-in H100 figures (PERF_H100)
     df = rp.load_frame(results)
     used = rp.add_floors(df, results)
     assert used == [rp.PERF_H100]

@@ -1,4 +1,4 @@
-"""Ceilings of the machine a sweep runs on, for the report's floors (PERF.md).
+"""Ceilings of the machine a sweep runs on, for the report's floors (docs/floors.md).
 
 ``esolm ceilings CONFIG`` measures, on the config's device, dtype and thread count:
 - ``matmul_flops``: FLOP/s of the trunk's own matmuls (the QKV, attention-output and MLP

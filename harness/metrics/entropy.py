@@ -1,4 +1,4 @@
-"""Unigram entropy of samples and the degenerate-sample count (SPEC §5).
+"""Unigram entropy of samples and the degenerate-sample count (docs/models.md §5.3).
 
 For one sample, the entropy is the Shannon entropy (in nats) of the empirical
 distribution of its token ids: H = −Σ_v c_v/n · log(c_v/n).  Healthy text at L = 1024

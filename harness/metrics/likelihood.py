@@ -1,4 +1,4 @@
-"""Test perplexity on held-out packed sequences (SPEC §5).
+"""Test perplexity on held-out packed sequences (docs/models.md §5.1).
 
     ppl = exp( Σ_sequences nats / Σ_sequences scored tokens )
 

@@ -1,4 +1,4 @@
-"""MAUVE between generated and held-out text, on evaluator features (SPEC §5).
+"""MAUVE between generated and held-out text, on evaluator features (docs/models.md §5.4).
 
 Uses ``mauve-text``'s ``compute_mauve(p_features=…, q_features=…)`` on features from a
 harness evaluator (:meth:`harness.evaluators.CausalLMEvaluator.features`: final hidden

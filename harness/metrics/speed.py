@@ -1,4 +1,4 @@
-"""Sampling speed and GPU telemetry (SPEC §5).
+"""Sampling speed and GPU telemetry (docs/models.md §5.5).
 
 :func:`time_sampling` runs a sampling call ``warmup`` times untimed, then ``repeats``
 times timed, with the device synchronised before and after each timed call

@@ -38,7 +38,7 @@ def allowed_pairs(n_new: int, n_cached: int = 0, n_prefix: int = 0) -> int:
 
 
 def block_diffusion(length: int, block_size: int, device=None) -> torch.Tensor:
-    """BD3-LM's vectorised training mask over the 2L input z_t ⊕ x (SPEC §3).
+    """BD3-LM's vectorised training mask over the 2L input z_t ⊕ x (docs/models.md §3).
 
     Block index b(i) = i // block_size.  With rows/columns [z_t half | x half]:
     - z_t query -> z_t key of the same block (block-diagonal),
@@ -59,7 +59,7 @@ def block_diffusion(length: int, block_size: int, device=None) -> torch.Tensor:
     return torch.cat([top, bottom], dim=0)
 
 
-# --- Eso-LM (SPEC §4) ---------------------------------------------------------------
+# --- Eso-LM (docs/models.md §4) -------------------------------------------------------
 # Indices below are SORTED indices: the tokens are fed in Eso-LM's order (clean /
 # diffusion positions first, then the rest), with their original rotary positions.
 

@@ -1,4 +1,4 @@
-"""Fixed-shape sampler steps, replayed as CUDA graphs on a GPU (PERF.md).
+"""Fixed-shape sampler steps, replayed as CUDA graphs on a GPU (docs/floors.md §4).
 
 At batch 1 every sampler is launch-bound: an eager decode step of the 12-layer trunk costs
 ~4 ms of kernel launches against a ~0.1 ms weight-read floor.  A CUDA graph replays the

@@ -2,8 +2,8 @@
 
 Models differ only in the tokens they feed, the rotary positions they pass (Eso-LM
 reorders tokens, so positions travel with them) and the boolean attention mask;
-they never keep a private copy of this network (ARCHITECTURE.md, "one backbone,
-many masks").
+they never keep a private copy of this network (one backbone, many masks;
+docs/models.md §0).
 
 Conventions
 - ``mask[..., q, k] = True`` means query q may attend to key k.  Shapes

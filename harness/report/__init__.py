@@ -15,7 +15,7 @@ schedule, length) are averaged.  Plots:
   against L on one log-log panel.
 
 On GPU rows that carry ``weight_bytes`` / ``matmul_parameters`` each point also gets a
-floor (the time one could not beat on this GPU, PERF.md) and its measured / floor; with
+floor (the time one could not beat on this GPU, docs/floors.md) and its measured / floor; with
 Eso-LM (B) and MDLM / BD3-LM rows, a "Speed ratios" table (also ``speed_ratios.csv``)
 next to the paper's figures.
 

@@ -1,4 +1,4 @@
-"""The papers' reference figures (SPEC §6) and the measured rows they may stand beside.
+"""The papers' reference figures (docs/models.md §6) and the measured rows they may stand beside.
 
 A figure is shown only next to a row of a *released* checkpoint (the sweep config names an
 ``hf:/folder`` or ``.ckpt`` for the entry, so ``esolm import`` brought it in) measured under

@@ -1,4 +1,4 @@
-"""GPU speed: floors (the time no implementation could beat on the GPU, PERF.md) and the
+"""GPU speed: floors (the time no implementation could beat on the GPU, docs/floors.md) and the
 paper's speed ratios of Eso-LM (B) against MDLM and BD3-LM."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 from harness.report.frame import finite
 from harness.report.tables import fmt, md_table, times
 
-# PERF.md's ceilings on the lent H100 (bf16 matmul 8192^3; device-to-device copy).
-PERF_H100 = {"matmul_flops": 759e12, "copy_bytes_per_s": 2.9e12, "source": "PERF.md (H100, bf16 matmul / copy)"}
-# Eso-LM paper (Sahoo et al.), sampling-speed figure: Eso-LM (B) against MDLM and KV-cached BD3-LM.
+# Ceilings measured once on an H100 (bf16 matmul 8192^3; device-to-device copy), docs/floors.md §1.
+PERF_H100 = {"matmul_flops": 759e12, "copy_bytes_per_s": 2.9e12, "source": "built-in H100 figures, docs/floors.md §1"}
+# Eso-LM paper (Sahoo et al., docs/models.md §6), sampling-speed figure: Eso-LM (B) against MDLM and KV-cached BD3-LM.
 PAPER_MDLM = "14–65×"
 PAPER_BD3LM = "3–4×"
 
@@ -56,7 +56,7 @@ def counted(row, count: str, per_unit: str) -> float:
 def add_floors(df, results_dir: Path) -> list[dict]:
     """Column ``floor_seconds_per_sample`` (NaN where no ceilings apply or the row lacks the
     forward's cost); returns the ceilings used.  ceilings.json applies to every row,
-    gpu_bench.json to CUDA rows, PERF.md's figures to H100 rows; other rows get no floor
+    gpu_bench.json to CUDA rows, PERF_H100 to H100 rows; other rows get no floor
     (``esolm ceilings`` measures a CPU's into ceilings.json)."""
     measured = file_ceilings(results_dir)
     used, floors = {}, []

@@ -158,7 +158,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
     if at_floor and any(finite(v) for r in at_floor["rows"] for k, v in r.items() if " / " in k):
         md += ["### The same ratios at the floors", "",
                "Each point's floor_s in place of its measured time: the ratios if every sampler ran at its floor, "
-               "with no per-step overhead (PERF.md; the floor is defined under the results tables).", "",
+               "with no per-step overhead (docs/floors.md; the floor is defined under the results tables).", "",
                ratio_tables(at_floor, "Floor seconds per sample of the compared points:"), "",
                "As CSV: [speed_ratios_at_floor.csv](speed_ratios_at_floor.csv).", ""]
         write_ratios_csv(at_floor, out / "speed_ratios_at_floor.csv")

@@ -59,7 +59,7 @@ def test_texts(data: DataSpec, tokenizer, length: int, n: int) -> list[str]:
 
 
 def forward_cost(model) -> dict:
-    """What one forward must at least do, for the report's floors (PERF.md): read every
+    """What one forward must at least do, for the report's floors (docs/floors.md §2): read every
     weight but the embedding table (only looked up), 2 FLOPs per such weight per token, the
     K and V of every layer for each cache slot it attends to (``key_reads``), and 4 · d_model
     FLOPs per layer for each query-key pair its mask allows (``attention_pairs``)."""
@@ -77,7 +77,7 @@ def forward_cost(model) -> dict:
 
 
 def sample_boundaries(tokens: torch.Tensor, bos: int, eos: int) -> dict:
-    """Where samples put BOS and EOS.  Every training row is [BOS] + text + [EOS] (SPEC §0
+    """Where samples put BOS and EOS.  Every training row is [BOS] + text + [EOS] (docs/data.md §6
     wrap packing), so a model that learned the format starts with BOS and ends with EOS; AR
     is given its BOS, the diffusion samplers generate position 0, and with rotary positions
     only they can place it (and EOS at L − 1) only relative to tokens already revealed.
