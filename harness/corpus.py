@@ -1,4 +1,4 @@
-"""Corpus documents and their document-level train/valid/test split (SPEC §0).
+"""Corpus documents and their document-level train/valid/test split (docs/data.md §5).
 
 Splits are made at the DOCUMENT level (article / novel / play), ordered by a hash of
 (seed, source, title), so train/valid/test never share a document and the split does not

@@ -1,4 +1,4 @@
-"""Corpus, document-level splits, tokenizers and packing (SPEC §0).
+"""Corpus, document-level splits, tokenizers and packing (docs/data.md).
 
 Everything here works offline:
 
@@ -60,7 +60,7 @@ class Tokenizer(ABC):
 
     ``vocab_size`` includes the [MASK] id, which is always the LAST id
     (``mask_id == vocab_size - 1``); ``bos_id == eos_id`` is the end-of-text id
-    (SPEC §0).  ``decode`` drops [MASK] ids so partially generated samples
+    (docs/models.md §0).  ``decode`` drops [MASK] ids so partially generated samples
     can be printed.  ``fingerprint`` identifies the exact vocabulary (used as
     a cache key).
     """
@@ -281,7 +281,7 @@ def get_tokenizer(name: str, train_texts: Iterable[str] | None = None,
 # Packing
 # ---------------------------------------------------------------------------
 def pack(token_lists: Sequence[Sequence[int]], seq_len: int, bos_id: int, eos_id: int) -> torch.Tensor:
-    """SPEC §0 "wrap" packing.
+    """The "wrap" packing of docs/data.md §6.
 
     The documents are concatenated with one EOS BETWEEN consecutive documents
     (none after the last), the stream is cut into chunks of ``seq_len - 2``

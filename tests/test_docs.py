@@ -20,18 +20,6 @@ CITATION = re.compile(r"docs/([\w-]+\.md)`?(?:\s*§\s*(\d+(?:\.\d+)*))?")
 # Documents that are not part of the repository, and tracker numbers.
 OUTSIDE = re.compile(r"\bSPEC(?:\s*§|\.md\b)|(?<![\w/.-])(?:PERF|CHECKPOINTS|DATA|ARCHITECTURE)\.md\b"
                      r"|\b[Ii]ssue\s*#\s*\d+")
-# Files that other changes are still rewriting: their citations are updated there, and this
-# list shrinks as each one is (remove a file here once it cites docs/ only).
-NOT_YET_UPDATED = {
-    "harness/data.py",
-    "harness/corpus.py",
-    "harness/cli.py",
-    "harness/sweep/schema.py",
-    "harness/memory.py",
-    "harness/protocols.py",
-    "harness/lm_eval_adapter.py",
-    "harness/bench_likelihood.py",
-}
 PROCESS_WORDS = re.compile(r"(?<![\w/-])#\d+\b|\bsessions?\b|\bleases?\b|\bleased\b", re.I)
 
 
@@ -90,7 +78,6 @@ def test_links_between_docs_pages_resolve():
 def test_code_cites_no_document_outside_the_repository():
     hits = [f"{path.relative_to(REPO)}:{i}: {match.group(0)}"
             for path in text_files("harness", "baselines", "scripts", "docs")
-            if str(path.relative_to(REPO)) not in NOT_YET_UPDATED
             for i, line in lines(path) for match in OUTSIDE.finditer(line)]
     assert not hits, hits
 
