@@ -559,3 +559,16 @@ def test_rows_of_two_sweeps_in_one_file_are_refused(tmp_path):
     results = write_results(tmp_path, rows + [other])
     with pytest.raises(ValueError, match=r"rows of sweeps \['demo', 'other'\]"):
         rp.load_frame(results)
+
+
+def test_plot_points_of_one_entry_differ_by_schedule_and_none_hides_another():
+    """A one-model sweep drew every point alike, and a point could sit unseen under another."""
+    import pandas as pd
+
+    from harness.report.plots import _close, schedule_markers
+
+    agg = pd.DataFrame({"model_entry": ["m", "m", "m", "n"], "schedule": ["T=8", "T=32", "T=8", "T=8"]})
+    markers = schedule_markers(agg)
+    assert len({markers[("m", "T=8")], markers[("m", "T=32")]}) == 2 and len(markers) == 3
+    xs, ys = pd.Series([8.0, 100.0]), pd.Series([100.0, 1000.0])
+    assert _close((8.0, 1100.0), (8.0, 1110.0), xs, ys) and not _close((8.0, 1100.0), (9.0, 1100.0), xs, ys)

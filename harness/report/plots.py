@@ -38,6 +38,26 @@ def entry_styles(agg) -> dict[str, tuple[str, str]]:
     return styles
 
 
+def schedule_markers(agg) -> dict[tuple[str, str], str]:
+    """(model entry, schedule) -> a marker: each schedule of an entry its own shape, so the
+    points of a one-model sweep differ at a glance (the colour says the entry)."""
+    out, per_entry = {}, {}
+    for entry, schedule in dict.fromkeys(zip(agg["model_entry"], agg["schedule"])):
+        n = per_entry.get(entry, 0)
+        per_entry[entry] = n + 1
+        out[(entry, schedule)] = MARKERS[n % len(MARKERS)]
+    return out
+
+
+def _close(a, b, xs, ys, within: float = 0.015) -> bool:
+    """Whether two points fall within ``within`` of the log-scale data span on both axes (a
+    marker's width on the plots' axes)."""
+    def span(v):
+        lo, hi = math.log(float(v.min())), math.log(float(v.max()))
+        return max(hi - lo, 1e-9) * 1.9  # the plots pad their log axes by about this much
+    return (abs(math.log(a[0] / b[0])) < within * span(xs)) and (abs(math.log(a[1] / b[1])) < within * span(ys))
+
+
 def short_label(label: str) -> str:
     return "" if label == "default" else label.replace(",", " ")
 
@@ -59,18 +79,22 @@ def plot_pareto(agg, x: str, xlabel: str, title: str, path: Path, numbers: dict 
     if data.empty:
         return None
     lengths = sorted(data["length"].unique())
-    styles = entry_styles(agg)
+    styles, markers = entry_styles(agg), schedule_markers(agg)
     fig, axes = plt.subplots(1, len(lengths), figsize=(8.5 * len(lengths) + 3, 6.5), squeeze=False, dpi=130)
     frontier_rows, pending = [], []
     for ax, length in zip(axes[0], lengths):
         d = data[data["length"] == length]
         front = [d.index[i] for i in pareto_front(d[x].tolist(), d["gen_ppl"].tolist())]
-        labels, segments = [], []
+        labels, segments, drawn = [], [], []
         for i, r in d.iterrows():
-            color, marker = styles[r["model_entry"]]
-            ax.scatter(r[x], r["gen_ppl"], s=64, marker=marker, color=color, alpha=0.8, edgecolor=color,
-                       linewidth=1.0, zorder=3)
-            labels.append(((r[x], r["gen_ppl"]), str(numbers[i]), color))
+            color, marker = styles[r["model_entry"]][0], markers[(r["model_entry"], r["schedule"])]
+            # see-through faces with solid edges; a point landing on earlier ones is drawn as a
+            # larger outline around them, so none hides another
+            under = sum(1 for p in drawn if _close(p, (r[x], r["gen_ppl"]), d[x], d["gen_ppl"]))
+            drawn.append((r[x], r["gen_ppl"]))
+            ax.scatter(r[x], r["gen_ppl"], s=64 * (1 + 1.2 * under), marker=marker,
+                       facecolor=color + ("59" if not under else "00"), edgecolor=color, linewidth=1.6, zorder=3)
+            labels.append(((r[x], r["gen_ppl"]), f"{numbers[i]} {short_label(r['schedule'])}".strip(), color))
             lo, hi = (r.get("seconds_min_per_sample"), r.get("seconds_max_per_sample"))
             if x == "seconds_per_sample" and finite(lo) and finite(hi):  # fastest to slowest timed repeat
                 ax.errorbar(r[x], r["gen_ppl"], xerr=[[r[x] - lo], [hi - r[x]]], fmt="none", ecolor=color,
@@ -94,7 +118,7 @@ def plot_pareto(agg, x: str, xlabel: str, title: str, path: Path, numbers: dict 
         ax.grid(True, which="both", alpha=0.25)
         _pad_log(ax, d[x], d["gen_ppl"])
         pending.append((ax, labels, segments))
-    handles = [Line2D([], [], color=styles[entry][0], marker=styles[entry][1], linestyle="", markersize=8,
+    handles = [Line2D([], [], color=styles[entry][0], marker="o", linestyle="", markersize=8,
                       label=f"{entry} ({FAMILY_NAMES.get(fam, fam)})")
                for entry, fam in dict.fromkeys(zip(data["model_entry"], data["family"]))]
     handles.append(Line2D([], [], color="0.45", linestyle="--", marker="o", markersize=12, markerfacecolor="none",
@@ -102,9 +126,10 @@ def plot_pareto(agg, x: str, xlabel: str, title: str, path: Path, numbers: dict 
     fig.legend(handles=handles, fontsize=9, loc="upper right", framealpha=0.9, title="model entry",
                title_fontsize=9)
     bars = "; bars: fastest to slowest timed repeat" if x == "seconds_per_sample" else ""
-    fig.text(0.01, 0.01, "numbers: the points of the report's table (schedule, entropy, values); ringed: on the "
-             f"Pareto frontier (no other point both faster and better){bars}", fontsize=8, color="0.3")
-    fig.tight_layout(rect=(0, 0.03, 1 - 2.6 / fig.get_figwidth(), 1))
+    caption = ("labels: the point's number in the report's table and its schedule; colour: the model entry; marker: "
+               "its schedule; ringed: on the Pareto frontier (no other point both faster and better)" + bars)
+    fig.text(0.01, 0.01, textwrap.fill(caption, int(fig.get_figwidth() * 19)), fontsize=8, color="0.3")
+    fig.tight_layout(rect=(0, 0.05, 1 - 2.6 / fig.get_figwidth(), 1))
     for ax, labels, segments in pending:  # after the layout is final: placement works in pixels
         place_labels(fig, ax, labels, segments=segments)
     fig.savefig(path, dpi=130)
