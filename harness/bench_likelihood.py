@@ -86,15 +86,48 @@ def bench_point(setup: str, length: int, batch: int, cfg: dict, device: torch.de
     return rows
 
 
+def check_fits(setups: list[str], lengths: list[int], batches: list[int], preset: str, vocab: int, dtype: str,
+               device: torch.device) -> None:
+    """Every point's sampling batch fits in memory, checked before anything is built: a point
+    samples its whole batch in one call, so a size that cannot fit is refused naming its flag
+    (it used to take the machine's memory until the kernel killed it)."""
+    from types import SimpleNamespace
+
+    from harness.memory import HEADROOM, free_bytes, gib, unsplit_batch_cost
+
+    free = free_bytes(device)
+    budget = free * HEADROOM
+    for setup in setups:
+        name, options, schedule_at = SETUPS[setup]
+        for length in lengths:
+            backbone = BackboneConfig.from_preset(preset, vocab_size=vocab, max_len=length)
+            shape = SimpleNamespace(name=name, backbone_config=backbone, **options)
+            schedule = schedule_at(length)
+            per_row, once = unsplit_batch_cost(shape, length, schedule.steps, schedule.blocks,
+                                               DTYPES[dtype].itemsize)
+            if once + per_row > budget:
+                raise ValueError(f"--lengths {length}: one {setup} sample needs ~{gib(once + per_row)} but "
+                                 f"{gib(free)} is free on {device}; lower --lengths")
+            for batch in batches:
+                if once + batch * per_row > budget:
+                    fit = int((budget - once) // per_row)
+                    raise ValueError(f"--batch-sizes {batch}: {batch} {setup} samples at length {length} need "
+                                     f"~{gib(once + batch * per_row)} but {gib(free)} is free on {device}; lower "
+                                     f"--batch-sizes (up to {fit} rows fit at length {length})")
+
+
 def run_bench(out: str | Path, setups: list[str], lengths: list[int], batches: list[int], preset: str = "tiny",
               vocab: int = 2048, dtype: str = "fp32", repeats: int = 3, backward: bool = True, seed: int = 0,
               device: torch.device | str = "cpu", progress=print) -> Path:
     unknown = sorted(set(setups) - set(SETUPS))
     if unknown:
         raise ValueError(f"--models: unknown {unknown}; choose from {sorted(SETUPS)}")
+    if not setups:
+        raise ValueError(f"--models names no model; give a comma-separated list from {sorted(SETUPS)}")
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: use one of {sorted(DTYPES)}, got {dtype!r}")
     device = torch.device(device)
+    check_fits(setups, lengths, batches, preset, vocab, dtype, device)
     out = Path(out)
     cfg = dict(preset=preset, vocab=vocab, dtype=dtype, repeats=repeats, backward=backward, seed=seed,
                device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads())

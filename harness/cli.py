@@ -150,29 +150,6 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return [tokenizer.bos_id] + list(tokenizer.encode(prompt))
 
 
-def sample_batch_rows(model, n: int, length: int, schedule, device) -> int:
-    """Rows per sampling batch: all n when they fit, else what fits; a request that cannot
-    fit even one row is refused naming the flag that makes it too big."""
-    from harness.memory import free_bytes, gib, rows_that_fit, sampling_cost
-
-    per_row, fixed = sampling_cost(model, length, schedule.steps, schedule.blocks)
-    rows = rows_that_fit(per_row, fixed, device)
-    if rows >= 1:
-        return min(n, rows)
-    free = free_bytes(device)
-    no_steps = sum(sampling_cost(model, length, None))
-    if schedule.blocks and no_steps < free / 2:
-        raise ValueError(f"--blocks {schedule.blocks}: one sample needs ~{gib(per_row + fixed)} for its chunk plan but "
-                         f"{gib(free)} is free on {device}; lower --blocks (up to --length {length}: one position "
-                         "per chunk)")
-    if schedule.steps and no_steps < free / 2:
-        raise ValueError(f"--steps {schedule.steps}: one sample needs ~{gib(per_row + fixed)} for its step plan but "
-                         f"{gib(free)} is free on {device}; lower --steps (up to --length {length} reveals every "
-                         "position one at a time)")
-    raise ValueError(f"--length {length}: one sample needs ~{gib(no_steps)} but {gib(free)} is free on {device}; "
-                     "lower --length")
-
-
 FLAGS = {"steps": "--steps", "alpha_0": "--alpha-0", "blocks": "--blocks", "first_hitting": "--first-hitting",
          "split": "--split", "stride": "--stride", "shuffle": "--shuffle"}
 
@@ -226,6 +203,7 @@ def sample_progress(args, length: int, rows: int):
 
 def cmd_sample(args) -> None:
     from harness.checkpoint import load_checkpoint
+    from harness.memory import sample_rows
 
     loaded = load_checkpoint(args.checkpoint, device=_device(args.device))
     model = loaded.model
@@ -238,7 +216,7 @@ def cmd_sample(args) -> None:
             raise ValueError(f"--prompt is {len(prefix)} tokens with BOS; give a --length above that")
     schedule = sample_schedule(args, model, length)
     model.check_length(length)
-    rows = sample_batch_rows(model, args.n, length, schedule, model.device)
+    rows = sample_rows(model, args.n, length, schedule, model.device)
     forwards = tokens = 0
     per_sample = []  # forwards each sample needed (a forward over a batch runs every row once)
     bar = sample_progress(args, length, rows)
@@ -481,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", help="fp32 or fp64")
     p.add_argument("--repeats", type=at_least(1), default=3)
     p.add_argument("--no-backward", action="store_true", help="time scoring only, not scoring + backward")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_likelihood)

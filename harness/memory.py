@@ -26,6 +26,9 @@ import torch
 
 # Use at most this share of the free memory for one batch (activations, allocator slack).
 HEADROOM = 0.5
+# Bytes a sweep point keeps per sampled token until it is written: the int64 id, the decoded
+# text and its record (an estimate).
+HELD_TOKEN_BYTES = 16
 
 
 def free_bytes(device: torch.device) -> int:
@@ -46,28 +49,74 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.3g} GiB"
 
 
-def sampling_cost(model, length: int, steps: int | None) -> tuple[int, int]:
+def sampling_cost(model, length: int, steps: int | None, blocks: int | None = None) -> tuple[int, int]:
     """(bytes per sampled row, bytes per call) of ``model.sample`` at ``length`` and ``steps``.
 
     Per row: the logits of one forward (float32, plus the float64 copy a draw makes), the
-    KV cache (float32 keys and values per layer), and the reveal plan (a count per step and
-    window; BD3-LM has one window per block).  Per call: the step grid (one float per step).
+    KV cache (float32 keys and values per layer), and the reveal plan (:func:`plan_cost`).
     Rough by design: it only has to tell a request that fits from one that cannot.
     """
     cfg = model.backbone_config
     per_row = logits_row_bytes(cfg, length, 4) + cache_row_bytes(cfg, 2 * length, 4)
-    fixed = 0
-    if steps:
-        windows = -(-length // model.block_size) if hasattr(model, "block_size") else 1
-        per_row += 24 * windows * steps
-        fixed = 48 * steps
+    windows = -(-length // model.block_size) if hasattr(model, "block_size") else 1
+    plan_row, plan_fixed = plan_cost(steps, blocks, windows)
+    return per_row + plan_row, plan_fixed
+
+
+# One chunk of a ``blocks`` schedule is a tensor view (~600 bytes measured); the plan holds them all.
+CHUNK_BYTES = 640
+
+
+def plan_cost(steps: int | None, blocks: int | None = None, windows: int = 1) -> tuple[int, int]:
+    """(bytes per row, bytes per call) of a schedule's reveal plan: a count per step and window
+    (BD3-LM has one window per block), the step grid (one float per step) and Eso-LM's
+    ``blocks`` chunks.  The plan is built whole before the first forward and never split,
+    so a plan that does not fit is refused up front (``esolm sample``, the sweep's checks)."""
+    per_row = 24 * windows * steps if steps else 0
+    fixed = 48 * steps if steps else 0
+    if blocks:
+        fixed += CHUNK_BYTES * blocks
     return per_row, fixed
+
+
+def unsplit_batch_cost(model, length: int, steps: int | None, blocks: int | None = None,
+                       dtype_bytes: int = 4) -> tuple[int, int]:
+    """(bytes per row, bytes per call) of a batch sampled in one call, never split into
+    batches: every row's KV cache, reveal plan and tokens are held at once, while the forwards
+    run in row chunks (:func:`row_chunk`), so one row's forward is paid once.  ``model`` needs
+    ``backbone_config`` and ``name`` (and ``block_size`` for BD3-LM): no weights."""
+    cfg = model.backbone_config
+    windows = -(-length // model.block_size) if hasattr(model, "block_size") else 1
+    plan_row, plan_fixed = plan_cost(steps, blocks, windows)
+    per_row = cache_row_bytes(cfg, cache_capacity(model, length), dtype_bytes) + plan_row + 8 * length
+    return per_row, forward_row_bytes(cfg, length, length, dtype_bytes) + plan_fixed
 
 
 def rows_that_fit(per_row: int, fixed: int, device: torch.device, free: int | None = None) -> int:
     """How many rows one batch may hold (0: not even one)."""
     budget = int((free_bytes(device) if free is None else free) * HEADROOM) - fixed
     return max(0, budget // max(1, per_row))
+
+
+def sample_rows(model, n: int, length: int, schedule, device) -> int:
+    """Rows per ``esolm sample`` batch: all n when they fit, else what fits; a request that
+    cannot fit even one row is refused naming the flag that makes it too big."""
+    per_row, fixed = sampling_cost(model, length, schedule.steps, schedule.blocks)
+    rows = rows_that_fit(per_row, fixed, device)
+    if rows >= 1:
+        return min(n, rows)
+    free = free_bytes(device)
+    no_steps = sum(sampling_cost(model, length, None))
+    if schedule.blocks and no_steps < free / 2:
+        raise ValueError(f"--blocks {schedule.blocks}: one sample needs ~{gib(per_row + fixed)} for its chunk plan but "
+                         f"{gib(free)} is free on {device}; lower --blocks (up to --length {length}: one position "
+                         "per chunk)")
+    if schedule.steps and no_steps < free / 2:
+        raise ValueError(f"--steps {schedule.steps}: one sample needs ~{gib(per_row + fixed)} for its step plan but "
+                         f"{gib(free)} is free on {device}; lower --steps (up to --length {length} reveals every "
+                         "position one at a time)")
+    raise ValueError(f"--length {length}: one sample needs ~{gib(no_steps)} but {gib(free)} is free on {device}; "
+                     "lower --length")
 
 
 _UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2 ** 10, "MIB": 2 ** 20,
