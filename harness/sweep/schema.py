@@ -48,6 +48,11 @@ FAMILIES = ("ar", "mdlm", "bd3lm", "esolm-a", "esolm-b")
 SCHEDULE_FIELDS = {"ar": (), "mdlm": ("steps",), "bd3lm": ("steps", "first_hitting"),
                    **dict.fromkeys(("esolm-a", "esolm-b"), ("steps", "alpha_0", "blocks", "split", "stride", "shuffle"))}
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+SEED_MAX = 2**63 - 1  # torch seeds its generators with a 64-bit integer (esolm sample --seed takes the same)
+# Stated budgets: a point runs its samples and draws with no progress of its own, so sizes far
+# beyond any protocol (the papers use thousands) are refused rather than run for days.
+MAX_SAMPLES = 1_000_000
+MAX_DRAWS = 10_000
 
 
 class TrainBlock(TrainConfig):
@@ -72,6 +77,14 @@ class PerplexitySpec(Strict):
     split: Literal["valid", "test"] = "test"
     draws: int = Field(1, ge=1, description="Monte-Carlo t draws per sequence (diffusion models)")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds torch's RNG for the Monte-Carlo estimators")
+
+    @field_validator("draws")
+    @classmethod
+    def _draw_budget(cls, value):
+        if value > MAX_DRAWS:
+            raise ValueError(f"at most {MAX_DRAWS:,} draws per sequence (each draw is another forward over every "
+                             f"sequence), got {value}; lower it")
+        return value
 
 
 class SpeedSpec(Strict):
@@ -170,6 +183,26 @@ class SweepConfig(Strict):
                                                        for v in (vs if isinstance(vs, list) else [vs])]
         if any(v < 1 for v in sizes) or (value is not None and not sizes):
             raise ValueError("every batch size must be at least 1, e.g. batch_sizes: [1, 8, 64]")
+        if any(v > MAX_SAMPLES for v in sizes):
+            raise ValueError(f"every batch size must be at most {MAX_SAMPLES:,} (a point samples its whole batch), "
+                             f"got {max(sizes)}; lower it")
+        return value
+
+    @field_validator("num_samples", "batch_size")
+    @classmethod
+    def _sample_budget(cls, value):
+        if value > MAX_SAMPLES:
+            raise ValueError(f"at most {MAX_SAMPLES:,} samples per point, got {value}; lower it (more seeds give "
+                             "more samples, each seed its own point)")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_range(cls, value):
+        bad = [s for s in value if not 0 <= s <= SEED_MAX]
+        if bad:
+            raise ValueError(f"every seed must be in [0, 2**63 - 1] (torch's 64-bit seed, as esolm sample --seed), "
+                             f"got {bad[0]}")
         return value
 
     @field_validator("max_memory")
@@ -397,7 +430,46 @@ def parse_sweep_config(data: dict, source: str = "sweep config") -> SweepConfig:
                 if length > max_len:
                     raise ConfigError(f"{source}: field 'models.{i}.train': length {length} exceeds the model's max_len "
                                       f"{max_len}; raise train.backbone.max_len or lower the sweep's lengths")
+    check_costs(cfg, source)
     return cfg
+
+
+def check_costs(cfg: SweepConfig, source: str) -> None:
+    """What one point holds at once must fit half of this machine's free memory (the check
+    ``esolm sample`` makes), checked before anything is trained: a schedule's step plan (built
+    whole, :func:`harness.memory.plan_cost`) and the samples the point keeps until it is written.
+    A size that cannot fit is refused naming its field (it used to take the memory until the
+    kernel killed the sweep)."""
+    import torch
+
+    from harness.memory import HEADROOM, HELD_TOKEN_BYTES, free_bytes, gib, plan_cost
+
+    free = free_bytes(torch.device("cpu"))
+
+    def refuse_over(need: int, field: str, what: str, fix: str) -> None:
+        if need > free * HEADROOM:
+            raise ConfigError(f"{source}: field '{field}': {what} needs ~{gib(need)} but {gib(free)} is free on this "
+                              f"machine; {fix}")
+
+    for i, entry in enumerate(cfg.models):
+        block = entry.train.model_args.get("block_size") if entry.train is not None and entry.family == "bd3lm" else None
+        for length in entry.lengths or cfg.lengths:
+            windows = -(-length // block) if isinstance(block, int) and block > 0 else 1
+            for j, raw in enumerate(entry.schedules):
+                for fields in expand_schedules([raw]):
+                    for key in ("steps", "blocks"):
+                        value = resolve_value(fields.get(key), length)
+                        if isinstance(value, int) and not isinstance(value, bool):
+                            per_row, fixed = plan_cost(value if key == "steps" else None,
+                                                       value if key == "blocks" else None, windows)
+                            fix = (f"lower steps (steps: L = {length} already reveals one position per step)"
+                                   if key == "steps" else f"lower blocks (at most L = {length}: one position each)")
+                            refuse_over(per_row + fixed, f"models.{i}.schedules.{j}.{key}",
+                                        f"{key} {value} at length {length} (one sample's step plan)", fix)
+            for batch in cfg.batches_at(length):
+                n = batch or cfg.num_samples
+                refuse_over(n * length * HELD_TOKEN_BYTES, "batch_sizes" if batch else "num_samples",
+                            f"{n} samples x {length} tokens, all kept by one point,", "lower it")
 
 
 def entry_train_config(cfg: SweepConfig, entry: ModelEntry) -> TrainConfig:
