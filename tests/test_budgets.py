@@ -76,6 +76,9 @@ CASES = {
                         "as esolm sample --seed), got 100000000000000000000000"),
     # ran nothing and exited 0
     "bench models ,": (bench("--models", ","), "esolm: error: --models names no model; give a comma-separated list"),
+    # wrote the benchmark's folder, then failed naming no flag ("Overflow when unpacking long long")
+    "bench seed 2**70": (bench("--seed", str(2**70), "--models", "ar"),
+                         "argument --seed: must be in [0, 2**63 - 1], got 1180591620717411303424"),
 }
 
 
