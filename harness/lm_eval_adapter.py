@@ -58,16 +58,30 @@ try:
     import lm_eval
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
-except ImportError as err:  # pragma: no cover - exercised only without the extra
-    raise ImportError("harness.lm_eval_adapter needs lm-eval 0.4.x: install the 'eval' extra: "
-                      "pip install -e '.[eval]'") from err
+except ImportError:  # the module still imports, so the esolm-lm-eval script can say what to install
+    lm_eval = None
+    LM = object
 
+    def register_model(name):
+        return lambda cls: cls
+
+from harness.config import resolve_device
 from harness.evaluators import sliding_windows
 
 log = logging.getLogger(__name__)
 
 TASK_NAME = "esolm_corpus_ppl"
 TASK_TEMPLATE = Path(__file__).resolve().parent / "tasks" / f"{TASK_NAME}.yaml.in"
+
+
+class MissingExtra(ImportError, ValueError):
+    """lm-eval is not installed: an ImportError, and a ValueError so the CLIs print it as one line."""
+
+
+def require_lm_eval() -> None:
+    if lm_eval is None:
+        raise MissingExtra("harness.lm_eval_adapter needs lm-eval 0.4.x: install the 'eval' extra: "
+                           "pip install -e '.[eval]'")
 
 
 def _as_int(value, name: str, default: int) -> int:
@@ -97,6 +111,7 @@ class EsoLMHarnessLM(LM):
     def __init__(self, checkpoint: str | None = None, batch_size=8, device: str | None = None, seed: int = 0,
                  draws: int | None = None, exact_order: bool = False, max_gen_toks: int = 256,
                  max_batch_size=None, steps=None, alpha_0=None, blocks=None, first_hitting=None, **unknown):
+        require_lm_eval()
         super().__init__()
         if unknown:
             raise ValueError(f"unknown esolm model arg(s) {sorted(unknown)}; allowed: checkpoint, batch_size, device, "
@@ -114,7 +129,7 @@ class EsoLMHarnessLM(LM):
             # lm_eval's CLI passes --device cuda by default; on a CPU machine run on the CPU.
             print(f"esolm: device {device!r} requested but no CUDA device is visible; using cpu", file=sys.stderr)
             device = "cpu"
-        self._device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self._device = resolve_device(str(device) if device else "auto", "esolm model arg device")
         loaded = load_checkpoint(checkpoint, device=self._device)
         self.model, self.tokenizer, self.meta = loaded.model, loaded.tokenizer, loaded.meta
         self.model.eval()
@@ -402,6 +417,7 @@ def write_lm_eval_task(directory: str | Path, n_docs: int = 24, max_chars: int =
     The YAML names the jsonl by ABSOLUTE path (lm-eval resolves relative data_files
     against the working directory).  Pass the directory as ``include_path``.
     """
+    require_lm_eval()
     directory = Path(directory).expanduser().resolve()
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} is a file; give a folder for the task's YAML and data")
@@ -421,6 +437,7 @@ def write_lm_eval_task(directory: str | Path, n_docs: int = 24, max_chars: int =
 def evaluate(checkpoint: str | Path, tasks: list[str], include_path: str | Path | None = None,
              batch_size: int = 8, device: str | None = None, limit: int | None = None, **model_args) -> dict:
     """``lm_eval.simple_evaluate`` on a harness checkpoint, offline, indexing only ``include_path``."""
+    require_lm_eval()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from lm_eval.tasks import TaskManager
@@ -436,10 +453,11 @@ def main() -> None:
     """``python -m harness.lm_eval_adapter <lm_eval CLI args>`` with the esolm model registered."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from lm_eval.__main__ import cli_evaluate
-
     sys.argv[0] = "lm_eval"
     try:
+        require_lm_eval()
+        from lm_eval.__main__ import cli_evaluate
+
         cli_evaluate()
     except (ValueError, FileNotFoundError) as err:  # a bad checkpoint/model arg/task: one line, like esolm's
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -122,14 +122,38 @@ def test_plugin_models_are_checked_and_not_imported_from_the_working_directory(t
     monkeypatch.delitem(sys.modules, "stray_model_module")
 
 
-def test_lm_eval_task_without_the_eval_extra_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval raises ImportError
-    monkeypatch.delitem(sys.modules, "harness.lm_eval_adapter", raising=False)
+@pytest.fixture
+def without_lm_eval(monkeypatch):
+    """import lm_eval raises ImportError; the adapter is imported afresh, and whatever was
+    there before (or nothing) is put back after (set, then removed: monkeypatch restores both)."""
+    import harness
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    monkeypatch.setitem(sys.modules, "harness.lm_eval_adapter", None)
+    monkeypatch.delitem(sys.modules, "harness.lm_eval_adapter")
+    monkeypatch.setattr(harness, "lm_eval_adapter", None, raising=False)
+    monkeypatch.delattr(harness, "lm_eval_adapter")
+
+
+def test_lm_eval_task_without_the_eval_extra_is_one_line(tmp_path, without_lm_eval, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["lm-eval-task", str(tmp_path / "tasks")])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1, err
     assert err[0].startswith("esolm: error:") and "install the 'eval' extra" in err[0]
+
+
+def test_lm_eval_script_without_the_eval_extra_is_one_line(without_lm_eval, monkeypatch, capsys):
+    """The esolm-lm-eval script imports main from the adapter; without lm-eval that import
+    used to raise its ImportError as a traceback."""
+    from harness.lm_eval_adapter import main as script  # what the console script runs
+
+    monkeypatch.setattr("sys.argv", ["esolm-lm-eval", "--model", "esolm", "--tasks", "esolm_corpus_ppl"])
+    with pytest.raises(SystemExit) as exit_info:
+        script()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("esolm-lm-eval: error:") and "install the 'eval' extra" in err[0]
 
 
 def test_importance_weighted_orders_combine_across_chunks(monkeypatch):

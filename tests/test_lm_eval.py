@@ -181,6 +181,8 @@ def test_lm_eval_cli_takes_batch_size_in_model_args(ar_run, tmp_path, monkeypatc
     (["--model_args", "checkpoint={missing}", "--include_path", "{tasks}"], "checkpoint '"),
     (["--model_args", "ckpt={run}", "--include_path", "{tasks}"], "unknown esolm model arg(s) ['ckpt']"),
     (["--model_args", "checkpoint={run}"], "then pass --include_path DIR"),
+    (["--model_args", "checkpoint={run},device=tpu", "--include_path", "{tasks}"],  # was torch's RuntimeError
+     "esolm model arg device: unknown device 'tpu'; use 'auto', 'cpu' or 'cuda[:N]'"),
 ])
 def test_lm_eval_cli_mistakes_are_one_line_errors(ar_run, tmp_path, monkeypatch, capsys, argv, fragment):
     import harness.lm_eval_adapter as A
