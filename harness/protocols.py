@@ -25,6 +25,7 @@ or ``data.hf_dataset``, a local Hugging Face dataset folder — written by
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -50,20 +51,82 @@ def load_hf_texts(path: str | os.PathLike, text_field: str = "text") -> dict[str
         import datasets
     except ImportError:
         raise ValueError("data.hf_dataset needs the datasets package; pip install 'esolm-harness[data]'") from None
-    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-        loaded = datasets.load_from_disk(str(path))
-    else:
-        if not any(p.suffix in (".parquet", ".arrow") for p in path.rglob("*")):
-            raise FileNotFoundError(f"data.hf_dataset: {path} holds neither a saved dataset nor .parquet/.arrow files")
-        loaded = datasets.load_dataset(str(path), cache_dir=str(data_lib.cache_dir() / "hf"))
+    saved = (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+    if not saved and not any(p.suffix in (".parquet", ".arrow") for p in path.rglob("*")):
+        raise FileNotFoundError(f"data.hf_dataset: {path} holds neither a saved dataset nor .parquet/.arrow files")
+    library_log = logging.getLogger("datasets")  # it logs what it then raises: the one line below says it
+    level = library_log.level
+    library_log.setLevel(logging.CRITICAL)
+    try:
+        loaded = (datasets.load_from_disk(str(path)) if saved
+                  else datasets.load_dataset(str(path), cache_dir=str(data_lib.cache_dir() / "hf")))
+    except Exception as err:  # the library's many errors for a damaged folder name no field
+        raise ValueError(unreadable(path, err)) from None
+    finally:
+        library_log.setLevel(level)
     splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
     out = {}
     for name, ds in splits.items():
         if text_field not in ds.column_names:
             raise ValueError(f"data.text_field: split {name!r} of {path} has no column {text_field!r}; "
                              f"use one of {ds.column_names}")
-        out[name] = list(ds[text_field])
+        out[name] = column_texts(ds, text_field, name, path)
     return out
+
+
+def column_texts(ds, text_field: str, split: str, path: Path) -> list[str]:
+    """The text column's values, refused here when they are not all strings: the tokenizer
+    would fail on a number, null, bytes or struct mid-run with a message naming nothing."""
+    def kind(feature) -> str | None:
+        return getattr(feature, "dtype", None) or ("struct" if isinstance(feature, dict) else type(feature).__name__)
+
+    held = kind(ds.features[text_field])
+    if held not in ("string", "large_string"):
+        text_columns = [c for c, f in ds.features.items() if kind(f) in ("string", "large_string")]
+        hint = f"; text columns: {text_columns}" if text_columns else ""
+        raise ValueError(f"data.text_field: column {text_field!r} of split {split!r} in {path} holds {held} values, "
+                         f"not text; name a text column{hint}")
+    texts = list(ds[text_field])
+    row = next((i for i, t in enumerate(texts) if t is None), None)
+    if row is not None:
+        raise ValueError(f"data.text_field: row {row} of split {split!r} in {path} is null in column {text_field!r}; "
+                         "drop or fill the null rows")
+    return texts
+
+
+def unreadable(path: Path, err: Exception) -> str:
+    """One line for a dataset folder the datasets library could not read, naming the damaged
+    file where one can be found (a corrupt or empty parquet file, broken JSON, a missing file)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    for file in sorted(path.rglob("*.parquet")):
+        try:
+            rows = pq.ParquetFile(file).metadata.num_rows
+        except Exception as bad:
+            return (f"data.hf_dataset: {file} is not a readable parquet file ({str(bad).splitlines()[0]}); "
+                    "replace or remove it")
+        if rows == 0:
+            return f"data.hf_dataset: {file} holds no rows, so its split is empty; give it rows or remove it"
+    for file in sorted(path.rglob("*.json")):
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return f"data.hf_dataset: {file} is not valid JSON; re-save the dataset (datasets' save_to_disk)"
+    if isinstance(err, FileNotFoundError) and err.filename:
+        return f"data.hf_dataset: {err.filename} is missing; re-save the dataset (datasets' save_to_disk)"
+    first = str(err).splitlines()[0] if str(err) else ""
+    return (f"data.hf_dataset: cannot read {path} ({type(err).__name__}: {first}); re-save it with datasets' "
+            "save_to_disk or give a folder of .parquet/.arrow files")
+
+
+def check_has_text(texts: list[str], split: str, spec) -> None:
+    """A split the protocol reads must hold some text (an empty one used to be blamed on data.corpus)."""
+    if not any(t.strip() for t in texts):
+        held = f"{len(texts)} rows, all empty in column {spec.text_field!r}" if texts else "no rows"
+        raise ValueError(f"data.hf_dataset: split {split!r} of {spec.hf_dataset} holds no text ({held}); "
+                         "give a dataset with text")
 
 
 def source_fingerprint(spec) -> object:
@@ -87,12 +150,16 @@ def protocol_texts(spec) -> dict[str, list[str]]:
         if "train" not in by_split or "test" not in by_split:
             raise ValueError(f"data.protocol: 'lm1b' needs a dataset with train and test splits; "
                              f"{spec.hf_dataset or spec.corpus} has {sorted(by_split)}")
+        check_has_text(by_split["train"], "train", spec)
+        check_has_text(by_split["test"], "test", spec)
         return {"train": by_split["train"], "valid": by_split["test"], "test": by_split["test"]}
     if "train" not in by_split:
         if len(by_split) != 1:
             raise ValueError(f"data.hf_dataset: no 'train' split among {sorted(by_split)}")
         by_split = {"train": next(iter(by_split.values()))}
     docs = by_split["train"]
+    if spec.hf_dataset is not None:
+        check_has_text(docs, "train", spec)
     if spec.protocol == "owt":
         if len(docs) <= spec.valid_docs:
             raise ValueError(f"data.valid_docs: {spec.valid_docs} held-out documents leave none of the "

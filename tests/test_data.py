@@ -336,3 +336,67 @@ def test_build_splits_bundled_gpt2(gpt2):
         assert rows.shape[1] == 1024
         assert (rows[:, 0] == 50256).all() and (rows[:, -1] == 50256).all()
         assert int(rows.max()) < gpt2.mask_id
+
+
+# --------------------------------------------------------------------- hf_dataset sources
+def _saved(column):
+    return lambda datasets, path: datasets.Dataset.from_dict({"text": column}).save_to_disk(str(path))
+
+
+def _damaged(damage):
+    def build(datasets, path):
+        datasets.Dataset.from_dict({"text": ["some text " * 40] * 8}).save_to_disk(str(path))
+        damage(path)
+    return build
+
+
+def _lm1b_empty_test(datasets, path):
+    path.mkdir()
+    datasets.Dataset.from_dict({"text": ["a sentence here"] * 8}).to_parquet(str(path / "train-00000.parquet"))
+    empty = datasets.Dataset.from_dict({"text": []}, features=datasets.Features({"text": datasets.Value("string")}))
+    empty.to_parquet(str(path / "test-00000.parquet"))
+
+
+def _corrupt_parquet(datasets, path):
+    path.mkdir()
+    (path / "train-00000.parquet").write_bytes(b"not a parquet file")
+
+
+BAD_HF = {
+    "ints": (_saved(list(range(8))), "data.text_field: column 'text' of split 'train' in {path} holds int64 values"),
+    "nulls": (_saved([None] * 8), "data.text_field: column 'text' of split 'train' in {path} holds null values"),
+    "bytes": (_saved([b"abc"] * 8), "holds binary values, not text; name a text column"),
+    "structs": (_saved([{"a": "x"}] * 8), "holds struct values, not text"),
+    "a null row": (_saved(["text"] * 7 + [None]), "data.text_field: row 7 of split 'train' in {path} is null"),
+    "empty strings": (_saved([""] * 8), "data.hf_dataset: split 'train' of {path} holds no text (8 rows, all empty"),
+    "empty lm1b test parquet": (_lm1b_empty_test, "data.hf_dataset: {path}/test-00000.parquet holds no rows"),
+    "corrupt parquet": (_corrupt_parquet, "data.hf_dataset: {path}/train-00000.parquet is not a readable parquet"),
+    "broken state.json": (_damaged(lambda p: (p / "state.json").write_text("{broken")),
+                          "data.hf_dataset: {path}/state.json is not valid JSON"),
+    "missing arrow file": (_damaged(lambda p: [f.unlink() for f in p.glob("*.arrow")]),
+                           "data.hf_dataset: {path}/data-00000-of-00001.arrow is missing"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HF))
+def test_bad_hf_datasets_are_one_line_naming_the_field(tmp_path, capsys, case):
+    """Each used to raise from the tokenizer or the datasets library naming no field, or (empty
+    strings) to be blamed on data.corpus 'bundled'."""
+    import yaml
+
+    from harness.cli import main
+
+    datasets = pytest.importorskip("datasets")
+    build, fragment = BAD_HF[case]
+    path = tmp_path / "hf"
+    build(datasets, path)
+    protocol = "lm1b" if "lm1b" in case else "documents"
+    cfg = {"name": "hf", "model": "ar", "out_dir": str(tmp_path / "run"), "train": {"steps": 1, "device": "cpu"},
+           "data": {"hf_dataset": str(path), "protocol": protocol, "seq_len": 16, "bpe_vocab_size": 300}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(tmp_path / "cfg.yaml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and "Traceback" not in "\n".join(err), err
+    assert err[-1].startswith("esolm: error: ") and fragment.format(path=path) in err[-1], err[-1]
