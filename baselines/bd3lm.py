@@ -73,7 +73,7 @@ class BD3LM(LanguageModel):
     def check_schedule(cls, schedule: SamplingSchedule, options: dict | None = None) -> None:
         super().check_schedule(schedule, options)
         if (schedule.steps is None) == (not schedule.first_hitting):
-            raise ValueError("bd3lm needs exactly one of 'steps' (per block) or 'first_hitting' (one token per "
+            raise ValueError("bd3lm needs exactly one of 'steps' (T per block) or 'first_hitting' (one token per "
                              "step) in every schedule")
 
     @classmethod

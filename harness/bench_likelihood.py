@@ -91,8 +91,6 @@ def check_fits(setups: list[str], lengths: list[int], batches: list[int], preset
     """Every point's sampling batch fits in memory, checked before anything is built: a point
     samples its whole batch in one call, so a size that cannot fit is refused naming its flag
     (it used to take the machine's memory until the kernel killed it)."""
-    from types import SimpleNamespace
-
     from harness.memory import HEADROOM, free_bytes, gib, unsplit_batch_cost
 
     free = free_bytes(device)
@@ -101,7 +99,9 @@ def check_fits(setups: list[str], lengths: list[int], batches: list[int], preset
         name, options, schedule_at = SETUPS[setup]
         for length in lengths:
             backbone = BackboneConfig.from_preset(preset, vocab_size=vocab, max_len=length)
-            shape = SimpleNamespace(name=name, backbone_config=backbone, **options)
+            with torch.device("meta"):  # the model's shape and facts, no memory
+                shape = build_model(name, backbone, SpecialTokens(bos=vocab - 2, eos=vocab - 2, mask=vocab - 1),
+                                    **options)
             schedule = schedule_at(length)
             per_row, once = unsplit_batch_cost(shape, length, schedule.steps, schedule.blocks,
                                                DTYPES[dtype].itemsize)

@@ -8,9 +8,9 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
+import re
 import sys
 
 import torch
@@ -63,39 +63,14 @@ def _device(name: str):
     return resolve_device(name, "--device")
 
 
-def likelihood_call(args, model) -> tuple[str, dict]:
-    """The model's likelihood method and its keyword arguments from eval's flags, refusing a
-    flag the model's estimator does not take (checked before any data is loaded)."""
-    kwargs = {}
-    if args.draws is not None:
-        kwargs["draws"] = args.draws
-    if args.alpha_0 is not None:
-        kwargs["alpha_0"] = args.alpha_0
-    method = "nll"
-    if args.iw:
-        if not hasattr(model, "nll_exact_order"):
-            raise ValueError(f"--iw needs an Eso-LM checkpoint; {model.name} has no order-based likelihood")
-        if args.draws is not None:
-            raise ValueError("--iw and --draws are two estimators (K orders vs NELBO draws); give one of them")
-        method, kwargs = "nll_exact_order", {**kwargs, "orders": args.iw}
-    if model.exact_loss and "draws" in kwargs:  # its nll takes draws only to share the call signature
-        raise ValueError(f"--draws does not apply to {model.name}: its likelihood is exact; drop --draws")
-    accepted = inspect.signature(getattr(model, method)).parameters
-    for name, flag in (("alpha_0", "--alpha-0"), ("draws", "--draws")):
-        if name in kwargs and name not in accepted:
-            raise ValueError(f"{flag} does not apply to {model.name}: its likelihood takes no {name}; "
-                             f"drop {flag}" + (" (AR's is exact)" if model.name == "ar" else ""))
-    return method, kwargs
-
-
 def cmd_eval(args) -> None:
     from harness.checkpoint import load_checkpoint
     from harness.config import DataSpec
-    from harness.metrics.likelihood import test_perplexity, unigram_perplexity
+    from harness.metrics.likelihood import estimator_call, test_perplexity, unigram_perplexity
     from harness.train import load_splits
 
     loaded = load_checkpoint(args.checkpoint, device=_device(args.device))
-    method, nll_kwargs = likelihood_call(args, loaded.model)
+    method, nll_kwargs = estimator_call(loaded.model, draws=args.draws, alpha_0=args.alpha_0, iw=args.iw)
     length = args.length if args.length is not None else loaded.config["data"]["seq_len"]
     loaded.model.check_length(length)
     spec = DataSpec(**loaded.config["data"])
@@ -155,37 +130,24 @@ FLAGS = {"steps": "--steps", "alpha_0": "--alpha-0", "blocks": "--blocks", "firs
 
 
 def sample_schedule(args, model, length: int):
-    """The flags' schedule, with the documented default where a diffusion model needs one:
-    T = L steps (MDLM, and Eso-LM's diffusion phase when alpha_0 > 0), first hitting for
-    BD3-LM (one token per step).  A flag the model does not read is refused by name."""
-    from harness.schedules import COMMON_FIELDS, SamplingSchedule
-    from harness.sweep.schema import SCHEDULE_FIELDS
+    """The flags' schedule with the model's own defaults where the flags give none (its class
+    says which: T = L for MDLM and Eso-LM's diffusion phase, first hitting for BD3-LM), checked
+    by the model; a flag it does not read is refused by name."""
+    from harness.schedules import COMMON_FIELDS
 
-    schedule = schedule_from_args(args)
-    fields = schedule.model_dump(exclude_defaults=True)
-    allowed = SCHEDULE_FIELDS.get(model.name)
-    if allowed is None:  # a custom model checks its own schedule
-        return schedule
-    extra = [f for f in fields if f not in allowed and f not in COMMON_FIELDS]
-    if extra:
-        takes = ", ".join(FLAGS[f] for f in allowed) or "no schedule flags"
-        raise ValueError(f"{FLAGS[extra[0]]} does not apply to {model.name}; it takes {takes}")
-    if model.name == "mdlm" and schedule.steps is None:
-        fields["steps"] = length
-    if model.name == "bd3lm":
-        if schedule.steps is not None and schedule.first_hitting:
-            raise ValueError("--steps and --first-hitting are two BD3-LM samplers; give one of them")
-        if schedule.steps is None:
-            fields["first_hitting"] = True
-    if model.name in ("esolm-a", "esolm-b"):
-        given = [FLAGS[k] for k in ("steps", "blocks", "stride") if fields.get(k) is not None]
-        if len(given) > 1:
-            raise ValueError(f"{' and '.join(given)} {'both' if len(given) == 2 else 'all'} set the diffusion phase; "
-                             "give one of them")
-        alpha_0 = schedule.alpha_0 if schedule.alpha_0 is not None else model.options().get("alpha_0", 0)
-        if not given and alpha_0 > 0:
-            fields["steps"] = length
-    return SamplingSchedule(**fields)
+    schedule, cls = schedule_from_args(args), type(model)
+    if cls.schedule_fields is not None:
+        extra = [f for f in schedule.model_dump(exclude_defaults=True)
+                 if f not in cls.schedule_fields and f not in COMMON_FIELDS]
+        if extra:
+            takes = ", ".join(FLAGS[f] for f in cls.schedule_fields) or "no schedule flags"
+            raise ValueError(f"{FLAGS[extra[0]]} does not apply to {model.name}; it takes {takes}")
+    schedule = cls.default_schedule(schedule, length, model.options())
+    try:
+        cls.check_schedule(schedule, model.options())
+    except ValueError as err:  # the model names schedule fields ('steps'); here they are flags
+        raise ValueError(re.sub(r"'(\w+)'", lambda m: FLAGS.get(m[1], m[0]), str(err))) from None
+    return schedule
 
 
 def sample_progress(args, length: int, rows: int):

@@ -133,6 +133,11 @@ class EsoLMHarnessLM(LM):
         loaded = load_checkpoint(checkpoint, device=self._device)
         self.model, self.tokenizer, self.meta = loaded.model, loaded.tokenizer, loaded.meta
         self.model.eval()
+        reads = type(self.model).schedule_fields  # as esolm sample refuses a flag the model does not read
+        ignored = [k for k, v in self._schedule_args.items() if v is not None and reads is not None and k not in reads]
+        if ignored:
+            raise ValueError(f"model_args {ignored[0]}= does not apply to {self.model.name}; it reads "
+                             f"{', '.join(reads) or 'no schedule fields'}")
         self.batch_size = _as_int(batch_size, "batch_size", 8)
         self.seed = int(seed)
         self.max_gen_toks = _as_int(max_gen_toks, "max_gen_toks", 256)
@@ -290,16 +295,14 @@ class EsoLMHarnessLM(LM):
             return totals
 
     def generation_schedule(self, new_tokens: int, top_p: float):
-        """The diffusion models' sampling schedule for ``new_tokens`` new positions."""
+        """The model's sampling schedule for ``new_tokens`` new positions: model_args' fields,
+        with the model's own defaults where they give none (one step per new token for MDLM
+        and Eso-LM's diffusion phase, first hitting for BD3-LM)."""
         from harness.schedules import SamplingSchedule
 
         fields = {k: v for k, v in self._schedule_args.items() if v is not None}
-        name = self.model.name
-        if name == "bd3lm" and "steps" not in fields:
-            fields.setdefault("first_hitting", True)
-        if name in ("mdlm", "esolm-a", "esolm-b") and "steps" not in fields and "blocks" not in fields:
-            fields["steps"] = new_tokens  # one step per new token
-        return SamplingSchedule(top_p=top_p, **fields)
+        schedule = SamplingSchedule(top_p=top_p, **fields)
+        return type(self.model).default_schedule(schedule, new_tokens, self.model.options())
 
     def _generation_request(self, req) -> tuple[list[int], list[str], int, dict]:
         """(prompt ids [BOS] + context, cut from the left to leave room; until strings; new

@@ -88,7 +88,7 @@ def unsplit_batch_cost(model, length: int, steps: int | None, blocks: int | None
     cfg = model.backbone_config
     windows = -(-length // model.block_size) if hasattr(model, "block_size") else 1
     plan_row, plan_fixed = plan_cost(steps, blocks, windows)
-    per_row = cache_row_bytes(cfg, cache_capacity(model, length), dtype_bytes) + plan_row + 8 * length
+    per_row = cache_row_bytes(cfg, model.cache_capacity(length), dtype_bytes) + plan_row + 8 * length
     return per_row, forward_row_bytes(cfg, length, length, dtype_bytes) + plan_fixed
 
 
@@ -196,19 +196,7 @@ def cache_rows(model, n: int, capacity: int, queries: int) -> int:
     return max(1, min(n, room // per_row if per_row else n))
 
 
-def cache_capacity(model, length: int) -> int:
-    """KV-cache slots per row the model's sampler allocates at this length (0: none)."""
-    name = getattr(model, "name", "")
-    if name == "mdlm":
-        return 0
-    if name == "bd3lm":
-        return length + model.block_size  # a padded block of scratch slots past the end
-    if name.startswith("esolm"):
-        return 2 * length  # at most: L + the widest window, padded to a power of two
-    return length
-
-
 def sub_batch(model, n: int, length: int) -> int:
     """Rows sampled together so the KV cache fits the budget (n when it does, or no cache)."""
-    capacity = cache_capacity(model, length)
+    capacity = model.cache_capacity(length)
     return cache_rows(model, n, capacity, queries=min(length, 64)) if capacity else n

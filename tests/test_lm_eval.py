@@ -183,6 +183,8 @@ def test_lm_eval_cli_takes_batch_size_in_model_args(ar_run, tmp_path, monkeypatc
     (["--model_args", "checkpoint={run}"], "then pass --include_path DIR"),
     (["--model_args", "checkpoint={run},device=tpu", "--include_path", "{tasks}"],  # was torch's RuntimeError
      "esolm model arg device: unknown device 'tpu'; use 'auto', 'cpu' or 'cuda[:N]'"),
+    (["--model_args", "checkpoint={run},steps=4,device=cpu", "--include_path", "{tasks}"],  # AR reads no steps
+     "model_args steps= does not apply to ar; it reads no schedule fields"),
 ])
 def test_lm_eval_cli_mistakes_are_one_line_errors(ar_run, tmp_path, monkeypatch, capsys, argv, fragment):
     import harness.lm_eval_adapter as A

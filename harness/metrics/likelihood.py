@@ -94,6 +94,33 @@ def test_perplexity(model, data: torch.Tensor, batch_size: int = 16, *, seed: in
     }
 
 
+def estimator_call(model, draws: int | None = None, alpha_0: float | None = None,
+                   iw: int | None = None) -> tuple[str, dict]:
+    """The model's likelihood method and its keyword arguments for esolm eval's --draws,
+    --alpha-0 and --iw, refusing one the model's estimator does not take (checked before any
+    data is loaded)."""
+    kwargs = {}
+    if draws is not None:
+        kwargs["draws"] = draws
+    if alpha_0 is not None:
+        kwargs["alpha_0"] = alpha_0
+    method = "nll"
+    if iw:
+        if not hasattr(model, "nll_exact_order"):
+            raise ValueError(f"--iw needs an Eso-LM checkpoint; {model.name} has no order-based likelihood")
+        if draws is not None:
+            raise ValueError("--iw and --draws are two estimators (K orders vs NELBO draws); give one of them")
+        method, kwargs = "nll_exact_order", {**kwargs, "orders": iw}
+    if model.exact_loss and "draws" in kwargs:  # its nll takes draws only to share the call signature
+        raise ValueError(f"--draws does not apply to {model.name}: its likelihood is exact; drop --draws")
+    accepted = inspect.signature(getattr(model, method)).parameters
+    for name, flag in (("alpha_0", "--alpha-0"), ("draws", "--draws")):
+        if name in kwargs and name not in accepted:
+            raise ValueError(f"{flag} does not apply to {model.name}: its likelihood takes no {name}; "
+                             f"drop {flag}" + (" (AR's is exact)" if model.name == "ar" else ""))
+    return method, kwargs
+
+
 def unigram_perplexity(train: torch.Tensor, data: torch.Tensor, vocab_size: int) -> float:
     """Perplexity of ``data`` under the add-one-smoothed unigram distribution of ``train``.
 

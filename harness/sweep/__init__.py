@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 
 _HOME = {
-    "harness.sweep.schema": ["METRICS", "FAMILIES", "SCHEDULE_FIELDS", "NAME_PATTERN", "TrainBlock", "EvaluatorRef",
+    "harness.sweep.schema": ["METRICS", "NAME_PATTERN", "TrainBlock", "EvaluatorRef",
                              "PerplexitySpec", "SpeedSpec", "MauveSpec", "ModelEntry", "SweepConfig", "deep_merge",
                              "check_schedule", "check_consistency", "check_checkpoint_entries", "load_sweep_config",
                              "apply_overrides", "effective_config_text", "merged_from_defaults", "parse_sweep_config",

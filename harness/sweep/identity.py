@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.models import model_class
 from harness.schedules import SamplingSchedule
 from harness.sweep.grid import Point
-from harness.sweep.schema import SCHEDULE_FIELDS, EvaluatorRef, ModelEntry, SweepConfig
+from harness.sweep.schema import EvaluatorRef, ModelEntry, SweepConfig
 
 if TYPE_CHECKING:
     import torch
@@ -55,11 +56,17 @@ def evaluator_identity(cfg: SweepConfig):
     return cfg.evaluator
 
 
+def reads_split(family: str) -> bool:
+    """Whether the model reads the schedule's diffusion split (Eso-LM's samplers)."""
+    cls = model_class(family)
+    return cls is not None and "split" in (cls.schedule_fields or ())
+
+
 def point_hash(cfg: SweepConfig, entry: ModelEntry, point: Point, device: torch.device) -> str:
     metrics = sorted(cfg.metrics)
     spec = {
         "entry": entry_identity(cfg, entry), "length": point.length, "seed": point.seed,
-        "schedule": SamplingSchedule(**point.schedule).hash_fields("split" in SCHEDULE_FIELDS.get(entry.family, ())),
+        "schedule": SamplingSchedule(**point.schedule).hash_fields(reads_split(entry.family)),
         "num_samples": cfg.num_samples, "batch_size": cfg.batch_size, "metrics": metrics,
         "device": device.type, "precision": cfg.precision,
     }

@@ -20,7 +20,8 @@ from harness.schedules import SamplingSchedule
 from harness.sweep.context import Context, LoadedEntry, git_commit
 from harness.sweep.grid import Point
 from harness.sweep.identity import point_hash, point_seed, ppl_cache_key
-from harness.sweep.schema import FAMILIES, ModelEntry, SweepConfig
+from harness.models import REGISTRY
+from harness.sweep.schema import ModelEntry, SweepConfig
 
 
 def compute_test_ppl(ctx: Context, entry: ModelEntry, loaded: LoadedEntry, length: int, alpha_0) -> dict:
@@ -102,7 +103,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
     schedule = SamplingSchedule(**point.schedule)
     options = model.options() if hasattr(model, "options") else {}
     model_name = loaded.model_name
-    family = model_name if model_name in FAMILIES else "custom"
+    family = model_name if model_name in REGISTRY else "custom"
     is_esolm = family in ("esolm-a", "esolm-b") or "alpha_0" in options
     alpha_0 = (schedule.alpha_0 if schedule.alpha_0 is not None else options.get("alpha_0")) if is_esolm else None
 

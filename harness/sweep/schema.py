@@ -39,14 +39,11 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from harness.config import ConfigError, Strict, TrainConfig, format_validation_error, parse, read_yaml
+from harness.models import REGISTRY, model_class
 from harness.schedules import SamplingSchedule
 from harness.sweep.grid import expand_schedules, resolve_value
 
 METRICS = ("test_ppl", "gen_ppl", "entropy", "mauve", "speed")
-FAMILIES = ("ar", "mdlm", "bd3lm", "esolm-a", "esolm-b")
-# Schedule fields each built-in family reads (checked before any training starts).
-SCHEDULE_FIELDS = {"ar": (), "mdlm": ("steps",), "bd3lm": ("steps", "first_hitting"),
-                   **dict.fromkeys(("esolm-a", "esolm-b"), ("steps", "alpha_0", "blocks", "split", "stride", "shuffle"))}
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 SEED_MAX = 2**63 - 1  # torch seeds its generators with a 64-bit integer (esolm sample --seed takes the same)
 # Stated budgets: a point runs its samples and draws with no progress of its own, so sizes far
@@ -129,7 +126,7 @@ class ModelEntry(Strict):
     @property
     def family(self) -> str:
         name = self.model_name
-        return name if name in FAMILIES else "custom"
+        return name if name in REGISTRY else "custom"
 
 
 class SweepConfig(Strict):
@@ -240,22 +237,14 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def check_schedule(model: str | None, schedule: SamplingSchedule) -> None:
-    """The fields a built-in model reads and needs (custom models check their own at run time)."""
-    allowed = SCHEDULE_FIELDS.get(model or "")
-    if allowed is None:
-        return
-    schedule.require_only(model, *allowed)
-    if model == "mdlm" and schedule.steps is None:
-        raise ValueError("mdlm needs 'steps' in every schedule, e.g. schedules: [{steps: [8, 32]}]")
-    if model == "bd3lm" and (schedule.steps is None) == (not schedule.first_hitting):
-        raise ValueError("bd3lm needs exactly one of 'steps' (per block) or 'first_hitting: true' in every schedule")
-    if model in ("esolm-a", "esolm-b"):
-        schedule.check_diffusion_phase(model, schedule.alpha_0)
+    """The model class's own check (a plug-in named by path checks its schedules when it runs:
+    a config is never a reason to import it early)."""
+    cls = model_class(model)
+    if cls is not None:
+        cls.check_schedule(schedule)
 
 
 def check_consistency(cfg: SweepConfig, source: str) -> None:
-    from harness.models import REGISTRY
-
     names = [m.name for m in cfg.models]
     for i, entry in enumerate(cfg.models):  # before the evaluator check, which reads the model names
         model, where = (entry.train.model, "train.model") if entry.train is not None else (entry.model, "model")
