@@ -304,6 +304,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness.models import importable_models
+
     parser = OneLineParser(prog="esolm", description="Train, evaluate and race Eso-LMs against AR, MDLM and BD3-LM.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -429,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="turn a released official checkpoint (Hugging Face folder or Lightning "
                        ".ckpt) into a harness checkpoint")
     p.add_argument("src", help="a Hugging Face folder (config.json + model.safetensors) or a Lightning .ckpt")
-    p.add_argument("--model", required=True, choices=["ar", "mdlm", "bd3lm", "esolm-a", "esolm-b"])
+    p.add_argument("--model", required=True, choices=importable_models())
     p.add_argument("--out", required=True, help="run folder for the checkpoint (must not hold one yet)")
     p.add_argument("--block-size", type=at_least(1), help="BD3-LM: L' when the source does not record it")
     p.add_argument("--alpha-0", type=fraction, help="Eso-LM: the training alpha_0 when the source does not "
