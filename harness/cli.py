@@ -294,9 +294,25 @@ def cmd_ceilings(args) -> None:
         print(warning, file=sys.stderr)
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help lines end with the flag's default, unless the text already says it or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse errors as one line (the flag and the fix), like every other error; the usage
-    block is one ``--help`` away instead of above the message."""
+    block is one ``--help`` away instead of above the message.  ``--help`` shows every
+    flag's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -318,23 +334,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="test perplexity of a checkpoint on its corpus's held-out split")
     p.add_argument("checkpoint")
-    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--split", choices=["valid", "test"], default="test", help="held-out split")
     p.add_argument("--length", type=int, help="sequence length (default: the training length)")
-    p.add_argument("--batch-size", type=at_least(1), default=16)
+    p.add_argument("--batch-size", type=at_least(1), default=16, help="sequences per forward")
     p.add_argument("--max-sequences", type=at_least(1), help="evaluate only the first N sequences")
     p.add_argument("--draws", type=at_least(1), help="Monte-Carlo t draws per sequence for NELBO estimators "
                    "(default 1)")
     p.add_argument("--alpha-0", type=fraction, help="Eso-LM: alpha_0 at evaluation (default: training value)")
     p.add_argument("--iw", type=at_least(1), help="Eso-LM: importance-weighted estimate over K random orders")
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=seed_int, default=0, help="seeds the random draws")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it goes to stderr)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="print samples from a checkpoint")
     p.add_argument("checkpoint")
-    p.add_argument("--n", type=at_least(1), default=2)
+    p.add_argument("--n", type=at_least(1), default=2, help="samples to draw")
     p.add_argument("--length", type=at_least(2), help="sequence length, BOS included (default: the training length)")
     p.add_argument("--steps", type=int, help="denoising steps T (default: T = L for MDLM and Eso-LM's diffusion "
                    "phase; BD3-LM defaults to --first-hitting)")
@@ -350,8 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--given-bos", action="store_true",
                    help="start from BOS at position 0 (AR always does; the diffusion samplers otherwise generate it)")
     p.add_argument("--prompt", help="text the samples continue (given after BOS; every model)")
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=seed_int, default=0, help="seeds the random draws")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress bar (shown on stderr when --n runs as batches)")
     p.set_defaults(func=cmd_sample)
 
@@ -391,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: RESULTS_DIR_<evaluator>); RESULTS_DIR is never modified")
     p.add_argument("--mauve", action="store_true", help="also compute MAUVE against the held-out test split")
     p.add_argument("--reference-samples", type=int, help="MAUVE reference texts (default: config, else samples)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the evaluator")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_rescore)
 
@@ -421,10 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", help="backbone preset (tiny, mini, medium, small)")
     p.add_argument("--vocab", type=at_least(3), default=2048, help="vocabulary size, [MASK] included")
     p.add_argument("--dtype", default="fp32", help="fp32 or fp64")
-    p.add_argument("--repeats", type=at_least(1), default=3)
+    p.add_argument("--repeats", type=at_least(1), default=3, help="timed runs per point")
     p.add_argument("--no-backward", action="store_true", help="time scoring only, not scoring + backward")
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=seed_int, default=0, help="seeds the random draws")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_likelihood)
 

@@ -362,3 +362,16 @@ def test_eval_shows_progress_on_stderr_and_quiet_training_names_the_model(tmp_pa
     main(["eval", str(tmp_path / "run"), "--max-sequences", "3", "--device", "cpu", "--quiet"])
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out.startswith("ar test perplexity ")
+
+
+def test_every_flag_with_a_default_shows_it_in_help():
+    from harness.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0]
+    for name, parser in sub.choices.items():
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if action.option_strings and action.default is not None and action.default is not False \
+                    and action.dest != "help":
+                line = parser.formatter_class(name)._get_help_string(action) % {"default": action.default}
+                assert "default" in line and " ".join(line.split()) in text, (name, action.dest, line)
