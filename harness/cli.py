@@ -28,12 +28,16 @@ def cmd_train(args) -> None:
     print(f"checkpoint: {path}")
 
 
-def at_least(low: int):
-    """argparse type: an int >= low, refused with the flag's name (argparse adds it)."""
+def at_least(low: int, high: int | None = None):
+    """argparse type: an int >= low (and <= high, a stated budget), refused with the flag's
+    name (argparse adds it)."""
     def parse_int(text: str) -> int:
         value = int(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:,} (each is another forward over every "
+                                             f"sequence), got {value}")
         return value
     return parse_int
 
@@ -320,6 +324,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness.metrics.likelihood import MAX_DRAWS
     from harness.models import importable_models
 
     parser = OneLineParser(prog="esolm", description="Train, evaluate and race Eso-LMs against AR, MDLM and BD3-LM.")
@@ -338,10 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=int, help="sequence length (default: the training length)")
     p.add_argument("--batch-size", type=at_least(1), default=16, help="sequences per forward")
     p.add_argument("--max-sequences", type=at_least(1), help="evaluate only the first N sequences")
-    p.add_argument("--draws", type=at_least(1), help="Monte-Carlo t draws per sequence for NELBO estimators "
+    p.add_argument("--draws", type=at_least(1, MAX_DRAWS), help="Monte-Carlo t draws per sequence for NELBO estimators "
                    "(default 1)")
     p.add_argument("--alpha-0", type=fraction, help="Eso-LM: alpha_0 at evaluation (default: training value)")
-    p.add_argument("--iw", type=at_least(1), help="Eso-LM: importance-weighted estimate over K random orders")
+    p.add_argument("--iw", type=at_least(1, MAX_DRAWS), help="Eso-LM: importance-weighted estimate over K random orders")
     p.add_argument("--seed", type=seed_int, default=0, help="seeds the random draws")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--json", action="store_true")

@@ -65,6 +65,8 @@ def test_many_samples_are_drawn_in_batches_that_fit(runs, capsys, monkeypatch):
     (["sample", "{ar}", "--seed", str(2**70)], "argument --seed: must be in [0, 2**63 - 1]"),
     (["eval", "{mdlm}", "--seed", "-1"], "argument --seed: must be in [0, 2**63 - 1], got -1"),
     (["eval", "{ar}", "--draws", "3"], "esolm: error: --draws does not apply to ar: its likelihood is exact"),
+    (["eval", "{mdlm}", "--draws", "1000000000000"], "argument --draws: must be at most 10,000"),  # ran unbounded
+    (["eval", "{mdlm}", "--iw", "1000000000000"], "argument --iw: must be at most 10,000"),
 ])
 def test_flags_that_used_to_crash_or_be_ignored(runs, capsys, args, fragment):
     args = [a.format(**{n: str(runs / n) for n in ("ar", "mdlm")}) for a in args]

@@ -22,6 +22,9 @@ import sys
 import torch
 
 
+MAX_DRAWS = 10_000  # Monte-Carlo draws (or IW orders) per sequence: each is another forward over every sequence
+
+
 def _accepts(fn, name: str) -> bool:
     try:
         params = inspect.signature(fn).parameters

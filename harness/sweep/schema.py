@@ -39,6 +39,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from harness.config import ConfigError, Strict, TrainConfig, format_validation_error, parse, read_yaml
+from harness.metrics.likelihood import MAX_DRAWS
 from harness.models import REGISTRY, model_class
 from harness.schedules import SamplingSchedule
 from harness.sweep.grid import expand_schedules, resolve_value
@@ -49,7 +50,6 @@ SEED_MAX = 2**63 - 1  # torch seeds its generators with a 64-bit integer (esolm 
 # Stated budgets: a point runs its samples and draws with no progress of its own, so sizes far
 # beyond any protocol (the papers use thousands) are refused rather than run for days.
 MAX_SAMPLES = 1_000_000
-MAX_DRAWS = 10_000
 
 
 class TrainBlock(TrainConfig):
