@@ -152,6 +152,14 @@ def folder_lock(folder: Path, flag: str):
         yield
 
 
+def foreign_source(spec: str) -> str | None:
+    """The released source a sweep ``checkpoint:`` names ('hf:/folder' or a '.ckpt' file), or
+    None for an ordinary harness checkpoint."""
+    if spec.startswith("hf:"):
+        return spec[3:].strip()
+    return spec if spec.endswith(".ckpt") else None
+
+
 def resolve_checkpoint_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():

@@ -286,7 +286,8 @@ def cmd_lm_eval_task(args) -> None:
 
 
 def cmd_ceilings(args) -> None:
-    from harness.metrics.ceilings import busy_warning, sweep_ceilings
+    from harness.metrics.ceilings import busy_warning
+    from harness.sweep.ceilings import sweep_ceilings
 
     out = sweep_ceilings(args.config, args.results, repeats=args.repeats, tokens=args.tokens,
                          overrides=args.set or ())

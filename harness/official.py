@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from harness.checkpoint import foreign_source  # noqa: F401  (sweeps and readers import it from harness.checkpoint)
 from harness.foreign import load_foreign, lookup, plain
 from harness.import_checks import LIGHTNING_FIELDS, VOCAB, check_fields, check_tensors, read_config_json, scalar
 from harness.models import importable_models
@@ -428,14 +429,6 @@ def import_data_spec(corpus: list[str] | None, data: dict | None):
 
 # --- sweep entries naming a released file ---------------------------------------------------
 IMPORT_ARGS = {"block_size", "alpha_0", "ema", "corpus", "data"}
-
-
-def foreign_source(spec: str) -> str | None:
-    """The released source a sweep ``checkpoint:`` names ('hf:/folder' or a '.ckpt' file), or
-    None for an ordinary harness checkpoint."""
-    if spec.startswith("hf:"):
-        return spec[3:].strip()
-    return spec if spec.endswith(".ckpt") else None
 
 
 def imported_checkpoint(spec: str, model: str | None, out: Path, import_args: dict | None = None) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness import results_store as store
 from harness.config import ConfigError, resolve_device
-from harness.sweep.point import test_texts
+from harness.train import test_texts
 from harness.sweep.schema import entry_train_config, load_sweep_config
 
 NO_SAMPLES = "no saved samples"
@@ -73,7 +73,7 @@ class References:
                 from harness.checkpoint import load_checkpoint
                 from harness.config import DataSpec
 
-                from harness.official import foreign_source
+                from harness.checkpoint import foreign_source
 
                 path = entry.checkpoint  # a released file was imported into the sweep's run folder
                 path = Path(self.cfg.runs_dir) / self.cfg.name / entry.name if foreign_source(path) else path

@@ -308,3 +308,11 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, rank: int) -> Path:
         torch.distributed.destroy_process_group()
     return ckpt_path
 
+
+def test_texts(data, tokenizer, length: int, n: int) -> list[str]:
+    """The first n held-out test sequences of ``length`` tokens as text (MAUVE's references)."""
+    rows = load_splits(data, tokenizer, seq_len=length)["test"][:n]
+    return [tokenizer.decode(row[1:].tolist()) for row in rows]
+
+
+test_texts.__test__ = False  # not a test

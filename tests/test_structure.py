@@ -1,6 +1,6 @@
-"""Module structure: every module imports, no import cycles, readers of results never load
-the sweep runner, the results store loads nothing heavy, and no module is over ~500 lines."""
-
+"""Module structure: every module imports; the import graph, with imports inside functions and
+type-only ones counted, has no cycle and no upward import (layer rules); readers of results never
+load the sweep runner; the results store loads nothing heavy; no module is over ~500 lines."""
 from __future__ import annotations
 
 import ast
@@ -18,7 +18,9 @@ MAX_LINES = 500
 
 
 def modules() -> list[str]:
-    return sorted(m.name for m in pkgutil.walk_packages(harness.__path__, "harness."))
+    """The harness's modules and the baselines (the models import the harness's lower layers)."""
+    return sorted(m.name for m in pkgutil.walk_packages(harness.__path__, "harness.")) + \
+        sorted(f"baselines.{p.stem}" for p in (REPO / "baselines").glob("*.py") if p.stem != "__init__")
 
 
 def module_file(name: str) -> Path:
@@ -26,12 +28,13 @@ def module_file(name: str) -> Path:
     return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
 
 
-def top_level_imports(name: str) -> set[str]:
-    """harness modules ``name`` imports when it is loaded (not inside functions, not TYPE_CHECKING)."""
+def imports(name: str) -> set[str]:
+    """Every harness (or baselines) module ``name`` imports anywhere: at the top, inside
+    functions and under TYPE_CHECKING alike (a deferred import is still a dependency)."""
     tree = ast.parse(module_file(name).read_text())
     known = set(modules())
     out = set()
-    for node in tree.body:
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name in known}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -41,13 +44,43 @@ def top_level_imports(name: str) -> set[str]:
     return out - {name}
 
 
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """The house's layer rules, as "importer -> imported" lines that break them."""
+    def under(name, *prefixes):
+        return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+    low = ("harness.nn", "harness.schedules", "harness.sampling", "harness.memory", "harness.models")
+    above_low = ("harness.sweep", "harness.report", "harness.cli", "harness.train", "harness.official",
+                 "harness.rescore", "harness.compare", "harness.export", "harness.lm_eval_adapter",
+                 "harness.bench_likelihood", "harness.metrics", "harness.evaluators", "harness.checkpoint")
+    readers = ("harness.report", "harness.compare", "harness.export", "harness.rescore")
+    runner_or_importer = RUNNER + ("harness.sweep.point", "harness.official")
+    bad = []
+    for name, deps in graph.items():
+        for dep in sorted(deps):
+            if (under(name, *low) and under(dep, *above_low)) \
+                    or (under(name, "harness.metrics") and under(dep, "harness.sweep")) \
+                    or (under(name, *readers) and dep in runner_or_importer):
+                bad.append(f"{name} -> {dep}")
+    return bad
+
+
 def test_every_module_imports():
     for name in modules():
         importlib.import_module(name)
 
 
+def test_no_upward_imports():
+    """nn/, schedules, sampling, memory and the models import nothing above them; metrics/ does
+    not import the sweep; readers of results import neither the runner nor the importer."""
+    graph = {name: imports(name) for name in modules()}
+    assert not layer_violations(graph), layer_violations(graph)
+    # the rules can fail: a reader importing the runner is caught
+    assert layer_violations({"harness.report.x": {"harness.sweep.point"}}) == ["harness.report.x -> harness.sweep.point"]
+
+
 def test_no_import_cycles():
-    graph = {name: top_level_imports(name) for name in modules()}
+    graph = {name: imports(name) for name in modules()}
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
     def visit(name, path):

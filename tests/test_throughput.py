@@ -12,7 +12,8 @@ import yaml
 
 from harness import sweep as sw
 from harness.config import ConfigError
-from harness.metrics.ceilings import busy_warning, measure_ceilings, sweep_ceilings
+from harness.metrics.ceilings import busy_warning, measure_ceilings
+from harness.sweep.ceilings import sweep_ceilings
 from harness.report.frame import aggregate, load_frame
 from harness.report.speed import add_floors
 from harness.report.throughput import throughput_ratios

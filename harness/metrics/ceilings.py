@@ -6,7 +6,7 @@
   4·tokens rows — the shapes a large-batch sampler spends its compute in —, the best of the three;
 - ``copy_bytes_per_s``: bytes read + written per second copying a tensor much larger than
   the caches (256 MiB on a CPU, 2 GiB on a GPU);
-and writes them to ``<results>/<name>/ceilings.json``, which ``esolm report`` then applies to
+and ``esolm ceilings`` (harness.sweep.ceilings) writes them to ``<results>/<name>/ceilings.json``, which ``esolm report`` then applies to
 every row of that folder (harness/report/speed.py): each row gets a floor, compute-bound
 (2 FLOPs per matmul weight per token computed) or memory-bound (weights and KV slots read).
 The fastest of ``repeats`` timed runs after one warm-up: a ceiling is the best the machine
@@ -15,11 +15,9 @@ did, and on a shared machine a median sinks with the load, which would flatter e
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
@@ -80,31 +78,3 @@ def busy_warning(ceilings: dict) -> str | None:
         return None
     return (f"warning: load average {load:.1f} on {threads} threads while measuring: other work may have "
             "lowered these ceilings (and so every floor); re-measure on a quiet machine")
-
-
-def sweep_ceilings(config_path: str | Path, results_root: str | Path = "results", repeats: int = 20,
-                   tokens: int = 2048, overrides: list[str] | tuple = ()) -> Path:
-    """Measure the ceilings for a sweep config's trunk, device and precision; write them
-    beside its results.  Returns the path of ceilings.json."""
-    from harness.config import ConfigError, resolve_device
-    from harness.nn.transformer import PRESETS
-    from harness.sweep.schema import entry_train_config, load_sweep_config
-
-    cfg = load_sweep_config(config_path, overrides)
-    trains = [entry_train_config(cfg, e) for e in cfg.models if e.train is not None]
-    if not trains:
-        raise ConfigError(f"{config_path}: no 'train:' entry tells the trunk's shape; ceilings need one")
-    backbone = trains[0].backbone
-    width = backbone.d_model or PRESETS[backbone.preset]["d_model"]
-    data = trains[0].data
-    vocab = 50258 if data.tokenizer == "gpt2" else data.bpe_vocab_size + 1  # + [MASK]
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    result = measure_ceilings(width, vocab, tokens=tokens, repeats=repeats, device=device,
-                              dtype=torch.bfloat16 if bf16 else torch.float32)
-    out = Path(results_root) / cfg.name / "ceilings.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    return out

@@ -10,13 +10,8 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from harness.config import ConfigError
 from harness.schedules import SamplingSchedule
-
-if TYPE_CHECKING:
-    from harness.sweep.schema import SweepConfig
 
 _LEN_EXPR = re.compile(r"^\s*L\s*(?:([*/])\s*(\d+)\s*)?$")
 
@@ -69,7 +64,7 @@ class Point:
         return f"{self.entry}/{self.label}/L{self.length}{batch}/s{self.seed}"
 
 
-def expand_points(cfg: SweepConfig) -> list[Point]:
+def expand_points(cfg) -> list[Point]:  # cfg: a harness.sweep.schema.SweepConfig
     """model entry -> length -> schedule -> batch size -> seed, in config order (stable indices for --shard).
 
     A schedule written with a length expression that lands on an earlier point (T = L/8 is

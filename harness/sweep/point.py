@@ -12,15 +12,14 @@ from typing import Any
 
 import torch
 
-from harness.config import DataSpec
 from harness.memory import sub_batch
+from harness.models import REGISTRY
 from harness.nn.steps import FALLBACKS, exact_modes, resolve_mode
 from harness.results_store import POINTS_FILE, append_row, write_samples
 from harness.schedules import SamplingSchedule
 from harness.sweep.context import Context, LoadedEntry, git_commit
 from harness.sweep.grid import Point
 from harness.sweep.identity import point_hash, point_seed, ppl_cache_key
-from harness.models import REGISTRY
 from harness.sweep.schema import ModelEntry, SweepConfig
 
 
@@ -48,15 +47,9 @@ def compute_test_ppl(ctx: Context, entry: ModelEntry, loaded: LoadedEntry, lengt
 
 
 def reference_texts(ctx: Context, loaded: LoadedEntry, length: int, n: int) -> list[str]:
+    from harness.train import test_texts
+
     return test_texts(loaded.data, loaded.tokenizer, length, n)
-
-
-def test_texts(data: DataSpec, tokenizer, length: int, n: int) -> list[str]:
-    """The first n held-out test sequences of ``length`` tokens as text (MAUVE's references)."""
-    from harness.train import load_splits
-
-    rows = load_splits(data, tokenizer, seq_len=length)["test"][:n]
-    return [tokenizer.decode(row[1:].tolist()) for row in rows]
 
 
 def forward_cost(model) -> dict:

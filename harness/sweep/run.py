@@ -95,7 +95,7 @@ def results_lock(results_dir: Path, shard: tuple[int, int], only: set[str] | Non
 def missing_paths(cfg: SweepConfig, names: set[str], source: str) -> None:
     """Pre-flight: every checkpoint and evaluator path the run needs exists, else one stderr
     line per missing path and a ConfigError before anything is imported, trained or written."""
-    from harness.official import foreign_source
+    from harness.checkpoint import foreign_source
 
     checkpoints, texts = [], []  # reported in this order: every checkpoint, then the texts
     for i, e in enumerate(cfg.models):
@@ -124,7 +124,8 @@ def missing_paths(cfg: SweepConfig, names: set[str], source: str) -> None:
 def import_entries(cfg: SweepConfig, names: set[str], source: str) -> None:
     """Checkpoint entries naming a released file (``hf:/folder`` or a ``.ckpt``) are imported
     once into <runs_dir>/<name>/<entry>/ (harness.official) and read like any checkpoint after."""
-    from harness.official import foreign_source, imported_checkpoint
+    from harness.checkpoint import foreign_source
+    from harness.official import imported_checkpoint
 
     missing_paths(cfg, names, source)
     for i, entry in enumerate(cfg.models):
