@@ -1,6 +1,7 @@
 """Module structure: every module imports; the import graph, with imports inside functions and
 type-only ones counted, has no cycle and no upward import (layer rules); readers of results never
 load the sweep runner; the results store loads nothing heavy; no module is over ~500 lines."""
+
 from __future__ import annotations
 
 import ast
