@@ -43,7 +43,7 @@ from harness.models import SpecialTokens, build_model
 from harness.nn.transformer import BackboneConfig, KVCache
 from harness.report.speed import floor_seconds
 from harness.schedules import SamplingSchedule
-from harness.sweep.point import forward_cost
+from harness.metrics.floors import forward_cost
 
 CPU = torch.device("cpu")
 VOCAB = 2049

@@ -29,7 +29,7 @@ import torch
 from harness.models import SpecialTokens, build_model
 from harness.nn.transformer import BackboneConfig
 from harness.schedules import SamplingSchedule
-from harness.sweep.point import forward_cost
+from harness.metrics.floors import forward_cost
 
 VOCAB = 50258
 

@@ -1,10 +1,10 @@
-"""Write the README's results figures from the committed results, so they cannot drift.
+"""Write the results figures of results/README.md from the committed results, so they cannot drift.
 
 Each figure sits between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->`` in
-README.md and is made from ``results/`` by the function of that name below (the same
-loading and ratios as ``esolm report``).  Run after committing new results:
+results/README.md and is made from ``results/`` by the function of that name below (the
+same loading and ratios as ``esolm report``).  Run after committing new results:
 
-    python scripts/readme_figures.py            # rewrite the blocks in README.md
+    python scripts/readme_figures.py            # rewrite the blocks in results/README.md
     python scripts/readme_figures.py --check    # exit 1 naming any block that is out of date
 
 tests/test_readme.py runs the check.
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+README = REPO / "results" / "README.md"  # the file whose figures blocks this script writes
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -105,14 +106,14 @@ def block_pattern(name: str) -> re.Pattern:
 
 
 def update(text: str, repo: Path = REPO) -> tuple[str, list[str]]:
-    """README text with every figures block regenerated, and the names of blocks that changed."""
+    """Text with every figures block regenerated, and the names of blocks that changed."""
     changed = []
     for name in sorted(set(re.findall(r"<!-- figures:([A-Za-z0-9_]+) -->", text))):
         if name not in FIGURES:
-            raise ValueError(f"README block figures:{name} has no generator; use one of {sorted(FIGURES)}")
+            raise ValueError(f"block figures:{name} has no generator; use one of {sorted(FIGURES)}")
         pattern = block_pattern(name)
         if not pattern.search(text):
-            raise ValueError(f"README block figures:{name} has no closing <!-- /figures:{name} -->")
+            raise ValueError(f"block figures:{name} has no closing <!-- /figures:{name} -->")
         body = FIGURES[name](repo).rstrip("\n") + "\n"
         if pattern.search(text).group(2) != body:
             changed.append(name)
@@ -123,7 +124,7 @@ def update(text: str, repo: Path = REPO) -> tuple[str, list[str]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a block is out of date; write nothing")
-    parser.add_argument("--readme", default=str(REPO / "README.md"))
+    parser.add_argument("--readme", default=str(README), help="the file to check or rewrite (default: %(default)s)")
     args = parser.parse_args(argv)
     path = Path(args.readme)
     text, changed = update(path.read_text())

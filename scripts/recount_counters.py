@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from harness.results_store import POINTS_FILE, latest_rows, read_points, write_atomic
-from harness.sweep.point import forward_cost
+from harness.metrics.floors import forward_cost
 from harness.sweep.schema import entry_train_config, load_sweep_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

@@ -33,7 +33,7 @@ _HOME = {
     "harness.sweep.identity": ["stable_hash", "point_seed", "entry_identity", "evaluator_identity", "point_hash",
                                "ppl_cache_key"],
     "harness.sweep.context": ["git_commit", "LoadedEntry", "Context"],
-    "harness.sweep.point": ["compute_test_ppl", "reference_texts", "forward_cost",
+    "harness.sweep.point": ["compute_test_ppl", "reference_texts",
                             "sample_boundaries", "compute_point", "save_point"],
     "harness.sweep.run": ["train_entries", "run_sweep"],
     "harness.results_store": ["POINTS_FILE", "SAMPLES_DIR", "safe_name", "points_path", "read_points", "latest_rows",

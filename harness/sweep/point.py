@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from harness.memory import sub_batch
+from harness.metrics.floors import forward_cost
 from harness.models import REGISTRY
 from harness.nn.steps import FALLBACKS, exact_modes, resolve_mode
 from harness.results_store import POINTS_FILE, append_row, write_samples
@@ -50,24 +51,6 @@ def reference_texts(ctx: Context, loaded: LoadedEntry, length: int, n: int) -> l
     from harness.train import test_texts
 
     return test_texts(loaded.data, loaded.tokenizer, length, n)
-
-
-def forward_cost(model) -> dict:
-    """What one forward must at least do, for the report's floors (docs/floors.md §2): read every
-    weight but the embedding table (only looked up), 2 FLOPs per such weight per token, the
-    K and V of every layer for each cache slot it attends to (``key_reads``), and 4 · d_model
-    FLOPs per layer for each query-key pair its mask allows (``attention_pairs``)."""
-    net = getattr(model, "net", None)
-    if net is None:
-        return {}
-    weights = [p for name, p in net.named_parameters() if not name.startswith("embed.")]
-    cfg = getattr(net, "cfg", None)
-    # K and V of every layer, in the dtype new_cache allocates (the head's)
-    kv = 2 * cfg.n_layers * cfg.d_model * net.head.weight.element_size() if cfg is not None else None
-    return {"matmul_parameters": sum(p.numel() for p in weights),
-            "weight_bytes": sum(p.numel() * p.element_size() for p in weights),
-            "kv_bytes_per_key": kv,
-            "attention_flops_per_pair": 4 * cfg.d_model * cfg.n_layers if cfg is not None else None}
 
 
 def sample_boundaries(tokens: torch.Tensor, bos: int, eos: int) -> dict:
