@@ -68,7 +68,7 @@ def _device(name: str):
 
 
 def cmd_eval(args) -> None:
-    from harness.checkpoint import load_checkpoint
+    from harness.checkpoints.own_format import load_checkpoint
     from harness.config import DataSpec
     from harness.metrics.likelihood import estimator_call, test_perplexity, unigram_perplexity
     from harness.train import load_splits
@@ -168,7 +168,7 @@ def sample_progress(args, length: int, rows: int):
 
 
 def cmd_sample(args) -> None:
-    from harness.checkpoint import load_checkpoint
+    from harness.checkpoints.own_format import load_checkpoint
     from harness.memory import sample_rows
 
     loaded = load_checkpoint(args.checkpoint, device=_device(args.device))
@@ -245,7 +245,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_import(args) -> None:
-    from harness.official import import_checkpoint
+    from harness.checkpoints.released import import_checkpoint
 
     path = import_checkpoint(args.src, args.model, args.out, block_size=args.block_size, alpha_0=args.alpha_0,
                              use_ema=not args.no_ema, corpus=args.corpus,

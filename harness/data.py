@@ -350,7 +350,7 @@ def build_splits(corpus: str | os.PathLike | Sequence[str | os.PathLike], tokeni
 
 
 def file_sha256(path: Path) -> str:
-    """Read in 1 MiB blocks: also used on multi-GB released weight files (harness.official)."""
+    """Read in 1 MiB blocks: also used on multi-GB released weight files (harness.checkpoints.released)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

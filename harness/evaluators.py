@@ -408,7 +408,7 @@ class HarnessAREvaluator(CausalLMEvaluator):
 
     def __init__(self, checkpoint_path: str | Path, *, name: str | None = None,
                  device: str | torch.device | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS):
-        from harness.checkpoint import load_checkpoint
+        from harness.checkpoints.own_format import load_checkpoint
 
         path = Path(checkpoint_path).expanduser()
         if not path.exists():

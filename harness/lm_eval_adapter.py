@@ -123,7 +123,7 @@ class EsoLMHarnessLM(LM):
                                else str(first_hitting).lower() in ("1", "true", "yes")}
         if not checkpoint:
             raise ValueError("esolm model needs model_args checkpoint=/path/to/run (or its checkpoint.pt)")
-        from harness.checkpoint import load_checkpoint
+        from harness.checkpoints.own_format import load_checkpoint
 
         if device and str(device).startswith("cuda") and not torch.cuda.is_available():
             # lm_eval's CLI passes --device cuda by default; on a CPU machine run on the CPU.

@@ -133,7 +133,7 @@ class LanguageModel(nn.Module):
     # SamplingSchedule fields its sampler reads besides top_p and given_bos; None: any (it
     # checks its own schedules in check_schedule)
     schedule_fields: tuple[str, ...] | None = None
-    importable: bool = False  # esolm import reads its released checkpoints (harness.official)
+    importable: bool = False  # esolm import reads its released checkpoints (harness.checkpoints.released)
 
     @classmethod
     def check_schedule(cls, schedule: SamplingSchedule, options: dict | None = None) -> None:

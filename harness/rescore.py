@@ -70,10 +70,10 @@ class References:
                     self._tokenizers[key] = build_tokenizer(spec)
                 self._data[name] = (spec, self._tokenizers[key])
             else:
-                from harness.checkpoint import load_checkpoint
+                from harness.checkpoints.own_format import load_checkpoint
                 from harness.config import DataSpec
 
-                from harness.checkpoint import foreign_source
+                from harness.checkpoints.own_format import foreign_source
 
                 path = entry.checkpoint  # a released file was imported into the sweep's run folder
                 path = Path(self.cfg.runs_dir) / self.cfg.name / entry.name if foreign_source(path) else path

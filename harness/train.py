@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from harness import data as data_lib
 from harness import protocols
-from harness.checkpoint import CHECKPOINT_NAME, read_state, restore_tokenizer, save_checkpoint, tokenizer_files
+from harness.checkpoints.own_format import CHECKPOINT_NAME, read_state, restore_tokenizer, save_checkpoint, tokenizer_files
 from harness.config import ConfigError, DataSpec, TrainConfig, resolve_device
 from harness.models import LanguageModel, SpecialTokens, build_model
 from harness.nn.transformer import BackboneConfig

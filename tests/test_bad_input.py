@@ -8,7 +8,7 @@ import torch
 
 import harness.memory as memory
 from baselines.mdlm import per_sequence_times
-from harness.checkpoint import load_checkpoint
+from harness.checkpoints.own_format import load_checkpoint
 from harness.cli import main
 from harness.models import resolve_model_class
 from harness.schedules import antithetic_chunks, antithetic_times

@@ -9,7 +9,7 @@ import yaml
 
 import harness.memory as memory
 from harness import sweep as sw
-from harness.checkpoint import load_checkpoint
+from harness.checkpoints.own_format import load_checkpoint
 from harness.cli import main
 from harness.config import ConfigError
 from tests.test_evaluators import make_checkpoint

@@ -143,7 +143,7 @@ def test_missing_smollm2_package_gives_the_install_command(monkeypatch):
 # --- a harness AR checkpoint --------------------------------------------------------------
 def make_checkpoint(directory: Path, model_name: str = "ar", max_len: int = 32, seed: int = 0) -> Path:
     """A tiny randomly initialised checkpoint with a small byte-level BPE trained on a bit of the corpus."""
-    from harness.checkpoint import save_checkpoint, tokenizer_files
+    from harness.checkpoints.own_format import save_checkpoint, tokenizer_files
     from harness.data import ByteBPETokenizer, load_bundled_corpus
     from harness.models import SpecialTokens, build_model
     from harness.nn.transformer import BackboneConfig

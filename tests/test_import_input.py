@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import harness.official as official
+import harness.checkpoints.released as official
 from harness.cli import main
 from tests.test_official import D, official_weights, write_hf, write_lightning
 

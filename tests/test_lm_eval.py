@@ -37,7 +37,7 @@ def test_simple_evaluate_end_to_end_offline(ar_run, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
     import harness.lm_eval_adapter as A
-    from harness.checkpoint import load_checkpoint
+    from harness.checkpoints.own_format import load_checkpoint
 
     task_dir = A.write_lm_eval_task(tmp_path / "tasks", n_docs=3, max_chars=300)
     yaml_text = (task_dir / "esolm_corpus_ppl.yaml").read_text()

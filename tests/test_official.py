@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from harness.checkpoint import load_checkpoint, read_state
+from harness.checkpoints.own_format import load_checkpoint, read_state
 from harness.cli import main
-from harness.official import import_checkpoint
+from harness.checkpoints.released import import_checkpoint
 from tests.test_safe_load import Trap
 
 V, D, HEADS, COND, LAYERS, L = 50258, 32, 4, 16, 2, 16

@@ -73,7 +73,7 @@ def test_a_plugin_model_runs_a_sweep_point_its_report_sample_and_lm_eval(toy, tm
     assert exit_info.value.code == 2
     assert "--steps does not apply to toy-ar; it takes no schedule flags" in capsys.readouterr().err
 
-    from harness.checkpoint import load_checkpoint
+    from harness.checkpoints.own_format import load_checkpoint
     from harness.models import build_model
 
     toy_model = load_checkpoint(run).model  # the memory estimate asks the class for its cache size

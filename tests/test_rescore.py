@@ -122,7 +122,7 @@ def test_a_point_the_sweep_reran_is_scored_again(sweep_dir, tmp_path, capsys):
 def test_rescore_mauve_uses_the_entrys_test_split(sweep_dir, tmp_path, monkeypatch):
     """Reference texts rebuilt from the train block are the ones the sweep would use with the
     checkpoint; mauve_score itself is stubbed (importing mauve-text alone takes seconds)."""
-    from harness.checkpoint import load_checkpoint
+    from harness.checkpoints.own_format import load_checkpoint
     from harness.config import DataSpec
     from harness.metrics import mauve as mauve_mod
 

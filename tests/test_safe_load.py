@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.torch_version import TorchVersion
 
-from harness.checkpoint import load_checkpoint, read_state, save_checkpoint, tokenizer_files
+from harness.checkpoints.own_format import load_checkpoint, read_state, save_checkpoint, tokenizer_files
 from harness.cli import main
 from tests.helpers import tiny_model
 

@@ -51,11 +51,12 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
         return any(name == p or name.startswith(p + ".") for p in prefixes)
 
     low = ("harness.nn", "harness.schedules", "harness.sampling", "harness.memory", "harness.models")
-    above_low = ("harness.sweep", "harness.report", "harness.cli", "harness.train", "harness.official",
+    above_low = ("harness.sweep", "harness.report", "harness.cli", "harness.train", "harness.checkpoints.released",
                  "harness.rescore", "harness.compare", "harness.export", "harness.lm_eval_adapter",
-                 "harness.bench_likelihood", "harness.metrics", "harness.evaluators", "harness.checkpoint")
+                 "harness.bench_likelihood", "harness.metrics", "harness.evaluators", "harness.checkpoints",
+                 "harness.checkpoint")
     readers = ("harness.report", "harness.compare", "harness.export", "harness.rescore")
-    runner_or_importer = RUNNER + ("harness.sweep.point", "harness.official")
+    runner_or_importer = RUNNER + ("harness.sweep.point", "harness.checkpoints.released")
     bad = []
     for name, deps in graph.items():
         for dep in sorted(deps):

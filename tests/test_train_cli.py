@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from harness.checkpoint import load_checkpoint, read_state
+from harness.checkpoints.own_format import load_checkpoint, read_state
 from harness.cli import main
 from harness.config import ConfigError, load_train_config
 from harness.train import train
@@ -231,7 +231,7 @@ def test_sample_command_continues_a_prompt(tmp_path, capsys):
           "--device", "cpu"])
     out = capsys.readouterr().out
     samples = [block.split("\n", 1)[1] for block in out.split("--- sample ")[1:]]
-    from harness.checkpoint import load_checkpoint
+    from harness.checkpoints.own_format import load_checkpoint
 
     tok = load_checkpoint(tmp_path / "m").tokenizer
     start = tok.decode([tok.bos_id]) + "It is a truth"
@@ -273,7 +273,7 @@ def checkpoints(tmp_path_factory):
 def test_sample_needs_no_schedule_flags_and_reports_work_per_sample_and_per_batch(checkpoints, capsys, name, label):
     """Diffusion models sample with the documented default (T = L; BD3-LM first hitting), and the
     work line gives NFE and tokens computed per sample beside the labelled batch totals."""
-    from harness.checkpoint import load_checkpoint
+    from harness.checkpoints.own_format import load_checkpoint
     from harness.schedules import SamplingSchedule
 
     main(["sample", str(checkpoints / name), "--n", "3", "--length", "16", "--prompt", "It was", "--device", "cpu"])

@@ -47,7 +47,7 @@ class BackboneConfig:
     dropout: float = 0.0
     rope_base: float = 10_000.0
     adaln: bool = True  # adaLN-Zero modulation fed a constant (no time conditioning)
-    # A bias on the output head: the released DiT checkpoints have one (harness/official.py);
+    # A bias on the output head: the released DiT checkpoints have one (harness/checkpoints/released.py);
     # off by default so every checkpoint saved before the option existed loads unchanged.
     head_bias: bool = False
 

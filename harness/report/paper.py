@@ -84,7 +84,7 @@ def imported_entries(results_dir: Path) -> set[str]:
              if isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("checkpoint"), str)}
     if not named:
         return set()
-    from harness.checkpoint import foreign_source  # the one rule for "a released file"
+    from harness.checkpoints.own_format import foreign_source  # the one rule for "a released file"
 
     return {name for name, spec in named.items() if foreign_source(spec)}
 

@@ -17,7 +17,7 @@ from harness.sweep.schema import EvaluatorRef, ModelEntry, SweepConfig, entry_tr
 
 
 def git_commit() -> str | None:
-    from harness.checkpoint import git_commit as commit
+    from harness.checkpoints.own_format import git_commit as commit
 
     return commit()
 
@@ -106,7 +106,7 @@ class Context:
             loaded = LoadedEntry(model, tokenizer, tcfg.data, None,
                                  {"parameters": model.net.num_parameters(), "weights": "random"}, tcfg.model)
         else:
-            from harness.checkpoint import load_checkpoint
+            from harness.checkpoints.own_format import load_checkpoint
 
             path = self.checkpoints[name]
             ck = load_checkpoint(path, device=self.device, expect_model=entry.model_name)

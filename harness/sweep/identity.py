@@ -41,7 +41,7 @@ def entry_identity(cfg: SweepConfig, entry: ModelEntry) -> dict:
         return {"init": entry.init, "recipe": recipe}
     path = Path(entry.checkpoint)
     if path.is_dir():
-        from harness.checkpoint import CHECKPOINT_NAME
+        from harness.checkpoints.own_format import CHECKPOINT_NAME
 
         path = path / CHECKPOINT_NAME
     stat = path.stat() if path.exists() else None

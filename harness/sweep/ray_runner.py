@@ -47,7 +47,7 @@ def run_ray(config_path, cfg: SweepConfig, todo: list[Point], needed: set[str], 
     releases each once its row is written."""
     import ray
 
-    from harness.checkpoint import resolve_checkpoint_path
+    from harness.checkpoints.own_format import resolve_checkpoint_path
 
     if not ray.is_initialized():
         ray.init()

@@ -35,7 +35,7 @@ def train_entries(cfg: SweepConfig, names: set[str], progress: bool) -> dict[str
         if entry.name not in names or entry.init == "random":
             continue
         if entry.checkpoint is not None:
-            from harness.checkpoint import resolve_checkpoint_path
+            from harness.checkpoints.own_format import resolve_checkpoint_path
 
             paths[entry.name] = str(resolve_checkpoint_path(entry.checkpoint))
             continue
@@ -95,7 +95,7 @@ def results_lock(results_dir: Path, shard: tuple[int, int], only: set[str] | Non
 def missing_paths(cfg: SweepConfig, names: set[str], source: str) -> None:
     """Pre-flight: every checkpoint and evaluator path the run needs exists, else one stderr
     line per missing path and a ConfigError before anything is imported, trained or written."""
-    from harness.checkpoint import foreign_source
+    from harness.checkpoints.own_format import foreign_source
 
     checkpoints, texts = [], []  # reported in this order: every checkpoint, then the texts
     for i, e in enumerate(cfg.models):
@@ -123,9 +123,9 @@ def missing_paths(cfg: SweepConfig, names: set[str], source: str) -> None:
 
 def import_entries(cfg: SweepConfig, names: set[str], source: str) -> None:
     """Checkpoint entries naming a released file (``hf:/folder`` or a ``.ckpt``) are imported
-    once into <runs_dir>/<name>/<entry>/ (harness.official) and read like any checkpoint after."""
-    from harness.checkpoint import foreign_source
-    from harness.official import imported_checkpoint
+    once into <runs_dir>/<name>/<entry>/ (harness.checkpoints.released) and read like any checkpoint after."""
+    from harness.checkpoints.own_format import foreign_source
+    from harness.checkpoints.released import imported_checkpoint
 
     missing_paths(cfg, names, source)
     for i, entry in enumerate(cfg.models):

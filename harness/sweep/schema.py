@@ -271,7 +271,7 @@ def check_consistency(cfg: SweepConfig, source: str) -> None:
 def check_checkpoint_entries(cfg: SweepConfig, names: set[str], source: str) -> None:
     """Checkpoint entries exist and hold the sweep's lengths: checked before anything is
     written or trained (train entries are checked when the config is parsed)."""
-    from harness.checkpoint import check_model, read_state
+    from harness.checkpoints.own_format import check_model, read_state
 
     for i, entry in enumerate(cfg.models):
         if entry.checkpoint is None or entry.name not in names:

@@ -14,7 +14,7 @@ fold exactly onto the harness trunk:
 
 Two source formats: a Hugging Face folder (config.json + model.safetensors or
 pytorch_model.bin) and a Lightning ``.ckpt`` (state_dict + EMA shadow parameters, read
-without running its pickled objects: harness.foreign).  Anything not understood is
+without running its pickled objects: harness.checkpoints.safe_unpickle).  Anything not understood is
 refused in one line before anything is written: time conditioning, unknown or missing
 weights, shapes that do not fit, a vocabulary other than GPT-2 + [MASK], an unknown
 config.json field, AR weights imported as a diffusion model or the reverse.
@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness.checkpoint import foreign_source  # noqa: F401  (sweeps and readers import it from harness.checkpoint)
-from harness.foreign import load_foreign, lookup, plain
-from harness.import_checks import LIGHTNING_FIELDS, VOCAB, check_fields, check_tensors, read_config_json, scalar
+from harness.checkpoints.own_format import foreign_source  # noqa: F401  (sweeps and readers import it from harness.checkpoints.own_format)
+from harness.checkpoints.safe_unpickle import load_foreign, lookup, plain
+from harness.checkpoints.released_checks import LIGHTNING_FIELDS, VOCAB, check_fields, check_tensors, read_config_json, scalar
 from harness.models import importable_models
 
 # model_type (HF) or algo name (Lightning config) -> the harness models it may be imported as.
@@ -86,7 +86,7 @@ def read_hf(folder: Path) -> Source:
         except Exception as err:
             refuse(f"{safetensors_file} cannot be read ({type(err).__name__}); re-download it")
     elif bin_file.is_file():
-        from harness.checkpoint import foreign_globals
+        from harness.checkpoints.own_format import foreign_globals
 
         try:
             state = torch.load(bin_file, map_location="cpu", weights_only=True)
@@ -351,7 +351,7 @@ def import_checkpoint(src: str | Path, model: str, out: str | Path, *, block_siz
     ``corpus`` or ``data`` (DataSpec fields, e.g. ``{hf_dataset: PATH, protocol: owt}``) say what
     text eval and sweeps read for it.  Every check runs before anything is written; an existing
     checkpoint is never replaced."""
-    from harness.checkpoint import CHECKPOINT_NAME, folder_lock, save_checkpoint, tokenizer_files
+    from harness.checkpoints.own_format import CHECKPOINT_NAME, folder_lock, save_checkpoint, tokenizer_files
     from harness.data import GPT2Tokenizer, file_sha256
     from harness.models import SpecialTokens, build_model
     from harness.nn.transformer import BackboneConfig
@@ -435,7 +435,7 @@ def imported_checkpoint(spec: str, model: str | None, out: Path, import_args: di
     """The harness checkpoint for a sweep entry naming a released file: imported into ``out``
     on first use, reused afterwards while it records the same source file (path, size and
     modification time), refused when ``out`` holds anything else (nothing is overwritten)."""
-    from harness.checkpoint import CHECKPOINT_NAME, read_state
+    from harness.checkpoints.own_format import CHECKPOINT_NAME, read_state
 
     src = Path(foreign_source(spec)).expanduser()
     args = dict(import_args or {})
