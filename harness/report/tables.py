@@ -140,4 +140,6 @@ def by_length_table(agg, column: str, show) -> str:
 
 
 def values_of(df, col) -> list:
-    return sorted({str(v) for v in df[col].dropna()}) if col in df else []
+    """The distinct values of a column as text ("(1 threads)", as rows before the fix spelled
+    a device, reads "(1 thread)")."""
+    return sorted({str(v).replace("(1 threads)", "(1 thread)") for v in df[col].dropna()}) if col in df else []

@@ -277,7 +277,8 @@ def fastest_mode(ctx: Context, sampler, point: Point, schedule: SamplingSchedule
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine()} CPU ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def save_point(results_dir: Path, cfg: SweepConfig, row: dict, records: list[dict]) -> None:
