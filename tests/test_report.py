@@ -83,7 +83,7 @@ def test_report_files_tables_protocol_and_samples(tmp_path):
     assert not (tmp_path / "report" / "speed_vs_length.png").exists()  # one length only
     md = out.read_text()
     assert "A demo sweep for the report test." in md
-    for needle in ("harness-ar:ar@step300", "exact, nelbo(draws=1)", "x86_64 CPU (1 threads)", "fp32", "abc1234",
+    for needle in ("harness-ar:ar@step300", "exact, nelbo(draws=1)", "x86_64 CPU (1 thread)", "fp32", "abc1234",
                    "| batch size | 8 |", "![gen PPL vs time](pareto_time.png)", "![perplexity vs alpha_0](alpha0.png)",
                    "sample text of ar/default/L64/s0", "mauve"):
         assert needle in md, needle
