@@ -59,6 +59,8 @@ def test_parquet_or_a_one_line_error_without_pyarrow(results, tmp_path, monkeypa
         export(results, parquet_path=tmp_path / "out.parquet")
         table = pq.read_table(tmp_path / "out.parquet").to_pylist()
         assert [(r["key"], r["gen_ppl"], r["mauve"]) for r in table] == [("b", 700.0, None), ("a", 400.0, 0.5)]
+        assert [r["nfe_per_batch"] for r in table] == [[8, 8], [8, 8]]  # a native list column, not JSON text
+        assert json.loads(table[0]["schedule_fields"]) == {"steps": 8}  # mappings stay JSON text
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(SystemExit) as exit_:
         main(["export", str(results), "--parquet", str(tmp_path / "x.parquet")])
