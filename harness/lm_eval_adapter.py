@@ -160,6 +160,8 @@ class EsoLMHarnessLM(LM):
         """lm_eval passes its own --batch_size/--device beside model_args; a value given in
         model_args wins (lm-eval passed both: "multiple values for keyword argument")."""
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        if str(extra.get("device", "")).startswith("cuda") and not torch.cuda.is_available():
+            extra.pop("device")  # lm-eval's own default, not the user's ask: no "cuda requested" line on a CPU
         return cls(**arg_dict, **extra)
 
     @classmethod
@@ -452,19 +454,39 @@ def evaluate(checkpoint: str | Path, tasks: list[str], include_path: str | Path 
                                    batch_size=batch_size, device=device, limit=limit)
 
 
+ALLOW_HUB = "--allow-hub"
+
+
+def needs_the_hub(err: BaseException) -> bool:
+    """Whether an error is the Hugging Face hub refusing (offline) or unreachable."""
+    names = {c.__name__ for c in type(err).__mro__}
+    return bool(names & {"ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError"}) or \
+        "offline" in str(err).lower()
+
+
 def main() -> None:
-    """``python -m harness.lm_eval_adapter <lm_eval CLI args>`` with the esolm model registered."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    sys.argv[0] = "lm_eval"
+    """``esolm-lm-eval <lm_eval CLI args>`` with the esolm model registered.  It runs offline (the
+    harness downloads nothing) unless ``--allow-hub`` is given, which lets lm-eval fetch the
+    datasets of its registry's tasks (lambada_openai, ...)."""
+    allow_hub = ALLOW_HUB in sys.argv
+    sys.argv = ["lm_eval"] + [a for a in sys.argv[1:] if a != ALLOW_HUB]
+    if not allow_hub:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
         require_lm_eval()
         from lm_eval.__main__ import cli_evaluate
 
         cli_evaluate()
-    except (ValueError, FileNotFoundError) as err:  # a bad checkpoint/model arg/task: one line, like esolm's
+    except Exception as err:  # noqa: BLE001 - every failure is one line here, like esolm's
+        offline = needs_the_hub(err) and not allow_hub
+        if not offline and not isinstance(err, (ValueError, FileNotFoundError)):
+            raise
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "Tasks not found" in message and "--include_path" not in sys.argv:
+        if offline:
+            message = (f"a task needs the Hugging Face hub, which esolm-lm-eval keeps offline ({type(err).__name__}); "
+                       f"pass {ALLOW_HUB} to let lm-eval download it, or use a local task with --include_path DIR")
+        elif "Tasks not found" in message and "--include_path" not in sys.argv:
             message += " (for esolm_corpus_ppl: esolm lm-eval-task DIR, then pass --include_path DIR)"
         print(f"esolm-lm-eval: error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -197,3 +197,39 @@ def test_lm_eval_cli_mistakes_are_one_line_errors(ar_run, tmp_path, monkeypatch,
         A.main()
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err[-1].startswith("esolm-lm-eval: error:") and fragment in err[-1], err
+
+
+def test_a_task_that_needs_the_hub_is_one_line_naming_the_flag(monkeypatch, capsys):
+    """--tasks lambada_openai used to end in a 30-line ConnectionError: the wrapper keeps the
+    hub offline and said so nowhere.  --allow-hub lets lm-eval reach it (and its errors through)."""
+    import lm_eval.__main__
+
+    import harness.lm_eval_adapter as A
+
+    def offline():
+        raise ConnectionError("Couldn't reach 'EleutherAI/lambada_openai' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", offline)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("sys.argv", ["esolm-lm-eval", "--model", "esolm", "--tasks", "lambada_openai"])
+    with pytest.raises(SystemExit) as exit_info:
+        A.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "pass --allow-hub" in err[0], err
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("sys.argv", ["esolm-lm-eval", "--allow-hub", "--model", "esolm", "--tasks", "lambada_openai"])
+    with pytest.raises(ConnectionError):
+        A.main()
+    import os
+
+    assert "HF_HUB_OFFLINE" not in os.environ  # the hub was allowed
+
+
+def test_lm_evals_default_cuda_device_is_dropped_quietly_on_a_cpu(ar_run, capsys, monkeypatch):
+    """lm-eval's CLI passes device cuda:0 by default; on a CPU machine that printed a line the user
+    never asked for.  A device the user gives in model_args is still theirs."""
+    import harness.lm_eval_adapter as A
+
+    monkeypatch.setattr(A.torch.cuda, "is_available", lambda: False)
+    lm = A.EsoLMHarnessLM.create_from_arg_obj({"checkpoint": str(ar_run)}, {"device": "cuda:0", "batch_size": 2})
+    assert lm.device.type == "cpu" and "requested" not in capsys.readouterr().err
