@@ -30,12 +30,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from baselines.mdlm import ancestral_denoise, dense_rank, per_sequence_times, plan_reveals
+from baselines.mdlm import ancestral_denoise, dense_rank, plan_reveals
 from harness.models import NLL, Generation, LanguageModel, SampleLogProb, scored_sum
 from harness.nn import masks
 from harness.nn.steps import static_steps
 from harness.nn.transformer import KVCache
-from harness.schedules import LogLinear, SamplingSchedule, antithetic_times
+from harness.schedules import LogLinear, SamplingSchedule, antithetic_times, per_sequence_times, uniform
 
 # The BD3-LM code regenerates samples whose last 256 tokens have unigram entropy < 4 nats;
 # this sampler never does (docs/models.md §0): harness.metrics.entropy counts degenerate samples
@@ -122,7 +122,7 @@ class BD3LM(LanguageModel):
         """(B, L) one-sample NELBO terms for block times t (B, blocks); positions where
         ``keep`` (B, L) is True are never masked (a given prefix)."""
         t = t.repeat_interleave(self.block_size, dim=1)  # each token takes its block's t
-        drop = torch.rand(x0.shape, generator=generator, device=x0.device) < 1 - self.noise.alpha(t)
+        drop = uniform(x0.shape, generator, x0.device) < 1 - self.noise.alpha(t)
         drop = drop if keep is None else drop & ~keep
         zt = x0.masked_fill(drop, self.special.mask)
         return self.noise.weight(t) * self.token_ce(x0, zt)
@@ -138,7 +138,7 @@ class BD3LM(LanguageModel):
     def nll(self, x0: torch.Tensor, draws: int = 1, generator=None) -> NLL:
         """Per-sequence NELBO with t ~ U[eps, 1] per block (never the clipped range)."""
         B, nb = x0.shape[0], self.blocks(x0.shape[1])
-        times = per_sequence_times(B * nb, draws, self.noise.eps, generator, x0.device)
+        times = per_sequence_times((B, nb), draws, self.noise.eps, generator, x0.device)
         nats = sum(self.token_nelbo(x0, t.view(B, nb), generator).double().sum(dim=1) for t in times) / draws
         return NLL(nats, tokens=x0.shape[1], exact=False, estimator=f"nelbo(draws={draws})")
 

@@ -32,21 +32,8 @@ from harness.nn import masks
 from harness.nn.steps import static_steps
 from harness.memory import row_chunk
 from harness.sampling import SAMPLE_CHUNK_ELEMENTS, Drawer  # noqa: F401  (re-exported)
-from harness.schedules import LogLinear, SamplingSchedule, antithetic_times
+from harness.schedules import LogLinear, SamplingSchedule, antithetic_times, per_sequence_times, uniform  # noqa: F401
 
-
-
-def per_sequence_times(n: int, draws: int, eps: float, generator=None, device=None):
-    """Yields the (n,) times t ~ U[eps, 1] of each of ``draws`` draws, stratified over the
-    draws of each sequence.
-
-    Unlike :func:`antithetic_times` across the batch, every t here is marginally uniform
-    for its own sequence, so each sequence's NELBO estimate is unbiased on its own.  One
-    draw at a time: any number of draws runs in the memory of one.
-    """
-    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-    for d in range(draws):
-        yield (eps + (1 - eps) * ((u + d / draws) % 1)).float()
 
 
 def dense_rank(step: torch.Tensor) -> torch.Tensor:
@@ -222,7 +209,7 @@ class MDLM(LanguageModel):
     def corrupt(self, x0: torch.Tensor, t: torch.Tensor, generator=None) -> torch.Tensor:
         """z_t: mask each token independently with probability 1 − alpha_t (t: (B,) or (B, L))."""
         t = t[:, None] if t.dim() == 1 else t
-        drop = torch.rand(x0.shape, generator=generator, device=x0.device) < 1 - self.noise.alpha(t)
+        drop = uniform(x0.shape, generator, x0.device) < 1 - self.noise.alpha(t)
         return x0.masked_fill(drop, self.special.mask)
 
     def token_ce(self, x0: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
@@ -247,7 +234,7 @@ class MDLM(LanguageModel):
     @torch.no_grad()
     def nll(self, x0: torch.Tensor, draws: int = 1, generator=None) -> NLL:
         """Per-sequence NELBO (nats over all L tokens), averaged over ``draws`` t per sequence."""
-        times = per_sequence_times(x0.shape[0], draws, self.noise.eps, generator, x0.device)
+        times = per_sequence_times((x0.shape[0],), draws, self.noise.eps, generator, x0.device)
         nats = sum(self.token_nelbo(x0, t, generator).double().sum(dim=1) for t in times) / draws
         return NLL(nats, tokens=x0.shape[1], exact=False, estimator=f"nelbo(draws={draws})")
 

@@ -70,7 +70,7 @@ def _device(name: str):
 def cmd_eval(args) -> None:
     from harness.checkpoints.own_format import load_checkpoint
     from harness.config import DataSpec
-    from harness.metrics.likelihood import estimator_call, test_perplexity, unigram_perplexity
+    from harness.metrics.likelihood import estimator_call, se_note, test_perplexity, unigram_perplexity
     from harness.train import load_splits
 
     loaded = load_checkpoint(args.checkpoint, device=_device(args.device))
@@ -93,10 +93,10 @@ def cmd_eval(args) -> None:
         print(json.dumps(result))
     else:
         kind = "exact" if result.get("exact") else "upper bound"
-        print(f"{result['model']} {args.split} perplexity {result['ppl']:.3f} ({kind}; data protocol "
-              f"{spec.protocol}; estimator "
-              f"{result['estimator']}; {result['n_sequences']} sequences x {length} tokens); "
-              f"unigram baseline {result['unigram_ppl']:.1f}")
+        print(f"{result['model']} {args.split} perplexity {result['ppl']:.3f} ± {result['ppl_se']:.3f} "
+              f"({se_note(result)}; {kind}; "
+              f"data protocol {spec.protocol}; estimator {result['estimator']}; {result['n_sequences']} sequences x "
+              f"{length} tokens; seed {args.seed}); unigram baseline {result['unigram_ppl']:.1f}")
 
 
 def schedule_from_args(args):
@@ -342,10 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--split", choices=["valid", "test"], default="test", help="held-out split")
     p.add_argument("--length", type=int, help="sequence length (default: the training length)")
-    p.add_argument("--batch-size", type=at_least(1), default=16, help="sequences per forward")
+    p.add_argument("--batch-size", type=at_least(1), default=16, help="sequences per forward (the estimate does not "
+                   "depend on it)")
     p.add_argument("--max-sequences", type=at_least(1), help="evaluate only the first N sequences")
     p.add_argument("--draws", type=at_least(1, MAX_DRAWS), help="Monte-Carlo t draws per sequence for NELBO estimators "
-                   "(default 1)")
+                   "(default 1; 2 or more also give the Monte-Carlo SE)")
     p.add_argument("--alpha-0", type=fraction, help="Eso-LM: alpha_0 at evaluation (default: training value)")
     p.add_argument("--iw", type=at_least(1, MAX_DRAWS), help="Eso-LM: importance-weighted estimate over K random orders")
     p.add_argument("--seed", type=seed_int, default=0, help="seeds the random draws")

@@ -21,6 +21,9 @@ or ``advisory`` in the tolerance file opts out of these checks for that metric, 
 ``config_hash: off`` compares points made from different configs.  Speed is *advisory* by
 default (shown, never failing: shared CI runners are noisy); the exact work counters (NFE,
 tokens computed) are gated exactly, so the speed story is still checked where time is not.
+A Monte-Carlo test perplexity (a NELBO bound) that moved past its tolerance but within two
+standard errors of the difference (both rows' ``test_ppl_se``) is noise and passes; an exact
+one has no such band.
 
 Output: one line per point that fails (REGRESSED, missing or not comparable) and a summary
 line; ``--verbose`` prints the full table first, ``--csv FILE`` writes it per point and metric.
@@ -175,8 +178,19 @@ class Check:
         return f"{self.cand:.5g}" + (f" ({rel:+.1%})" if delta else "")
 
 
-def judge(metric: str, ref, cand, tol: Tolerance) -> Check:
-    """Compare one metric; ``ref`` is a valid reference value (checked by the caller)."""
+def noise_band(metric: str, rm: dict, cm: dict) -> float:
+    """How far a Monte-Carlo estimate may move by chance: two standard errors of the
+    difference, sqrt(SE_ref² + SE_cand²), when both rows carry ``<metric>_se``; 0 for an exact
+    estimate (the same test set gives the same number, so any move is real)."""
+    se = (_num(rm.get(f"{metric}_se")), _num(cm.get(f"{metric}_se")))
+    if None in se or rm.get(f"{metric}_exact") or cm.get(f"{metric}_exact"):
+        return 0.0
+    return 2 * math.hypot(*se)
+
+
+def judge(metric: str, ref, cand, tol: Tolerance, noise: float = 0.0) -> Check:
+    """Compare one metric; ``ref`` is a valid reference value (checked by the caller).  A move
+    within ``noise`` (:func:`noise_band`) is ok even past the tolerance."""
     direction = METRICS[metric][0]
     r = float(ref)
     why = invalid(metric, cand)
@@ -195,6 +209,8 @@ def judge(metric: str, ref, cand, tol: Tolerance) -> Check:
     margin = abs(delta) - allowed - 1e-12 * max(1.0, abs(r))
     if delta == 0 or margin <= 0:
         return Check("ok", r, c, full)
+    if abs(delta) <= noise:
+        return Check("ok", r, c, f"{full}; within 2 combined SEs ({noise:.4g}): Monte-Carlo noise")
     return Check("REGRESSED" if worse else "improved", r, c, full)
 
 
@@ -226,7 +242,7 @@ def compare_point(ref: dict, cand: dict, tolerances: dict[str, Tolerance]) -> tu
             checks[metric] = Check(opted, _num(r), _num(c), f"{metric} scored by another evaluator "
                                    f"({evaluators[0]} -> {evaluators[1]})")
         else:
-            checks[metric] = judge(metric, r, c, tol)
+            checks[metric] = judge(metric, r, c, tol, noise_band(metric, rm, cm))
     return checks, reasons
 
 

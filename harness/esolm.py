@@ -41,7 +41,7 @@ from harness.nn import masks
 from harness.memory import cache_row_bytes, row_chunk
 from harness.nn.steps import bucket, static_steps
 from harness.sampling import Drawer
-from harness.schedules import LogLinear, SamplingSchedule, antithetic_chunks, antithetic_times
+from harness.schedules import LogLinear, SamplingSchedule, antithetic_times, per_sequence_times, uniform
 
 IW_CHUNK = 256  # orders whose log-probabilities are held at once by nll_exact_order
 
@@ -57,7 +57,7 @@ def sort_positions(first: torch.Tensor, generator=None, shuffle_rest: bool = Fal
     ``y.gather(1, inv)`` scatters sorted outputs back to original positions.
     """
     B, L = first.shape
-    u = torch.rand(B, L, dtype=torch.float64, generator=generator, device=first.device)
+    u = uniform((B, L), generator, first.device, torch.float64)
     rest = u if shuffle_rest else torch.arange(L, device=first.device, dtype=torch.float64) / L
     perm = torch.where(first, u, 1 + rest).argsort(dim=1)
     return perm, perm.argsort(dim=1)
@@ -140,7 +140,7 @@ class EsoLM(LanguageModel):
         if t is None:
             t = antithetic_times(B, self.eps, generator, x0.device)
         alpha_t = schedule.alpha(t)
-        masked = torch.rand(B, L, generator=generator, device=x0.device) >= alpha_t[:, None]
+        masked = uniform((B, L), generator, x0.device) >= alpha_t[:, None]
         perm, _ = sort_positions(~masked, generator, shuffle_rest=True)
         masked, x = masked.gather(1, perm), x0.gather(1, perm)
         z = torch.where(masked, self.special.mask, x)
@@ -152,7 +152,7 @@ class EsoLM(LanguageModel):
         """Σ_{masked in z_0} −log p(x_i | ·); z_0 masks each token w.p. 1 − alpha_0, sorted
         clean (random order) then masked (left to right), one forward on z_0 ⊕ x."""
         B, L = x0.shape
-        masked = torch.rand(B, L, generator=generator, device=x0.device) >= alpha_0
+        masked = uniform((B, L), generator, x0.device) >= alpha_0
         perm, _ = sort_positions(~masked, generator)
         masked, x = masked.gather(1, perm), x0.gather(1, perm)
         z = torch.where(masked, self.special.mask, x)
@@ -186,12 +186,12 @@ class EsoLM(LanguageModel):
     @torch.no_grad()
     def nll(self, x0: torch.Tensor, alpha_0: float | None = None, draws: int = 1, generator=None) -> NLL:
         """NELBO per sequence (an upper bound on −log p(x)) for alpha_0 at evaluation
-        (default: the training alpha_0).  Each of ``draws`` draws uses one t (stratified per
-        row across draws and rows) and one z_0 per row; the draws are averaged."""
+        (default: the training alpha_0).  Each of ``draws`` draws uses one t per row (stratified
+        over that row's draws, as MDLM's) and one z_0 per row; the draws are averaged."""
         a = self.alpha_0 if alpha_0 is None else float(alpha_0)
         B, L = x0.shape
         nats = torch.zeros(B, dtype=torch.float64, device=x0.device)
-        for t in antithetic_chunks(draws * B, B, self.eps, generator, x0.device):  # one draw at a time
+        for t in per_sequence_times((B,), draws, self.eps, generator, x0.device):  # one draw at a time
             if a > 0:  # with alpha_0 = 0 the weight is 0: the term vanishes exactly
                 nats += self.diffusion_term(x0, a, t, generator).double()
             if a < 1:  # with alpha_0 = 1, z_0 = x: nothing is masked
@@ -250,7 +250,7 @@ class EsoLM(LanguageModel):
     def draw_order(self, n: int, length: int, n_diff: int, generator=None) -> torch.Tensor:
         """(n, length) sorted order: n_diff uniformly random diffusion positions in random
         order, then the rest left to right (a fresh order per row)."""
-        u = torch.rand(n, length, dtype=torch.float64, generator=generator, device=self.device)
+        u = uniform((n, length), generator, self.device, torch.float64)
         diffusion = torch.zeros(n, length, dtype=torch.bool, device=self.device)
         diffusion.scatter_(1, u.argsort(1)[:, :n_diff], True)
         return sort_positions(diffusion, generator)[0]

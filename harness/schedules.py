@@ -32,20 +32,49 @@ class LogLinear:
         return self.scale * (1 - self.eps) / (1 - self.alpha(t))
 
 
+class RowNoise:
+    """One random stream per row of a batch, passed where a model takes a ``generator``: a
+    row's Monte-Carlo draws (times, masks, orders) then depend on its own seed only, never on
+    which batch it sits in, so a test perplexity is the same at any batch size."""
+
+    def __init__(self, seeds: list[int], device=None):
+        self.generators = [torch.Generator(device=device or "cpu").manual_seed(int(s)) for s in seeds]
+
+    def rand(self, shape, dtype=torch.float32, device=None) -> torch.Tensor:
+        if shape[0] != len(self.generators):
+            raise ValueError(f"RowNoise holds {len(self.generators)} rows, asked for {shape[0]}")
+        return torch.stack([torch.rand(tuple(shape[1:]), generator=g, dtype=dtype, device=device)
+                            for g in self.generators])
+
+
+def uniform(shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """U[0, 1) of ``shape`` from a torch generator, the global RNG (None) or a :class:`RowNoise`
+    (rows along the first dimension)."""
+    if isinstance(generator, RowNoise):
+        return generator.rand(tuple(shape), dtype, device)
+    return torch.rand(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def per_sequence_times(shape, draws: int, eps: float, generator=None, device=None):
+    """Yields the times t ~ U[eps, 1] of each of ``draws`` draws (``shape``: (rows,) or, for
+    BD3-LM's block times, (rows, blocks)), stratified over the draws of each row.
+
+    Unlike :func:`antithetic_times` across the batch, every t here is marginally uniform for
+    its own row, so each sequence's NELBO estimate is unbiased on its own (and with a
+    :class:`RowNoise`, independent of the batch).  One draw at a time: any number of draws
+    runs in the memory of one.
+    """
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    u = uniform(shape, generator, device, torch.float64)
+    for d in range(draws):
+        yield (eps + (1 - eps) * ((u + d / draws) % 1)).float()
+
+
 def antithetic_times(n: int, eps: float, generator=None, device=None) -> torch.Tensor:
     """n stratified draws of t ~ U[eps, 1] (one uniform offset, n evenly spaced strata)."""
     u = torch.rand(1, generator=generator, device=device)
     t = (u + torch.arange(n, device=device) / n) % 1
     return eps + (1 - eps) * t
-
-
-def antithetic_chunks(n: int, chunk: int, eps: float, generator=None, device=None):
-    """:func:`antithetic_times` of n, yielded ``chunk`` at a time (the same numbers), so a
-    huge n (e.g. many NELBO draws × rows) never allocates all n at once."""
-    u = torch.rand(1, generator=generator, device=device)
-    for start in range(0, n, chunk):
-        t = (u + torch.arange(start, min(start + chunk, n), device=device) / n) % 1
-        yield eps + (1 - eps) * t
 
 
 SHORT_NAMES = {"steps": "T", "alpha_0": "a0", "blocks": "blocks", "first_hitting": "fh", "top_p": "p",

@@ -11,7 +11,6 @@ from baselines.mdlm import per_sequence_times
 from harness.checkpoints.own_format import load_checkpoint
 from harness.cli import main
 from harness.models import resolve_model_class
-from harness.schedules import antithetic_chunks, antithetic_times
 from tests.helpers import random_batch, tiny_model
 from tests.test_evaluators import make_checkpoint
 
@@ -99,9 +98,6 @@ def test_times_drawn_one_draw_at_a_time_are_the_stratified_times():
     expected = (eps + (1 - eps) * ((u + strata) % 1)).float()
     got = torch.stack(list(per_sequence_times(n, draws, eps, torch.Generator().manual_seed(0))))
     assert torch.equal(got, expected)
-    whole = antithetic_times(n * draws, eps, torch.Generator().manual_seed(1))
-    chunks = torch.cat(list(antithetic_chunks(n * draws, n, eps, torch.Generator().manual_seed(1))))
-    assert torch.equal(chunks, whole)
 
 
 def test_plugin_models_are_checked_and_not_imported_from_the_working_directory(tmp_path, monkeypatch, capsys):

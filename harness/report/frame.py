@@ -38,7 +38,7 @@ def load_frame(results_dir: str | Path):
         item["mauve_degenerate"] = recorded_degenerate(row.get("metrics", {}))
         flat.append(item)
     df = pd.DataFrame(flat)
-    for col in ("gen_ppl", "gen_ppl_mean", "entropy", "test_ppl", "mauve", "seconds_per_sample", "tokens_per_second",
+    for col in ("gen_ppl", "gen_ppl_mean", "entropy", "test_ppl", "test_ppl_se", "mauve", "seconds_per_sample", "tokens_per_second",
                 "nfe_per_sample", "nfe", "tokens_computed_per_sample", "degenerate", "alpha_0", "alpha_0_train",
                 "batch_size", "weight_bytes", "matmul_parameters", "key_reads_per_sample", "kv_bytes_per_key",
                 "attention_pairs_per_sample", "attention_flops_per_pair", "bos_first", "eos_last", "eos_inside_per_sample"):
@@ -73,7 +73,7 @@ def aggregate(df):
     """Mean over seeds of each (model entry, schedule, length), with the fastest and slowest
     timed repeat over all of them."""
     keys = ["model_entry", "family", "schedule", "length", "batch_size"]
-    numeric = [c for c in ("gen_ppl", "gen_ppl_mean", "entropy", "degenerate", "mauve", "test_ppl", "nfe",
+    numeric = [c for c in ("gen_ppl", "gen_ppl_mean", "entropy", "degenerate", "mauve", "test_ppl", "test_ppl_se", "nfe",
                            "nfe_per_sample", "tokens_computed_per_sample", "seconds_per_sample", "tokens_per_second",
                            "alpha_0", "alpha_0_train", "floor_seconds_per_sample", "bos_first", "eos_last",
                            "eos_inside_per_sample") if c in df]

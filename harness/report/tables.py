@@ -27,7 +27,7 @@ def md_table(headers: list[str], rows: list[list], align: list[str] | None = Non
 
 
 RESULT_COLUMNS = [  # (column, header, digits)
-    ("test_ppl", "test PPL", 2), ("gen_ppl", "gen PPL", 2), ("gen_ppl_mean", "gen PPL (mean/sample)", 2),
+    ("test_ppl", "test PPL (± SE)", 2), ("gen_ppl", "gen PPL", 2), ("gen_ppl_mean", "gen PPL (mean/sample)", 2),
     ("entropy", "entropy", 3), ("degenerate", "degenerate", 1), ("mauve", "MAUVE", 3),
     ("nfe_per_sample", "NFE/sample", 1), ("tokens_computed_per_sample", "tokens computed/sample", 1),
     ("seconds_per_sample", "s/sample", 4), ("floor_seconds_per_sample", "floor_s", 4), ("x_floor", "x floor", 1),
@@ -41,6 +41,13 @@ BUSY_NOTE = ("(busy): other processes kept cores busy while the point was timed 
              "seconds may be inflated; re-time it on a quiet machine.")
 
 
+def with_se(r, digits: int) -> str:
+    """'351.40 ± 12.3': test perplexity with its standard error, where the row has one."""
+    text = fmt(float(r["test_ppl"]), digits)
+    se = r.get("test_ppl_se")
+    return f"{text} ± {fmt(float(se), 1)}" if finite(se) else text
+
+
 def results_table(agg) -> str:
     cols = [c for c in RESULT_COLUMNS if agg[c[0]].map(finite).any()]
     batches = "batch_size" in agg and agg["batch_size"].nunique() > 1  # a throughput sweep: say which batch
@@ -51,6 +58,7 @@ def results_table(agg) -> str:
                      fmt(r["alpha_0"], 4) if finite(r["alpha_0"]) else "–"]
                     + ([int(r["batch_size"])] if batches else [])
                     + [times(r[c]) if c == "x_floor" else "degenerate" if c == "mauve" and isinstance(r.get("mauve_degenerate"), str)
+                       else with_se(r, d) if c == "test_ppl"
                        else fmt(float(r[c]), d) + (BUSY_MARK if c in TIMED and r.get("machine_busy") is True else "")
                        for c, _, d in cols])
     table = md_table(headers, rows, ["l", "l", "l"] + ["r"] * (len(headers) - 3))

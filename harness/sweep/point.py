@@ -41,7 +41,8 @@ def compute_test_ppl(ctx: Context, entry: ModelEntry, loaded: LoadedEntry, lengt
             kwargs["alpha_0"] = alpha_0
         with ctx.autocast():
             result = test_perplexity(loaded.model, data, spec.batch_size, seed=spec.seed, **kwargs)
-        ctx.test_ppl_cache[key] = {"test_ppl": result["ppl"], "test_ppl_estimator": result["estimator"],
+        ctx.test_ppl_cache[key] = {"test_ppl": result["ppl"], "test_ppl_se": result["ppl_se"],
+                                   "test_ppl_se_kind": result["se_kind"], "test_ppl_estimator": result["estimator"],
                                    "test_ppl_exact": result["exact"], "test_ppl_sequences": result["n_sequences"],
                                    "test_ppl_split": spec.split, "test_ppl_key": key}
     return ctx.test_ppl_cache[key]
