@@ -25,7 +25,7 @@ smoke: install
 	@echo "compare with the committed reference: $(VENV)/bin/esolm compare results/smoke out/results/smoke"
 
 test: install
-	@echo "running the test suite: about 10 minutes on 2 CPU cores"
+	@echo "running the test suite: about 7-9 minutes on 2 CPU cores"
 	$(PY) -m pytest tests
 
 bench: install

@@ -320,7 +320,8 @@ class OneLineParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        """``esolm: error: ...`` as every other error begins, the subcommand in the pointer."""
+        print(f"esolm: error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -383,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="i/n: run only every n-th point starting at i (e.g. for SLURM arrays)")
     p.add_argument("--entries", help="a,b,...: run only these model entries (and train only what they need)")
     p.add_argument("--results", default="results", help="root folder for results/<sweep>/points.jsonl")
-    p.add_argument("--reports", help="root folder for the report (default: reports/ beside the results root, "
-                   "as esolm report)")
+    p.add_argument("--reports", help="root folder for the report (default: as esolm report does: results/x -> "
+                   "reports/x, other/x -> other/reports/x)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -182,7 +182,7 @@ def format_validation_error(err: ValidationError, source: str, where=None, model
     errors = err.errors()
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     field = (where(first["loc"]) if where else None) or ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")  # pydantic's wording around our own messages
     if first["type"] == "extra_forbidden":
         valid = fields_at(model_cls, first["loc"][:-1])
         close = difflib.get_close_matches(str(first["loc"][-1]), valid, n=1, cutoff=0.6)

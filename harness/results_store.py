@@ -84,8 +84,9 @@ def read_points(results: str | Path, strict: bool = False) -> list[dict]:
                 break  # a half-written last line
             raise ValueError(f"{path}: line {i + 1} is not valid JSON; remove it (finished points are on other lines)")
         if not (isinstance(row, dict) and isinstance(row.get("key"), str) and isinstance(row.get("metrics"), dict)):
-            raise ValueError(f"{path}: line {i + 1} is not a results row (it needs a 'key' string and a 'metrics' "
-                             "mapping); fix or remove that line")
+            raise ValueError(f"{path}: line {i + 1} is not a sweep's results row (it needs a 'key' string and a "
+                             "'metrics' mapping): pass a sweep's results folder (a bench-likelihood folder has its own "
+                             "report.md), or fix that line if the file was edited by hand")
         rows.append(row)
     return rows
 

@@ -306,4 +306,4 @@ def test_malformed_row_is_a_one_line_error_not_a_regression(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", str(ref), str(cand)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(err) == 1 and "line 2 is not a results row" in err[0]
+    assert exit_info.value.code == 2 and len(err) == 1 and "line 2 is not a sweep's results row" in err[0]

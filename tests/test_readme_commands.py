@@ -7,7 +7,7 @@ count, so a re-run sweep trains nothing), the committed results/smoke/ as the sw
 out/results/smoke/, and the repository's configs/ and results/smoke/. Every `esolm ...` and
 `esolm-lm-eval ...` line of the README's ```bash blocks then runs there, in README order and
 unchanged except for `--device cpu` where the command takes a device, in-process through
-harness.cli.main. The README's tolerance file (its ```yaml block headed `# tolerances.yaml`)
+harness.cli.main. The README's tolerance file (its ```yaml block headed `# out/tolerances.yaml`)
 is written where its compare command reads it, and its Python line is executed.
 
 A line is skipped only when SKIPPED names it with the reason; a skip that no longer matches a
@@ -114,6 +114,7 @@ def build_smoke_world(root: Path) -> None:
     for block in code_blocks(text, "yaml"):  # the tolerance file the compare line reads
         name = re.match(r"# (\S+\.yaml)\n", block)
         if name:
+            (root / name.group(1)).parent.mkdir(parents=True, exist_ok=True)
             (root / name.group(1)).write_text(block)
 
 
@@ -124,7 +125,7 @@ def world(tmp_path_factory):
         mp.setenv("ESOLM_CACHE", str(root / ".cache"))  # split caches stay in the test's folder
         build_smoke_world(root)
         assert (root / "runs" / "smoke" / "ar" / "checkpoint.pt").is_file()
-        assert (root / "tolerances.yaml").is_file(), "the README shows no '# tolerances.yaml' block"
+        assert (root / "out" / "tolerances.yaml").is_file(), "the README shows no '# out/tolerances.yaml' block"
         yield root
 
 

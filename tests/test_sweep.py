@@ -189,7 +189,7 @@ def test_read_points_ignores_half_written_last_line_and_repairs_it(tmp_path):
     # a JSON line that is not a row (no key, metrics not a mapping) is named, not a KeyError later
     for bad in ('{"metrics": {}}', '{"key": "x", "metrics": null}', 'null', '[1, 2]'):
         path.write_text('{"key": "a", "metrics": {}}\n' + bad + '\n{"key": "b", "metrics": {}}\n')
-        with pytest.raises(ValueError, match="line 2 is not a results row"):
+        with pytest.raises(ValueError, match="line 2 is not a sweep's results row"):
             sw.read_points(path)
     # newest row per key wins
     rows = [{"key": "a", "v": 1}, {"key": "b", "v": 1}, {"key": "a", "v": 2}]

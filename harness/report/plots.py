@@ -92,7 +92,7 @@ def plot_pareto(agg, x: str, xlabel: str, title: str, path: Path, numbers: dict 
             # larger outline around them, so none hides another
             under = sum(1 for p in drawn if _close(p, (r[x], r["gen_ppl"]), d[x], d["gen_ppl"]))
             drawn.append((r[x], r["gen_ppl"]))
-            ax.scatter(r[x], r["gen_ppl"], s=64 * (1 + 1.2 * under), marker=marker,
+            ax.scatter(r[x], r["gen_ppl"], s=64 * (1 + 1.2 * under), marker=marker, linestyle="--" if under else "-",
                        facecolor=color + ("59" if not under else "00"), edgecolor=color, linewidth=1.6, zorder=3)
             labels.append(((r[x], r["gen_ppl"]), f"{numbers[i]} {short_label(r['schedule'])}".strip(), color))
             lo, hi = (r.get("seconds_min_per_sample"), r.get("seconds_max_per_sample"))
@@ -127,8 +127,9 @@ def plot_pareto(agg, x: str, xlabel: str, title: str, path: Path, numbers: dict 
                title_fontsize=9)
     bars = "; bars: fastest to slowest timed repeat" if x == "seconds_per_sample" else ""
     caption = ("labels: the point's number in the report's table and its schedule; colour: the model entry; marker: "
-               "its schedule; ringed: on the Pareto frontier (no other point both faster and better)" + bars)
-    fig.text(0.01, 0.01, textwrap.fill(caption, int(fig.get_figwidth() * 19)), fontsize=8, color="0.3")
+               "one per schedule of an entry; dashed outline: a point on top of an earlier one; ringed (black): on "
+               "the Pareto frontier (no other point both faster and better)" + bars)
+    fig.text(0.01, 0.01, textwrap.fill(caption, int(fig.get_figwidth() * 16)), fontsize=8, color="0.3")
     fig.tight_layout(rect=(0, 0.05, 1 - 2.6 / fig.get_figwidth(), 1))
     for ax, labels, segments in pending:  # after the layout is final: placement works in pixels
         place_labels(fig, ax, labels, segments=segments)
