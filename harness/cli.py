@@ -320,7 +320,6 @@ class OneLineParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        """``esolm: error: ...`` as every other error begins, the subcommand in the pointer."""
         print(f"esolm: error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
