@@ -115,26 +115,16 @@ def lock_run(run_dir: Path, wait: bool):
     """Hold the run folder's lock (released when the process ends or the file is closed):
     one process trains a run at a time.  ``wait``: block until the holder is done (sweep
     shards waiting for a shared checkpoint), else refuse naming the holder's pid."""
-    import fcntl
+    from harness import locks
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / ".lock", "a+")
+    def waiting(holder):
+        print(f"waiting for pid {holder or 'another process'}, which is training {run_dir}", file=sys.stderr)
+
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        if not wait:
-            handle.close()
-            raise ConfigError(f"{run_dir} is being trained by pid {holder}; wait for it to finish (then --resume) "
-                              "or set another name/out_dir") from None
-        print(f"waiting for pid {holder}, which is training {run_dir}", file=sys.stderr)
-        fcntl.flock(handle, fcntl.LOCK_EX)
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
+        return locks.take(run_dir / ".lock", wait=wait, on_wait=waiting)
+    except locks.Held as held:
+        raise ConfigError(f"{run_dir} is being trained by pid {held.holder or 'another process'}; wait for it to "
+                          "finish (then --resume) or set another name/out_dir") from None
 
 
 def clean_run_dir(run_dir: Path, step: int) -> None:

@@ -134,21 +134,14 @@ def pid_alive(pid: int) -> bool:
 def folder_lock(folder: Path, flag: str):
     """Hold ``folder/.lock``, the run folder's lock harness.train also holds while training:
     one writer at a time.  Another holder is refused in one line naming ``flag`` and its pid."""
-    import fcntl
+    from harness import locks
 
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ValueError(f"{flag} {str(folder)!r} is being written by pid {holder}; wait for it to finish or "
-                             f"choose another folder (nothing was written)") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+    try:
+        handle = locks.take(folder / ".lock")
+    except locks.Held as held:
+        raise ValueError(f"{flag} {str(folder)!r} is being written by pid {held.holder or 'another process'}; wait "
+                         "for it to finish or choose another folder (nothing was written)") from None
+    with handle:
         yield
 
 

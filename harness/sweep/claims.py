@@ -13,10 +13,10 @@ The row is appended before the claim is released, so whoever takes the claim nex
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
+from harness import locks
 from harness.results_store import POINTS_FILE, read_points, safe_name
 
 CLAIMS_DIR = ".claims"
@@ -37,27 +37,18 @@ class PointClaims:
 
     def _lock(self, key: str):
         """The claim file's handle, locked by us, or None when another process holds it."""
-        self.dir.mkdir(parents=True, exist_ok=True)
         path = self._path(key)
         while True:
-            handle = open(path, "a+")
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                self.busy[key] = handle.read().strip() or "?"
-                handle.close()
+                handle = locks.take(path)
+            except locks.Held as held:
+                self.busy[key] = held.holder or "?"
                 return None
             try:  # the file we locked may have been released and removed since we opened it
-                same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+                if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                    return handle
             except FileNotFoundError:
-                same = False
-            if same:
-                handle.seek(0)
-                handle.truncate()
-                handle.write(str(os.getpid()))
-                handle.flush()
-                return handle
+                pass
             handle.close()
 
     def finished(self, key: str) -> bool:

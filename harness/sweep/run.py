@@ -8,13 +8,13 @@ where it stopped.
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from harness import locks
 from harness.config import ConfigError, read_yaml, resolve_device
 from harness.results_store import POINTS_FILE, check_output, read_points, repair_tail, write_atomic
 from harness.sweep.claims import PointClaims
@@ -71,22 +71,14 @@ def check_models(cfg: SweepConfig, source: str) -> None:
 def results_lock(results_dir: Path, shard: tuple[int, int], only: set[str] | None):
     """One process per results folder and shard (and --entries subset): a second one would
     append the same rows.  Refused naming the holder's pid; released when the run ends."""
-    import fcntl
-
     suffix = "" if shard == (0, 1) else f"-shard-{shard[0]}-of-{shard[1]}"
     suffix += f"-entries-{'+'.join(sorted(only))}" if only else ""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with open(results_dir / f".lock{suffix}", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise ConfigError(f"{results_dir} is being written by pid {handle.read().strip() or '?'} running the same "
-                              "sweep (and shard); wait for it to finish (a re-run skips its finished points)") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+    try:
+        handle = locks.take(results_dir / f".lock{suffix}")
+    except locks.Held as held:
+        raise ConfigError(f"{results_dir} is being written by pid {held.holder or '?'} running the same "
+                          "sweep (and shard); wait for it to finish (a re-run skips its finished points)") from None
+    with handle:
         yield
 
 
