@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from harness.metrics.speed import device_name, median_seconds
+from harness.metrics.speed import device_name, median_seconds, threads_text
 from harness.models import SpecialTokens, build_model
 from harness.nn.transformer import BackboneConfig
 from harness.sampling import record_log_probs
@@ -164,7 +164,7 @@ def report(rows: list[dict], cfg: dict) -> str:
     """A table per (L, batch) and the headline: Eso-LM (B)'s single pass against MDLM's
     per-step passes and its NELBO."""
     lines = [f"# Scoring a model's own samples: passes and time per batch\n",
-             f"Device {cfg['device']}, torch {cfg['torch']}, {cfg['threads']} threads, {cfg['dtype']}, trunk "
+             f"Device {cfg['device']}, torch {cfg['torch']}, {threads_text(cfg['threads'])}, {cfg['dtype']}, trunk "
              f"`{cfg['preset']}`, vocabulary {cfg['vocab']}, random weights; seconds are medians of "
              f"{cfg['repeats']} (one warm-up), `fwd+bwd` = scoring plus backward (a policy-gradient step). "
              f"`exact` = log p(tokens | order, steps), equal to the sampler's own log-probabilities "

@@ -42,11 +42,10 @@ def at_least(low: int, high: int | None = None):
     return parse_int
 
 
-SEED_MAX = 2**63 - 1
-
-
 def seed_int(text: str) -> int:
     """argparse type for --seed: torch seeds generators with a 64-bit integer."""
+    from harness.config import SEED_MAX
+
     value = int(text)
     if not 0 <= value <= SEED_MAX:
         raise argparse.ArgumentTypeError(f"must be in [0, 2**63 - 1], got {value}")
@@ -287,13 +286,14 @@ def cmd_lm_eval_task(args) -> None:
 
 def cmd_ceilings(args) -> None:
     from harness.metrics.ceilings import busy_warning
+    from harness.metrics.speed import threads_text
     from harness.sweep.ceilings import sweep_ceilings
 
     out = sweep_ceilings(args.config, args.results, repeats=args.repeats, tokens=args.tokens,
                          overrides=args.set or ())
     ceil = json.loads(out.read_text())
     print(f"{out}: matmul {ceil['matmul_flops'] / 1e9:.1f} GFLOP/s, copy {ceil['copy_bytes_per_s'] / 1e9:.2f} GB/s "
-          f"({ceil['device_name']}, {ceil['threads']} thread{'s' if ceil['threads'] != 1 else ''})")
+          f"({ceil['device_name']}, {threads_text(ceil['threads'])})")
     warning = busy_warning(ceil)
     if warning:
         print(warning, file=sys.stderr)

@@ -118,6 +118,7 @@ class OptimSpec(Strict):
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become folder or file names
+SEED_MAX = 2**63 - 1  # torch seeds its generators with a 64-bit integer: --seed and every config seed
 
 
 def check_name(value: str, field: str = "name") -> str:

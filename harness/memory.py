@@ -58,9 +58,13 @@ def sampling_cost(model, length: int, steps: int | None, blocks: int | None = No
     """
     cfg = model.backbone_config
     per_row = logits_row_bytes(cfg, length, 4) + cache_row_bytes(cfg, 2 * length, 4)
-    windows = -(-length // model.block_size) if hasattr(model, "block_size") else 1
-    plan_row, plan_fixed = plan_cost(steps, blocks, windows)
+    plan_row, plan_fixed = plan_cost(steps, blocks, reveal_windows(model, length))
     return per_row + plan_row, plan_fixed
+
+
+def reveal_windows(model, length: int) -> int:
+    """Windows a reveal plan counts per step: one per block for BD3-LM, one for the others."""
+    return -(-length // model.block_size) if hasattr(model, "block_size") else 1
 
 
 # One chunk of a ``blocks`` schedule is a tensor view (~600 bytes measured); the plan holds them all.
@@ -86,8 +90,7 @@ def unsplit_batch_cost(model, length: int, steps: int | None, blocks: int | None
     run in row chunks (:func:`row_chunk`), so one row's forward is paid once.  ``model`` needs
     ``backbone_config`` and ``name`` (and ``block_size`` for BD3-LM): no weights."""
     cfg = model.backbone_config
-    windows = -(-length // model.block_size) if hasattr(model, "block_size") else 1
-    plan_row, plan_fixed = plan_cost(steps, blocks, windows)
+    plan_row, plan_fixed = plan_cost(steps, blocks, reveal_windows(model, length))
     per_row = cache_row_bytes(cfg, model.cache_capacity(length), dtype_bytes) + plan_row + 8 * length
     return per_row, forward_row_bytes(cfg, length, length, dtype_bytes) + plan_fixed
 

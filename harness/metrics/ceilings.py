@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from harness.metrics.speed import call_seconds, device_name
+from harness.metrics.speed import call_seconds, device_name, threads_text
 
 
 def measure_ceilings(d_model: int, vocab: int, mlp_ratio: int = 4, tokens: int = 2048, repeats: int = 20,
@@ -65,7 +65,7 @@ def measure_ceilings(d_model: int, vocab: int, mlp_ratio: int = 4, tokens: int =
         "python": platform.python_version(),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    out["source"] = (f"measured by esolm ceilings on {out['device_name']} ({out['threads']} thread{'s' if out['threads'] != 1 else ''}), "
+    out["source"] = (f"measured by esolm ceilings on {out['device_name']} ({threads_text(out['threads'])}), "
                      f"{out['dtype']} matmuls of the trunk's weights (d={d_model}, V={vocab}), best of {sorted(rates)} rows")
     return out
 

@@ -39,6 +39,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def threads_text(n: int) -> str:
+    """'1 thread', '2 threads': how reports and command output name a thread count."""
+    return f"{n} thread{'' if n == 1 else 's'}"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

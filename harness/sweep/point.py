@@ -14,6 +14,7 @@ import torch
 
 from harness.memory import sub_batch
 from harness.metrics.floors import forward_cost
+from harness.metrics.speed import threads_text
 from harness.models import REGISTRY
 from harness.nn.steps import FALLBACKS, exact_modes, resolve_mode
 from harness.results_store import POINTS_FILE, append_row, write_samples
@@ -278,8 +279,7 @@ def fastest_mode(ctx: Context, sampler, point: Point, schedule: SamplingSchedule
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    threads = torch.get_num_threads()
-    return f"{platform.processor() or platform.machine()} CPU ({threads} thread{'s' if threads != 1 else ''})"
+    return f"{platform.processor() or platform.machine()} CPU ({threads_text(torch.get_num_threads())})"
 
 
 def save_point(results_dir: Path, cfg: SweepConfig, row: dict, records: list[dict]) -> None:

@@ -38,15 +38,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from harness.config import ConfigError, Strict, TrainConfig, format_validation_error, parse, read_yaml
+from harness.config import (NAME_PATTERN, SEED_MAX, ConfigError, Strict, TrainConfig, format_validation_error, parse,
+                            read_yaml)
 from harness.metrics.likelihood import MAX_DRAWS
 from harness.models import REGISTRY, model_class
 from harness.schedules import SamplingSchedule
 from harness.sweep.grid import expand_schedules, resolve_value
 
 METRICS = ("test_ppl", "gen_ppl", "entropy", "mauve", "speed")
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-SEED_MAX = 2**63 - 1  # torch seeds its generators with a 64-bit integer (esolm sample --seed takes the same)
 # Stated budgets: a point runs its samples and draws with no progress of its own, so sizes far
 # beyond any protocol (the papers use thousands) are refused rather than run for days.
 MAX_SAMPLES = 1_000_000
@@ -73,7 +72,7 @@ class PerplexitySpec(Strict):
     max_sequences: int | None = Field(256, ge=1, description="first N held-out sequences (null: all)")
     split: Literal["valid", "test"] = "test"
     draws: int = Field(1, ge=1, description="Monte-Carlo t draws per sequence (diffusion models)")
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds torch's RNG for the Monte-Carlo estimators")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seeds torch's RNG for the Monte-Carlo estimators")
 
     @field_validator("draws")
     @classmethod
