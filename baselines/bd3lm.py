@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from baselines.mdlm import ancestral_denoise, dense_rank, plan_reveals
+from harness.unmasking.ancestral import ancestral_denoise, dense_rank, plan_reveals
 from harness.models import NLL, Generation, LanguageModel, SampleLogProb, scored_sum
 from harness.nn import masks
 from harness.nn.steps import static_steps

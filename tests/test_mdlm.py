@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import harness.sampling as sampling_module
-from baselines.mdlm import MDLM, ancestral_denoise, plan_reveals
+from baselines.mdlm import MDLM
+from harness.unmasking.ancestral import ancestral_denoise, plan_reveals
 from harness.models import SpecialTokens
 from harness.nn.transformer import BackboneConfig
 from harness.sampling import top_p_filter

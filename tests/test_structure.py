@@ -50,7 +50,8 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
     def under(name, *prefixes):
         return any(name == p or name.startswith(p + ".") for p in prefixes)
 
-    low = ("harness.nn", "harness.schedules", "harness.sampling", "harness.memory", "harness.models")
+    low = ("harness.nn", "harness.schedules", "harness.sampling", "harness.memory", "harness.models",
+           "harness.unmasking")
     above_low = ("harness.sweep", "harness.report", "harness.cli", "harness.train", "harness.checkpoints.released",
                  "harness.rescore", "harness.compare", "harness.export", "harness.lm_eval_adapter",
                  "harness.bench_likelihood", "harness.metrics", "harness.evaluators", "harness.checkpoints",
