@@ -2,20 +2,30 @@
 
 The sequence is cut into B = L / L' blocks x^1 … x^B and
     −log p(x) ≤ Σ_b NELBO_MDLM(x^b | x^{<b}),
-each block an MDLM (SUBS, log-linear alpha_t, weight 1/t) conditioned on the clean earlier
-blocks.  L' = 1 is AR (each [MASK] query sees the clean prefix and itself); L' = L is MDLM.
+each block an MDLM (SUBS, weight 1/t) conditioned on the clean earlier blocks.  L' = 1 is
+AR (each [MASK] query sees the clean prefix and itself); L' = L is MDLM.
+
+As the released models were trained and scored (bd3lms' defaults, docs/models.md §3):
+mask_rate     "bd3lms": a token is masked with probability t (that repository's log-linear
+              noise); "mdlm": (1 − eps)·t, the MDLM repository's.
+ignore_bos    True: position 0 is never masked (x_t[:, 0] = x0[:, 0]) and the NELBO counts the
+              L − 1 other positions; False: position 0 is masked and scored like any other.
 
 training          one pass over z_t ⊕ x (length 2L, both halves at positions 0..L−1) under
                   masks.block_diffusion: z_t queries see their own noisy block and the clean
                   x of strictly earlier blocks; x queries see x block-causally.  One t per
-                  block, antithetic over batch × blocks; only the z_t half is scored.
-                  Optional clipped schedule t ~ U[beta, omega] for training only; the NELBO
-                  (``nll``) always uses t ~ U[eps, 1].
+                  block, antithetic over batch × blocks; only the z_t half is scored; the
+                  loss is the mean over all L positions (position 0 adds 0 under
+                  ignore_bos, as in the official training).  Optional clipped schedule
+                  t ~ U[beta, omega] for training only; the NELBO (``nll``) always uses
+                  t ~ U[eps, 1], as the official evaluation does.
 sample            block by block: a block starts all-[MASK] and is denoised by the MDLM
                   sampler (T steps, or first-hitting: one token per step) attending to a
                   KV cache of the finished blocks; a finished block is run once more, clean,
                   to write its keys/values (counted in nfe and in extra["cache_writes"]).
-                  Position 0 is generated like any other, as in the loss.  (A prefix-free
+                  Position 0 is generated like any other unless given (given_bos, as the
+                  reference sampler does; under ignore_bos the loss never asks the model to
+                  predict it).  (A prefix-free
                   all-[MASK] block only ever occurs at block 0, so its contents are learnable;
                   within it, as in MDLM, rotary positions alone cannot tell the positions
                   apart until some of its tokens are revealed.)
@@ -35,7 +45,7 @@ from harness.models import NLL, Generation, LanguageModel, SampleLogProb, scored
 from harness.nn import masks
 from harness.nn.steps import static_steps
 from harness.nn.transformer import KVCache
-from harness.schedules import LogLinear, SamplingSchedule, antithetic_times, per_sequence_times, uniform
+from harness.schedules import MASK_RATES, LogLinear, SamplingSchedule, antithetic_times, per_sequence_times, uniform
 
 # The BD3-LM code regenerates samples whose last 256 tokens have unigram entropy < 4 nats;
 # this sampler never does (docs/models.md §0): harness.metrics.entropy counts degenerate samples
@@ -85,7 +95,7 @@ class BD3LM(LanguageModel):
         return length + self.block_size  # a padded block of scratch slots past the end
 
     def __init__(self, backbone, special, block_size: int = 4, clip: tuple[float, float] | None = None,
-                 eps: float = 1e-3):
+                 eps: float = 1e-3, ignore_bos: bool = True, mask_rate: str = "bd3lms"):
         super().__init__(backbone, special)
         if not 1 <= block_size <= backbone.max_len:
             raise ValueError(f"block_size must be in [1, max_len={backbone.max_len}], got {block_size}")
@@ -95,11 +105,24 @@ class BD3LM(LanguageModel):
                 raise ValueError(f"clip must be (beta, omega) with 0 < beta < omega <= 1, got {clip}")
         if not 0.0 < eps < 1.0:
             raise ValueError(f"eps must be in (0, 1), got {eps}")
-        self.block_size, self.clip = block_size, clip
-        self.noise = LogLinear(eps)
+        if mask_rate not in MASK_RATES:
+            raise ValueError(f"mask_rate must be one of {list(MASK_RATES)} (bd3lms: P[mask | t] = t), got {mask_rate!r}")
+        if not isinstance(ignore_bos, bool):
+            raise ValueError(f"ignore_bos must be true or false, got {ignore_bos!r}")
+        self.block_size, self.clip, self.ignore_bos = block_size, clip, ignore_bos
+        self.noise = LogLinear(eps, mask_rate=mask_rate)
 
     def options(self) -> dict:
-        return {"block_size": self.block_size, "clip": list(self.clip) if self.clip else None, "eps": self.noise.eps}
+        return {"block_size": self.block_size, "clip": list(self.clip) if self.clip else None, "eps": self.noise.eps,
+                "ignore_bos": self.ignore_bos, "mask_rate": self.noise.mask_rate}
+
+    def kept_clean(self, x0: torch.Tensor) -> torch.Tensor | None:
+        """(B, L) positions the forward process never masks: position 0 under ignore_bos."""
+        if not self.ignore_bos:
+            return None
+        keep = torch.zeros_like(x0, dtype=torch.bool)
+        keep[:, 0] = True
+        return keep
 
     def blocks(self, length: int) -> int:
         if length % self.block_size:
@@ -122,7 +145,7 @@ class BD3LM(LanguageModel):
         """(B, L) one-sample NELBO terms for block times t (B, blocks); positions where
         ``keep`` (B, L) is True are never masked (a given prefix)."""
         t = t.repeat_interleave(self.block_size, dim=1)  # each token takes its block's t
-        drop = uniform(x0.shape, generator, x0.device) < 1 - self.noise.alpha(t)
+        drop = uniform(x0.shape, generator, x0.device) < self.noise.mask_prob(t)
         drop = drop if keep is None else drop & ~keep
         zt = x0.masked_fill(drop, self.special.mask)
         return self.noise.weight(t) * self.token_ce(x0, zt)
@@ -132,15 +155,17 @@ class BD3LM(LanguageModel):
         B, nb = x0.shape[0], self.blocks(x0.shape[1])
         lo, hi = self.clip if self.clip else (self.noise.eps, 1.0)
         t = lo + (hi - lo) * antithetic_times(B * nb, 0.0, generator, x0.device).view(B, nb)
-        return self.token_nelbo(x0, t, generator).mean()
+        return self.token_nelbo(x0, t, generator, self.kept_clean(x0)).mean()
 
     @torch.no_grad()
     def nll(self, x0: torch.Tensor, draws: int = 1, generator=None) -> NLL:
-        """Per-sequence NELBO with t ~ U[eps, 1] per block (never the clipped range)."""
+        """Per-sequence NELBO with t ~ U[eps, 1] per block (never the clipped range), over L − 1
+        tokens under ignore_bos (position 0 is given, as in the official evaluation), else L."""
         B, nb = x0.shape[0], self.blocks(x0.shape[1])
         times = per_sequence_times((B, nb), draws, self.noise.eps, generator, x0.device)
-        nats = sum(self.token_nelbo(x0, t.view(B, nb), generator).double().sum(dim=1) for t in times) / draws
-        return NLL(nats, tokens=x0.shape[1], exact=False, estimator=f"nelbo(draws={draws})")
+        keep = self.kept_clean(x0)
+        nats = sum(self.token_nelbo(x0, t.view(B, nb), generator, keep).double().sum(dim=1) for t in times) / draws
+        return NLL(nats, tokens=x0.shape[1] - self.ignore_bos, exact=False, estimator=f"nelbo(draws={draws})")
 
     # --- sampling ---------------------------------------------------------------------
     @torch.no_grad()
@@ -248,13 +273,16 @@ class BD3LM(LanguageModel):
                              estimator="exact")
 
     def elbo_log_prob(self, generation: Generation, draws: int = 1, generator=None) -> SampleLogProb:
-        """−NELBO of the drawn positions given the given ones (one t per block), differentiable:
+        """−NELBO of the drawn positions given the given ones and, under ignore_bos, position 0
+        (one t per block), differentiable:
         ``draws`` passes over z ⊕ x.  A lower bound on the marginal log p(x), NOT
         log p(tokens | steps); no top-p."""
         x = generation.tokens
         B, nb = x.shape[0], self.blocks(x.shape[1])
         times = per_sequence_times(B * nb, draws, self.noise.eps, generator, x.device)
         keep = generation.step < 0
+        if self.ignore_bos:  # position 0 is context, as in the NELBO the model was trained on
+            keep = keep | self.kept_clean(x)
         nats = sum(self.token_nelbo(x, t.view(B, nb), generator, keep).double().sum(1) for t in times) / draws
         return SampleLogProb(-nats, passes=draws, tokens_computed=draws * 2 * x.numel(), exact=False,
                              estimator=f"elbo(draws={draws})")

@@ -1,0 +1,160 @@
+"""Each family scored under its own repository's protocol: BD3-LM's clean, unscored position 0
+(bd3lms' ignore_bos) and each family's log-linear mask rate."""
+
+import pytest
+import torch
+
+from harness.nn import masks
+from harness.schedules import LogLinear
+from tests.helpers import SPECIAL, random_batch, tiny_model
+
+EPS = 1e-3
+
+
+def recorded_inputs(model):
+    """Wrap ``model.token_ce`` so every z_t it is given is kept (the forward process's output)."""
+    seen, inner = [], model.token_ce
+
+    def token_ce(x0, zt):
+        seen.append(zt.clone())
+        return inner(x0, zt)
+
+    model.token_ce = token_ce
+    return seen
+
+
+def official_bd3lm_nelbo(model, x0: torch.Tensor, seed: int) -> torch.Tensor:
+    """bd3lms' evaluation estimator, written out in float64 on the draws ``model.nll(draws=1)``
+    takes from ``seed`` (per (row, block) one uniform u, t = eps + (1 − eps)·u; then one uniform
+    per token): token i is masked when its uniform is <= t of its block, x_t[:, 0] = x0[:, 0],
+    loss_i = −(1/t)·log p(x0_i | x_t ⊕ x0) with the [MASK] logit at −inf and clean tokens
+    carried over (log p = 0), and position 0 left out of the sum."""
+    B, L = x0.shape
+    Lb = model.block_size
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand((B, L // Lb), generator=g, dtype=torch.float64)
+    t = (EPS + (1 - EPS) * u).float().double().repeat_interleave(Lb, dim=1)
+    move = torch.rand((B, L), generator=g, dtype=torch.float32).double() <= t
+    xt = torch.where(move, SPECIAL.mask, x0)
+    xt[:, 0] = x0[:, 0]
+    with torch.no_grad():
+        logits = model.net(torch.cat([xt, x0], 1), torch.arange(L).repeat(2), masks.block_diffusion(L, Lb))[:, :L]
+    logits = logits.double()
+    logits[:, :, SPECIAL.mask] = -torch.inf
+    log_p = torch.log_softmax(logits, -1).gather(-1, x0[..., None])[..., 0]
+    log_p = torch.where(xt == SPECIAL.mask, log_p, 0.0)  # SUBS: a clean token is carried over
+    loss = -(1 / t) * log_p
+    return loss[:, 1:].sum(dim=1)
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+def test_bd3lm_nelbo_equals_the_official_estimator(block_size):
+    """Default BD3-LM: the per-sequence NELBO is bd3lms' estimator on the same draws, over L − 1 tokens."""
+    L = 16
+    model = tiny_model("bd3lm", max_len=L, block_size=block_size)
+    assert model.options()["ignore_bos"] is True and model.options()["mask_rate"] == "bd3lms"
+    x = random_batch(5, L, seed=11)
+    for seed in range(3):
+        out = model.nll(x, draws=1, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(out.nats, official_bd3lm_nelbo(model, x, seed), rtol=1e-6, atol=0)
+        assert out.tokens == L - 1
+
+
+def test_bd3lm_position_zero_is_never_masked_nor_scored():
+    """In training and evaluation alike, z_t[:, 0] = x0[:, 0] at every t (t = 1 masks all the
+    rest), so position 0's term is 0; the legacy ignore_bos=False masks and scores it."""
+    L = 16
+    model = tiny_model("bd3lm", max_len=L, block_size=4)
+    x = random_batch(6, L, seed=12)
+    seen = recorded_inputs(model)
+    with torch.no_grad():
+        for seed in range(20):
+            model.loss(x, generator=torch.Generator().manual_seed(seed))
+            model.nll(x, draws=2, generator=torch.Generator().manual_seed(seed))
+        terms = model.token_nelbo(x, torch.ones(6, 4), torch.Generator().manual_seed(0), model.kept_clean(x))
+    assert len(seen) == 61
+    for zt in seen:
+        assert torch.equal(zt[:, 0], x[:, 0])
+    assert torch.equal(seen[-1][:, 1:], torch.full_like(x[:, 1:], SPECIAL.mask))  # t = 1
+    assert torch.equal(terms[:, 0], torch.zeros(6, dtype=terms.dtype)) and (terms[:, 1:] > 0).all()
+
+    legacy = tiny_model("bd3lm", max_len=L, block_size=4, ignore_bos=False)
+    seen = recorded_inputs(legacy)
+    with torch.no_grad():
+        terms = legacy.token_nelbo(x, torch.ones(6, 4), torch.Generator().manual_seed(0), legacy.kept_clean(x))
+        assert legacy.nll(x, generator=torch.Generator().manual_seed(0)).tokens == L
+    assert torch.equal(seen[0], torch.full_like(x, SPECIAL.mask)) and (terms[:, 0] > 0).all()
+    assert legacy.options()["ignore_bos"] is False
+    with pytest.raises(ValueError, match="ignore_bos"):
+        tiny_model("bd3lm", block_size=4, ignore_bos="no")
+    with pytest.raises(ValueError, match="mask_rate"):
+        tiny_model("bd3lm", block_size=4, mask_rate="linear")
+
+
+TIMES = [EPS, 0.25, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("family, alpha_0, expected", [
+    ("mdlm", 1.0, lambda t: (1 - EPS) * t),                        # the mdlm repository
+    ("bd3lm", 1.0, lambda t: t),                                   # bd3lms
+    ("esolm-b", 0.25, lambda t: 1 - 0.25 * (1 - (1 - EPS) * t)),   # Eso-LMs: alpha_0 · mdlm's
+])
+def test_mask_rate_per_family(family, alpha_0, expected):
+    """P[mask | t] of each family's forward process at a few t: the noise's probability (exact
+    where the arithmetic allows: BD3-LM's is t itself), and the positions a draw masks are
+    exactly those whose uniform falls below it."""
+    L, B = 16, 64
+    model = tiny_model(family, max_len=L, **({"alpha_0": alpha_0} if family == "esolm-b" else {}))
+    noise = LogLinear(model.eps, alpha_0) if family == "esolm-b" else model.noise
+    for t in TIMES:
+        p = noise.mask_prob(torch.tensor([t], dtype=torch.float64)).item()
+        assert p == (t if family == "bd3lm" else pytest.approx(expected(t), rel=1e-15, abs=1e-16))
+    x = random_batch(B, L, seed=13)
+    for t in TIMES[1:]:
+        u = torch.rand((B, L), generator=torch.Generator().manual_seed(5))
+        if family == "esolm-b":  # Eso-LMs keeps a token when its uniform is below alpha_t
+            want = u >= torch.tensor(1 - expected(t), dtype=torch.float32)
+        else:
+            want = u < torch.tensor(expected(t), dtype=torch.float32)
+        got = masked_positions(model, x, t, seed=5)
+        if family == "bd3lm":
+            want[:, 0] = False  # ignore_bos
+        assert torch.equal(got, want), (family, t)
+
+
+def masked_positions(model, x: torch.Tensor, t: float, seed: int) -> torch.Tensor:
+    """The positions the family's forward process masks at time t with the first uniforms of ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    B, L = x.shape
+    if model.name == "mdlm":
+        return model.corrupt(x, torch.full((B,), t), g) == SPECIAL.mask
+    if model.name == "bd3lm":
+        seen = recorded_inputs(model)
+        with torch.no_grad():
+            model.token_nelbo(x, torch.full((B, L // model.block_size), t), g, model.kept_clean(x))
+        return seen[0] == SPECIAL.mask
+    seen, inner = [], model._diffusion_logits  # Eso-LM: z_t arrives sorted; put it back in place
+
+    def diffusion_logits(z, positions, n_clean):
+        seen.append(torch.empty_like(z).scatter_(1, positions, z))
+        return inner(z, positions, n_clean)
+
+    model._diffusion_logits = diffusion_logits
+    with torch.no_grad():
+        model.diffusion_term(x, model.alpha_0, torch.full((B,), t), g)
+    return seen[0] == SPECIAL.mask
+
+
+def test_nll_differs_from_the_mdlm_conventions_by_what_the_options_say():
+    """mask_rate='mdlm', ignore_bos=False is the harness's earlier BD3-LM: its NELBO at L' = L
+    is MDLM's on the same draws, while the default is not (another mask rate, L − 1 tokens)."""
+    L = 16
+    legacy = tiny_model("bd3lm", max_len=L, block_size=L, ignore_bos=False, mask_rate="mdlm")
+    default = tiny_model("bd3lm", max_len=L, block_size=L)
+    mdlm = tiny_model("mdlm", max_len=L)
+    x = random_batch(4, L, seed=14)
+    a = legacy.nll(x, generator=torch.Generator().manual_seed(3))
+    b = mdlm.nll(x, generator=torch.Generator().manual_seed(3))
+    c = default.nll(x, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a.nats, b.nats, rtol=1e-12, atol=0)
+    assert (a.tokens, c.tokens) == (L, L - 1) and not torch.allclose(a.nats, c.nats)
