@@ -73,11 +73,18 @@ class DataSpec(Strict):
         "papers' OpenWebText split (last valid_docs documents held out) and wrap; lm1b: padded sentences, the "
         "dataset's own train/test splits (harness/protocols.py)")
     valid_docs: int = Field(100_000, ge=1, description="owt: documents held out for validation (the papers' 100k)")
+    framing: Literal["bos_eos", "raw"] | None = Field(
+        None, description="owt: how a row is framed.  bos_eos (the default): [BOS] + L - 2 tokens + [EOS], the mdlm "
+        "repository's; raw: L tokens with nothing added (Eso-LMs' and bd3lms' OpenWebText runs).  esolm import "
+        "picks the family's own (harness/protocols.py)")
 
     @model_validator(mode="after")
     def _one_source(self):
         if self.hf_dataset is not None and self.corpus != "bundled":
             raise ValueError("give data.corpus or data.hf_dataset, not both")
+        if self.framing is not None and self.protocol != "owt":
+            raise ValueError(f"data.framing: {self.framing!r} applies to protocol 'owt' only; set data.protocol: owt "
+                             "or remove it")
         if self.protocol == "lm1b" and self.hf_dataset is None:
             raise ValueError("protocol 'lm1b' reads the train and test splits of a data.hf_dataset folder; set one")
         return self
@@ -87,10 +94,15 @@ class DataSpec(Strict):
         """Fields added after results were committed are left out at their defaults, so the
         recipes (and point hashes) of every earlier config stay what they were."""
         out = handler(self)
-        for key in ("hf_dataset", "text_field", "protocol", "valid_docs"):
+        for key in ("hf_dataset", "text_field", "protocol", "valid_docs", "framing"):
             if key in out and out[key] == type(self).model_fields[key].default:
                 del out[key]
         return out
+
+    @property
+    def row_framing(self) -> str:
+        """'raw' or 'bos_eos': every protocol but owt's raw framing puts [BOS] first and [EOS] last."""
+        return self.framing or "bos_eos"
 
     @property
     def is_default_protocol(self) -> bool:

@@ -10,8 +10,14 @@
   (also served as ``test``: the papers report OpenWebText perplexity on it), the others train.
   Every document is tokenised with EOS appended; consecutive groups of 1 000 documents (the
   batch of the ``datasets.map`` call that wraps them, as with one worker) are concatenated
-  and cut into chunks of L − 2 tokens, each stored as [BOS] + chunk + [EOS]; each group's
-  remainder is dropped.
+  and cut into rows; each group's remainder is dropped.  ``data.framing`` names how a row is
+  framed, and each family's repository used its own (:data:`OWT_FRAMING`):
+
+  - ``bos_eos``: chunks of L − 2 tokens stored as [BOS] + chunk + [EOS]: the mdlm
+    repository's wrap, which the MDLM and AR checkpoints were trained and scored on;
+  - ``raw``: chunks of L tokens, nothing added (a row starts and ends mid-text): the Eso-LMs
+    and bd3lms OpenWebText runs, which pass ``data.insert_train_special=False`` and
+    ``insert_valid_special=False``.
 * ``lm1b``: one sentence per row (LM1B unwrapped): [BOS] + its first L − 2 tokens + [EOS],
   right-padded to L with EOS (the tokenizers here have no pad id; pads are scored like
   text, where the papers' loss leaves them out).  The dataset's train split trains; its test
@@ -35,6 +41,9 @@ from harness import data as data_lib
 
 OWT_VALID_DOCS = 100_000  # the papers' OpenWebText validation split: the last 100k documents
 WRAP_GROUP = 1000          # documents wrapped together (datasets.map's default batch)
+# The OpenWebText framing each family's own repository trained and scored with (its scripts'
+# insert_*_special flags); ``esolm import`` and the papers' config choose it.
+OWT_FRAMING = {"ar": "bos_eos", "mdlm": "bos_eos", "bd3lm": "raw", "esolm-a": "raw", "esolm-b": "raw"}
 
 
 # ---------------------------------------------------------------------------
@@ -174,18 +183,23 @@ def protocol_texts(spec) -> dict[str, list[str]]:
 # ---------------------------------------------------------------------------
 # packing
 # ---------------------------------------------------------------------------
-def wrap_grouped(token_lists, seq_len: int, bos: int, eos: int, group: int = WRAP_GROUP) -> torch.Tensor:
+def wrap_grouped(token_lists, seq_len: int, bos: int, eos: int, group: int = WRAP_GROUP,
+                 framing: str = "bos_eos") -> torch.Tensor:
     """The papers' wrap: each document + [EOS]; every ``group`` documents concatenated and cut
-    into L − 2 token chunks stored as [BOS] + chunk + [EOS]; each group's remainder dropped."""
-    if seq_len < 3:
+    into rows, each group's remainder dropped.  ``bos_eos``: L − 2 token chunks stored as
+    [BOS] + chunk + [EOS]; ``raw``: L token chunks as they are."""
+    if framing not in ("bos_eos", "raw"):
+        raise ValueError(f"data.framing must be 'bos_eos' or 'raw', got {framing!r}")
+    if framing == "bos_eos" and seq_len < 3:
         raise ValueError("seq_len must be >= 3 (BOS + at least one token + EOS)")
-    width, rows = seq_len - 2, []
+    width, rows = seq_len - 2 if framing == "bos_eos" else seq_len, []
     for start in range(0, len(token_lists), group):
         stream = [t for ids in token_lists[start:start + group] for t in (*ids, eos)]
         n = len(stream) // width
         if n:
             body = torch.tensor(stream[: n * width], dtype=torch.long).view(n, width)
-            rows.append(torch.cat([torch.full((n, 1), bos), body, torch.full((n, 1), eos)], 1))
+            rows.append(body if framing == "raw" else
+                        torch.cat([torch.full((n, 1), bos), body, torch.full((n, 1), eos)], 1))
     return torch.cat(rows) if rows else torch.empty(0, seq_len, dtype=torch.long)
 
 
@@ -205,6 +219,7 @@ def build_protocol_splits(spec, tokenizer, seq_len: int) -> dict[str, torch.Tens
     like :func:`harness.data.build_splits` (the key holds this module's source too)."""
     key = {"protocol": spec.protocol, "source": source_fingerprint(spec), "text_field": spec.text_field,
            "valid_docs": spec.valid_docs, "split_seed": spec.split_seed, "tokenizer": tokenizer.fingerprint,
+           "framing": spec.row_framing,
            "seq_len": seq_len, "code": data_lib.file_sha256(Path(__file__))}
 
     def rows(ids):
@@ -212,7 +227,7 @@ def build_protocol_splits(spec, tokenizer, seq_len: int) -> dict[str, torch.Tens
         if spec.protocol == "documents":
             return data_lib.pack(ids, seq_len, bos, eos)
         if spec.protocol == "owt":
-            return wrap_grouped(ids, seq_len, bos, eos)
+            return wrap_grouped(ids, seq_len, bos, eos, framing=spec.row_framing)
         return pad_sentences(ids, seq_len, bos, eos, pad=eos)
 
     def build():

@@ -158,3 +158,80 @@ def test_nll_differs_from_the_mdlm_conventions_by_what_the_options_say():
     c = default.nll(x, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a.nats, b.nats, rtol=1e-12, atol=0)
     assert (a.tokens, c.tokens) == (L, L - 1) and not torch.allclose(a.nats, c.nats)
+
+
+# --- OpenWebText framings ---------------------------------------------------------------------
+class CharTokenizer:
+    """One id per character (a = 1, b = 2, ...), BOS = 30, EOS = 31: rows are readable."""
+
+    bos_id, eos_id = 30, 31
+    fingerprint = "chars-30-31"
+
+    def encode_batch(self, texts):
+        return [[ord(c) - 96 for c in t] for t in texts]
+
+
+def test_both_owt_framings_on_a_local_dataset(tmp_path, monkeypatch):
+    """bos_eos: [BOS] + L − 2 stream tokens + [EOS] per row; raw: L stream tokens, nothing added.
+    The stream is each document + [EOS], the last valid_docs documents held out."""
+    datasets = pytest.importorskip("datasets")
+    from harness.config import DataSpec
+    from harness.train import load_splits
+
+    monkeypatch.setenv("ESOLM_CACHE", str(tmp_path / "cache"))
+    texts = ["abcde", "fg", "hijklmn", "op", "qrstu", "vw", "xyz"]
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "owt"))
+    tok = CharTokenizer()
+    stream = {"train": [t for ids in tok.encode_batch(texts[:5]) for t in (*ids, 31)],
+              "test": [t for ids in tok.encode_batch(texts[5:]) for t in (*ids, 31)]}
+    assert len(stream["train"]) == 26 and len(stream["test"]) == 7
+    L = 6
+    rows = {}
+    for framing in ("bos_eos", "raw"):
+        spec = DataSpec(hf_dataset=str(tmp_path / "owt"), protocol="owt", valid_docs=2, seq_len=L, framing=framing)
+        assert spec.row_framing == framing
+        rows[framing] = load_splits(spec, tok)
+    bos_eos, raw = rows["bos_eos"], rows["raw"]
+    # bos_eos: 26 // 4 = 6 train rows and 7 // 4 = 1 test row, each 4 stream tokens between BOS and EOS
+    assert bos_eos["train"].tolist() == [[30, *stream["train"][4 * i:4 * i + 4], 31] for i in range(6)]
+    assert bos_eos["test"].tolist() == [[30, 22, 23, 31, 24, 31]]
+    # raw: 26 // 6 = 4 train rows and 7 // 6 = 1 test row of 6 stream tokens; no BOS anywhere
+    assert raw["train"].tolist() == [stream["train"][6 * i:6 * i + 6] for i in range(4)]
+    assert raw["test"].tolist() == [[22, 23, 31, 24, 25, 26]]
+    assert not (raw["train"] == 30).any() and (bos_eos["train"][:, 0] == 30).all()
+    text_tokens = {f: int(((r["train"] != 30) & (r["train"] != 31)).sum()) for f, r in rows.items()}
+    assert text_tokens == {"bos_eos": 20, "raw": 20}  # the same text, cut differently
+    assert DataSpec(protocol="owt").row_framing == "bos_eos"  # the default, as before the field
+    assert "framing" not in DataSpec(protocol="owt").model_dump()  # older recipes keep their hashes
+    with pytest.raises(ValueError, match="data.framing: 'raw' applies to protocol 'owt' only"):
+        DataSpec(framing="raw")
+
+
+@pytest.mark.parametrize("model, framing", [("mdlm", "bos_eos"), ("bd3lm", "raw"), ("esolm-b", "raw"),
+                                            ("ar", "bos_eos")])
+def test_import_picks_the_family_owt_framing(tmp_path, model, framing):
+    """esolm import under protocol owt records the family's own framing; a given one is kept."""
+    from harness.checkpoints.released import import_data_spec
+
+    spec = import_data_spec(None, {"protocol": "owt"}, model)
+    assert spec.framing == framing
+    other = {"raw": "bos_eos", "bos_eos": "raw"}[framing]
+    assert import_data_spec(None, {"protocol": "owt", "framing": other}, model).framing == other
+    assert import_data_spec(None, None, model).framing is None  # the bundled corpus: documents protocol
+
+
+def test_ar_hf_folder_with_causal_true_imports_as_ar_only(tmp_path, capsys):
+    """The BD3-LM-style config of an AR DiT (model_type bd3lm, causal: true, no adaLN): --model ar
+    imports it with the official causal logits; --model mdlm (or bd3lm) is refused in one line."""
+    from tests.test_official import batch, do_import, official_weights, reference_logits, refused, subs, write_hf
+
+    w = official_weights(adaln=False, seed=5)
+    src = write_hf(tmp_path / "hf", w, "bd3lm", causal=True, adaln=False, cross_attn=False, var_min=False)
+    model = do_import(src, "ar", tmp_path / "ar").model
+    x = batch()
+    L = x.shape[1]
+    want = subs(reference_logits(w, x, torch.arange(L).expand(2, L), torch.ones(L, L, dtype=torch.bool).tril(),
+                                 adaln=False))
+    torch.testing.assert_close(model.next_token_logits(x), want, rtol=1e-5, atol=1e-5)
+    for other in ("mdlm", "bd3lm"):
+        assert "causal: true" in refused(capsys, tmp_path, src, other)

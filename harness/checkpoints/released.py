@@ -57,6 +57,7 @@ class Source:
     kind_name: str | None = None  # model_type / algo name
     options: dict = field(default_factory=dict)  # block_size, alpha_0, batch_split, eps, clip, variant
     declared: dict = field(default_factory=dict)  # n_blocks, cond_dim as the config states them
+    causal: bool = False  # config.json's causal: true, a causal (AR) DiT
     step: int = 0
 
 
@@ -113,7 +114,7 @@ def read_hf(folder: Path) -> Source:
                   max_len=config.get("model_length"), dropout=config.get("dropout"),
                   hidden=next(iter(sizes), None), time_conditioning=time_conditioning,
                   kind_name=config.get("model_type"), options=options,
-                  declared={k: config.get(k) for k in ("n_blocks", "cond_dim")})
+                  declared={k: config.get(k) for k in ("n_blocks", "cond_dim")}, causal=config.get("causal") is True)
 
 
 def read_lightning(path: Path, use_ema: bool) -> Source:
@@ -222,12 +223,16 @@ def check_weights(source: Source, model: str) -> tuple[int, int, int | None, int
     if vocab != VOCAB:
         refuse(f"{where}: vocabulary of {vocab} ids is not GPT-2 + [MASK] ({VOCAB}); only GPT-2 models import")
     adaln = "sigma_map.mlp.0.weight" in w or any(k.endswith("adaLN_modulation.weight") for k in w)
+    if source.causal and model != "ar":
+        refuse(f"{source.path} is a causal DiT (config.json causal: true), an AR model; import it with --model ar")
     if model == "ar" and adaln:
         refuse(f"{source.path} holds a diffusion DiT (adaLN modulation present), not causal AR weights; import it "
                f"with --model mdlm/bd3lm/esolm-a/esolm-b")
     if model != "ar" and not adaln:
         refuse(f"{source.path} holds causal AR weights (no adaLN modulation); import it with --model ar")
     allowed = KINDS.get(source.kind_name) if source.kind_name else None
+    if source.causal:  # the BD3-LM-style config of an AR DiT names model_type bd3lm
+        allowed = ("ar",)
     if source.kind_name is not None and allowed is None:
         refuse(f"{source.path} is a {source.kind_name!r} model; this importer knows {sorted(KINDS)}")
     if allowed is not None and model not in allowed and not (model == "mdlm" and source.kind_name == "bd3lm" and
@@ -358,7 +363,7 @@ def import_checkpoint(src: str | Path, model: str, out: str | Path, *, block_siz
 
     if model not in importable_models():
         refuse(f"--model {model!r}: choose one of {importable_models()}")
-    data_spec = import_data_spec(corpus, data)
+    data_spec = import_data_spec(corpus, data, model)
     target = Path(out) / CHECKPOINT_NAME
     if target.exists():
         refuse(f"--out {str(out)!r} already holds {CHECKPOINT_NAME}; choose another folder (nothing was written)")
@@ -402,12 +407,14 @@ def import_checkpoint(src: str | Path, model: str, out: str | Path, *, block_siz
     return target
 
 
-def import_data_spec(corpus: list[str] | None, data: dict | None):
+def import_data_spec(corpus: list[str] | None, data: dict | None, model: str | None = None):
     """The text an imported checkpoint is evaluated on: the bundled corpus, ``corpus`` files, or
-    DataSpec fields such as a local OpenWebText dataset under the papers' ``owt`` protocol."""
+    DataSpec fields such as a local OpenWebText dataset under the papers' ``owt`` protocol, framed
+    as the family's own repository framed it unless ``framing`` is given."""
     from pydantic import ValidationError
 
     from harness.config import DataSpec
+    from harness.protocols import OWT_FRAMING
 
     fields = dict(data or {})
     for key in ("tokenizer", "seq_len"):
@@ -420,7 +427,10 @@ def import_data_spec(corpus: list[str] | None, data: dict | None):
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        refuse(f"data{'.' + where if where else ''}: {first['msg']}")
+        message = first["msg"].removeprefix("Value error, ")
+        refuse(message if message.startswith("data.") else f"data{'.' + where if where else ''}: {message}")
+    if spec.protocol == "owt" and spec.framing is None and model in OWT_FRAMING:
+        spec = spec.model_copy(update={"framing": OWT_FRAMING[model]})
     if spec.hf_dataset is not None and not Path(spec.hf_dataset).is_dir():  # as eval reads it; else it fails there
         refuse(f"data.hf_dataset (--hf-dataset): no dataset folder at {spec.hf_dataset}; pass a local Hugging Face "
                f"dataset folder (nothing was written)")

@@ -40,7 +40,8 @@ LIGHTNING_FIELDS = {"model.n_heads": POSITIVE, "model.length": POSITIVE, "model.
                     "model.dropout": FRACTION, "model.n_blocks": POSITIVE, "model.cond_dim": POSITIVE,
                     "algo.name": TEXT, "parameterization": TEXT, "algo.diffusion_attn_mode": TEXT,
                     "algo.sequential_attn_mode": TEXT}
-SUPPORTED = {"backbone": {"dit"}, "attn_backend": {"flex", "sdpa"}, "causal": {False}}
+# causal: true (an AR DiT in the BD3-LM-style config) is checked against --model by the importer
+SUPPORTED = {"backbone": {"dit"}, "attn_backend": {"flex", "sdpa"}}
 
 
 def shown(value) -> str:
