@@ -239,6 +239,7 @@ def test_sweep_rows_resume_after_injected_crash(tmp_path, runs, monkeypatch):
     assert row["schedule"] == "default" and row["length"] == 16 and row["num_samples"] == 4
     assert row["batch_size"] == 2 and row["init"] == "trained" and row["alpha_0"] is None
     assert row["data_protocol"] == "documents" and row["diffusion_split"] is None  # named in every row
+    assert row["data_framing"] == "bos_eos"
     assert len(row["config_hash"]) == 16 and row["torch"] and row["python"] and row["timestamp"]
     assert m["nfe_per_batch"] == [15, 15] and m["nfe_per_sample"] == 15  # AR: L - 1 forwards
     assert m["tokens_computed_per_sample"] == 15  # one new query position per forward
