@@ -24,11 +24,12 @@ models:
 
 def point(entry, family, fields, *, gen_mean, test_ppl, length=1024, block_size=None, alpha_0=None,
           evaluator="gpt2-large", seed=0):
-    """A row as harness/sweep/point.py writes it (the fields the report reads)."""
+    """A row as harness/sweep/point.py writes it (the fields the report reads), framed and
+    scored as the family's own repository does."""
     label = SamplingSchedule(**fields).label()
     options = {"eps": 1e-3}
     if block_size is not None:
-        options.update(block_size=block_size, clip=None)
+        options.update(block_size=block_size, clip=None, ignore_bos=True, mask_rate="bd3lms")
     if alpha_0 is not None:
         options.update(alpha_0=alpha_0, batch_split=0.5)
     estimator = "exact" if family == "ar" else "nelbo(draws=1)"
@@ -40,7 +41,9 @@ def point(entry, family, fields, *, gen_mean, test_ppl, length=1024, block_size=
             "model_entry": entry, "family": family, "model": family, "model_options": options, "init": "checkpoint",
             "checkpoint": f"runs/paper_demo/{entry}/checkpoint.pt", "parameters": 169_000_000, "train_step": 0,
             "schedule": label, "schedule_group": label, "schedule_fields": fields, "alpha_0": alpha_0,
-            "alpha_0_train": alpha_0, "length": length, "seed": seed, "num_samples": 64, "batch_size": 16,
+            "alpha_0_train": alpha_0, "data_protocol": "owt",
+            "data_framing": "raw" if family in ("bd3lm", "esolm-a", "esolm-b") else "bos_eos",
+            "length": length, "seed": seed, "num_samples": 64, "batch_size": 16,
             "metrics": metrics, "device": "cuda", "device_name": "NVIDIA H100", "dtype": "bf16", "step_mode": "graph",
             "git_commit": "abc1234", "torch": "2.13.0", "python": "3.11.7",
             "timestamp": "2026-01-01T00:00:00+00:00"}
@@ -108,6 +111,11 @@ def test_protocol_mismatches_get_no_figure():
         "first hitting": ({**flat, "schedule_fields": {"steps": 4, "top_p": 0.9}}, "gen_ppl"),
         "recorded": ({**flat, "model_options": {"block_size": 2}}, "test_ppl"),
         "estimator": ({**flat, "test_ppl_estimator": "exact"}, "test_ppl"),
+        "framing bos_eos": ({**flat, "data_framing": "bos_eos"}, "test_ppl"),
+        "position 0 masked": ({**flat, "model_options": {"block_size": 4, "ignore_bos": False,
+                                                         "mask_rate": "bd3lms"}}, "test_ppl"),
+        "(1 − eps)·t": ({**flat, "model_options": {"block_size": 4, "ignore_bos": True, "mask_rate": "mdlm"}},
+                        "test_ppl"),
     }
     for why, (row, metric) in cases.items():
         fig, note = find_figure(row, metric)
@@ -123,8 +131,9 @@ def test_report_section_only_when_a_row_matches(tmp_path):
     results = write_results(tmp_path / "a", demo_points())
     md = rp.write_report(results, out_dir=tmp_path / "a" / "report").read_text()
     assert "## Against the papers" in md
-    assert "| mdlm | MDLM | gen PPL | T=1024,p=0.9 | 1024 | 47.00 | ≈ 46.8 | 1.00 |" in md
-    assert "| ar | AR | test PPL | – | 1024 | 18.00 | 17.54 | 1.03 |" in md
+    assert "| mdlm | MDLM | gen PPL | T=1024,p=0.9 | 1024 | bos_eos | 47.00 | ≈ 46.8 | 1.00 |" in md
+    assert "| ar | AR | test PPL | – | 1024 | bos_eos | 18.00 | 17.54 | 1.03 |" in md
+    assert "| bd3lm-4 | BD3-LM | test PPL | – | 1024 | raw | 21.00 | ≤ 20.73 | 1.01 |" in md
     assert "(1)" in md and "Source: Arriola et al. 2025" in md
     # every imported row under another protocol (top_p 1, SmolLM2 evaluator): no section at all
     other = [point("ar", "ar", {}, gen_mean=40.0, test_ppl=18.0, evaluator="SmolLM2-135M-Instruct-Q4_1", length=64)]

@@ -5,7 +5,10 @@ A figure is shown only next to a row of a *released* checkpoint (the sweep confi
 the paper's protocol: same model family, block size and alpha_0, L = 1024, the same kind of
 test-PPL estimator (exact for AR, a NELBO bound for the diffusion models), and for generative
 PPL the GPT-2 Large evaluator (by its recorded name), nucleus top_p = 0.9 and about one
-token per forward (NFE ≈ L).  Any other row of an imported checkpoint gets "—" and the
+token per forward (NFE ≈ L).  A test PPL also needs the rows framed as the figure's were
+(``data_framing``: the bd3lms scripts score BD3-LM on raw OpenWebText rows, AR and MDLM on
+[BOS] ... [EOS] rows) and BD3-LM scored as bd3lms scores it (position 0 clean and unscored,
+P[mask | t] = t: ``ignore_bos`` and ``mask_rate`` in the row's model options).  Any other row of an imported checkpoint gets "—" and the
 reason.  The gen-PPL figures are means of per-sample perplexities (BD3-LM's convention), so
 they are compared with ``gen_ppl_mean``.
 
@@ -47,10 +50,12 @@ class Figure:
     block_size: int | None = None
     alpha_0: float | None = None
     length: int = LENGTH
+    framing: str = "bos_eos"  # how the test rows were framed (docs/data.md §4.1)
 
 
 def _test(family, value, relation, what, block_size=None):
-    return Figure("test_ppl", family, value, relation, BD3LM_PAPER, TEST_TABLE, what, block_size)
+    framing = "raw" if family == "bd3lm" else "bos_eos"  # bd3lms' ppl_owt_*.sh: insert_valid_special
+    return Figure("test_ppl", family, value, relation, BD3LM_PAPER, TEST_TABLE, what, block_size, framing=framing)
 
 
 def _gen(family, value, what, block_size=None):
@@ -130,11 +135,24 @@ def metric_name(metric: str) -> str:
     return {"test_ppl": "test PPL", "gen_ppl": "gen PPL"}[metric]
 
 
+def row_framing(row) -> str:
+    """The row's data framing; rows from before the field were all [BOS] ... [EOS] rows."""
+    framing = row.get("data_framing")
+    return framing if isinstance(framing, str) else "bos_eos"
+
+
 def _test_protocol(row, fig: Figure) -> tuple[Figure | None, str]:
     est = str(row.get("test_ppl_estimator") or "")
     exact = fig.relation == "="
     if not (est == "exact" if exact else est.startswith("nelbo")):
         return None, f"estimator {est or 'not recorded'}; the paper's figure is {'exact' if exact else 'a NELBO bound'}"
+    if row_framing(row) != fig.framing:
+        return None, (f"framing {row_framing(row)}; the paper scores {FAMILY_NAMES.get(fig.family, fig.family)} on "
+                      f"{fig.framing} rows (data.framing)")
+    options = _options(row)
+    if fig.family == "bd3lm" and (options.get("ignore_bos") is not True or options.get("mask_rate") != "bd3lms"):
+        return None, ("BD3-LM scored with position 0 masked or P[mask | t] = (1 − eps)·t; the paper's keeps position 0 "
+                      "clean and unscored, P[mask | t] = t (ignore_bos, mask_rate: bd3lms)")
     n = row.get("test_ppl_sequences")
     data = f"first {int(n)} sequences of the given held-out corpus" if finite(n) else "the given held-out corpus"
     return fig, f"{est}, {data}; paper: its OWT test split"
@@ -180,7 +198,7 @@ def paper_rows(df, results_dir: Path) -> list[dict]:
             fig, note = find_figure(r, metric)
             item = {"metric": metric, "entry": r["model_entry"], "family": r["family"], "length": int(r["length"]),
                     "schedule": "–" if metric == "test_ppl" else r["schedule"], "values": [float(r[column])],
-                    "figure": fig, "note": note}
+                    "framing": row_framing(r), "figure": fig, "note": note}
             seen[key] = item
             out.append(item)
     for item in out:
@@ -204,15 +222,16 @@ def paper_section(df, results_dir: Path) -> list[str]:
             paper = f"{fig.relation} {fig.value:g}" if fig.relation != "=" else f"{fig.value:g}"
             ratio, note = f"{r['measured'] / fig.value:.2f}", r["note"]
         table.append([r["entry"], FAMILY_NAMES.get(r["family"], r["family"]), metric_name(r["metric"]), r["schedule"],
-                      r["length"], fmt(r["measured"]), paper, ratio, note])
+                      r["length"], r["framing"], fmt(r["measured"]), paper, ratio, note])
     lines = ["## Against the papers", "",
              "Released checkpoints (imported with `esolm import`) next to the papers' published figures; ratio = "
              "measured / paper. A figure appears only where the row was measured under the paper's protocol "
              "(L = 1024; test PPL: exact for AR, a NELBO bound otherwise; gen PPL: GPT-2 Large, nucleus p = 0.9, "
              "about one token per forward, compared as the mean of per-sample PPL). '≤': the paper's NELBO bound; "
-             "'≈': a sampled figure, noisy at small sample counts.", "",
-             md_table(["model entry", "family", "metric", "schedule", "L", "measured", "paper", "ratio",
-                       "protocol note"], table, ["l", "l", "l", "l", "r", "r", "r", "r", "l"]), ""]
+             "'≈': a sampled figure, noisy at small sample counts. framing: the test rows' (raw: L text tokens; "
+             "bos_eos: [BOS] + L − 2 + [EOS]); a test PPL is compared only under the framing the paper used.", "",
+             md_table(["model entry", "family", "metric", "schedule", "L", "framing", "measured", "paper", "ratio",
+                       "protocol note"], table, ["l", "l", "l", "l", "r", "l", "r", "r", "r", "l"]), ""]
     lines += [f"- ({n}) {reason}." for reason, n in reasons.items()]
     if reasons:
         lines.append("")
