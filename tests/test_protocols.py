@@ -132,7 +132,7 @@ def test_offline_training_on_a_saved_dataset_names_its_protocol(tmp_path, monkey
     cfg = {"name": "owt-ar", "model": "ar", "out_dir": str(tmp_path / "run"),
            "backbone": {"preset": "tiny"},
            "data": {"hf_dataset": str(tmp_path / "owt"), "protocol": "owt", "valid_docs": 5, "seq_len": 16,
-                    "tokenizer": "bpe", "bpe_vocab_size": 300},
+                    "tokenizer": "bpe", "bpe_vocab_size": 300, "framing": "raw"},
            "train": {"steps": 2, "batch_size": 4, "eval_every": 2, "eval_batches": 1, "ckpt_every": 2,
                      "device": "cpu", "warmup_steps": 1}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
@@ -141,4 +141,4 @@ def test_offline_training_on_a_saved_dataset_names_its_protocol(tmp_path, monkey
     with contextlib.redirect_stdout(buf):
         main(["eval", str(tmp_path / "run"), "--json", "--split", "valid"])
     result = json.loads(buf.getvalue().strip().splitlines()[-1])
-    assert result["data_protocol"] == "owt" and result["n_sequences"] > 0
+    assert result["data_protocol"] == "owt" and result["data_framing"] == "raw" and result["n_sequences"] > 0

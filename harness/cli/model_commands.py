@@ -54,6 +54,7 @@ def cmd_eval(args) -> None:
     result = test_perplexity(loaded.model, data, args.batch_size, seed=args.seed, method=method,
                              progress=not args.quiet, **nll_kwargs)
     result = {"checkpoint": str(loaded.path), "model": loaded.model.name, "data_protocol": spec.protocol,
+              "data_framing": spec.row_framing,
               "split": args.split, "length": length,
               **result, "unigram_ppl": unigram_perplexity(splits["train"], data, loaded.tokenizer.vocab_size)}
     if args.json:
@@ -62,7 +63,8 @@ def cmd_eval(args) -> None:
         kind = "exact" if result.get("exact") else "upper bound"
         print(f"{result['model']} {args.split} perplexity {result['ppl']:.3f} ± {result['ppl_se']:.3f} "
               f"({se_note(result)}; {kind}; "
-              f"data protocol {spec.protocol}; estimator {result['estimator']}; {result['n_sequences']} sequences x "
+              f"data protocol {spec.protocol} ({spec.row_framing} rows); estimator {result['estimator']}; "
+              f"{result['n_sequences']} sequences x "
               f"{length} tokens; seed {args.seed}); unigram baseline {result['unigram_ppl']:.1f}")
 
 
