@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.unmasking.ancestral import ancestral_denoise, dense_rank, plan_reveals
+from harness.unmasking.confidence import confident_denoise
 from harness.models import NLL, Generation, LanguageModel, SampleLogProb, scored_sum
 from harness.nn import masks
 from harness.nn.steps import static_steps
@@ -75,21 +76,24 @@ class BD3LM(LanguageModel):
     name = "bd3lm"
     display_name = "BD3-LM"
     color = "#2ca02c"
-    schedule_fields = ("steps", "first_hitting")
+    schedule_fields = ("steps", "first_hitting", "threshold", "factor", "entropy_bound")
     importable = True
     fixed_steps_count_every_row = True
 
     @classmethod
     def check_schedule(cls, schedule: SamplingSchedule, options: dict | None = None) -> None:
         super().check_schedule(schedule, options)
-        if (schedule.steps is None) == (not schedule.first_hitting):
-            raise ValueError("bd3lm needs exactly one of 'steps' (T per block) or 'first_hitting' (one token per "
-                             "step) in every schedule")
+        rule = schedule.confidence_rule()
+        if (schedule.steps is not None) + schedule.first_hitting + (rule is not None) != 1:
+            raise ValueError("bd3lm needs exactly one of 'steps' (T per block), 'first_hitting' (one token per step) "
+                             "or a confidence rule ('threshold', 'factor', 'entropy_bound') in every schedule")
 
     @classmethod
     def default_schedule(cls, schedule, new_positions, options=None):
         """First hitting (one token per step), as the reference sampler runs by default."""
-        return schedule if schedule.steps is not None else schedule.model_copy(update={"first_hitting": True})
+        if schedule.steps is not None or schedule.confidence_rule() is not None:
+            return schedule
+        return schedule.model_copy(update={"first_hitting": True})
 
     def cache_capacity(self, length: int) -> int:
         return length + self.block_size  # a padded block of scratch slots past the end
@@ -181,12 +185,12 @@ class BD3LM(LanguageModel):
         block-causal mask.  Same tokens for the same generator.
         Counters: nfe = denoising forwards + cache writes; nfe_per_sample likewise per row;
         tokens_computed = Σ over forwards of rows × query positions; extra["cache_writes"].
+        A confidence rule (threshold, factor, entropy_bound) runs each block until it is
+        full, every row that still holds a [MASK] at each step, on the eager path.
         """
-        schedule.require_only("bd3lm", "steps", "first_hitting")
-        if (schedule.steps is None) == (not schedule.first_hitting):
-            raise ValueError("bd3lm needs exactly one of schedule.steps (T steps per block) or "
-                             "schedule.first_hitting=True (one token per step, block_size steps per block)")
+        self.check_schedule(schedule)
         self.check_length(length)
+        rule = schedule.confidence_rule()  # reveal by confidence (harness.unmasking.confidence) instead of a plan
         Lb, nb = self.block_size, self.blocks(length)
         device = self.device
         prefix = self.given_prefix(n, length, schedule, prefix)
@@ -196,14 +200,16 @@ class BD3LM(LanguageModel):
             x[:, :given] = prefix
         positions = torch.arange(length, device=device)
         # Fixed-shape steps pad a block to a power of two: scratch slots past the end.
-        steps = static_steps(self, n, length + Lb) if use_cache else None
+        steps = static_steps(self, n, length + Lb) if use_cache and rule is None else None
         cache = self.net.new_cache(n, length) if use_cache and steps is None else None
         nfe = tokens_computed = cache_writes = key_reads = pairs = 0
         per_row = torch.zeros(n, dtype=torch.long, device=device)
         first = given // Lb  # blocks before it are all given
-        plans = plan_reveals(n, Lb, noise=self.noise, steps=schedule.steps, first_hitting=schedule.first_hitting,
-                             generator=generator, device=device, windows=nb - first,
-                             given=given - first * Lb)  # every block's, up front
+        plans = None if rule else plan_reveals(
+            n, Lb, noise=self.noise, steps=schedule.steps, first_hitting=schedule.first_hitting, generator=generator,
+            device=device, windows=nb - first, given=given - first * Lb)  # every block's, up front
+        step = torch.full((n, length), -1, dtype=torch.long, device=device)
+        offset = 0  # steps a confidence rule has numbered so far
         for b in range(nb):
             lo, hi = b * Lb, (b + 1) * Lb
             block = x[:, lo:hi]  # a view: the sampler fills x in place
@@ -219,12 +225,23 @@ class BD3LM(LanguageModel):
                     return self.net(toks, positions[lo:hi], attend[lo:], c, commit=0)
             else:
                 def denoiser(rows, lo=lo, hi=hi, attend=attend):
-                    return self.net(x[:, :hi], positions[:hi], attend)[:, lo:]
+                    return self.net(x[:, :hi] if rows is None else x[rows, :hi], positions[:hi], attend)[:, lo:]
 
-            forwards, rows_run, run = (0, 0, 0) if b < first else ancestral_denoise(
-                block, denoiser, plans[b - first], mask_id=self.special.mask, generator=generator,
-                top_p=schedule.top_p, every_row=not use_cache, all_rows=steps is not None,
-            )
+            if b < first:
+                forwards, rows_run, run = 0, 0, 0
+            elif rule is None:
+                plan = plans[b - first]
+                forwards, rows_run, run = ancestral_denoise(
+                    block, denoiser, plan, mask_id=self.special.mask, generator=generator,
+                    top_p=schedule.top_p, every_row=not use_cache, all_rows=steps is not None,
+                )
+                per_block = schedule.steps or Lb  # steps a block's plan numbers (first hitting: L')
+                step[:, lo:hi] = torch.where(plan.when < per_block, b * per_block + plan.when, -1)
+            else:
+                forwards, rows_run, run, when = confident_denoise(
+                    block, denoiser, rule, mask_id=self.special.mask, generator=generator, top_p=schedule.top_p)
+                step[:, lo:hi] = torch.where(when >= 0, offset + when, -1)
+                offset += int(when.max()) + 1
             nfe += forwards
             per_row += run
             tokens_computed += rows_run * (Lb if use_cache else hi)
@@ -245,10 +262,6 @@ class BD3LM(LanguageModel):
                 key_reads += n * hi
                 pairs += n * masks.allowed_pairs(Lb, lo, Lb)
         extra = {"cache_writes": cache_writes}
-        per_block = schedule.steps or Lb  # steps a block's plan numbers (first hitting: L')
-        step = torch.full((n, length), -1, dtype=torch.long, device=device)
-        for b, plan in enumerate(plans, start=first):
-            step[:, b * Lb:(b + 1) * Lb] = torch.where(plan.when < per_block, b * per_block + plan.when, -1)
         return Generation(x, nfe=nfe, tokens_computed=tokens_computed, nfe_per_sample=per_row, extra=extra,
                           key_reads=key_reads, attention_pairs=pairs, step=step,
                           order=step.argsort(dim=1, stable=True))

@@ -29,6 +29,8 @@ from harness.nn import masks
 from harness.nn.steps import static_steps
 from harness.memory import row_chunk
 from harness.unmasking.ancestral import ancestral_denoise, dense_rank, plan_reveals  # noqa: F401  (re-exported)
+from harness.unmasking.remdm import remdm_plan
+from harness.unmasking.blocks import sample_blocks
 from harness.sampling import SAMPLE_CHUNK_ELEMENTS, Drawer  # noqa: F401  (re-exported)
 from harness.schedules import LogLinear, SamplingSchedule, antithetic_times, per_sequence_times, uniform  # noqa: F401
 
@@ -38,20 +40,25 @@ class MDLM(LanguageModel):
     name = "mdlm"
     display_name = "MDLM"
     color = "#1f77b4"
-    schedule_fields = ("steps",)
+    schedule_fields = ("steps", "block_length", "cache", "refresh", "threshold", "factor", "entropy_bound",
+                       "remdm_eta")
     importable = True
     fixed_steps_count_every_row = True
 
     @classmethod
     def check_schedule(cls, schedule: SamplingSchedule, options: dict | None = None) -> None:
         super().check_schedule(schedule, options)
-        if schedule.steps is None:
-            raise ValueError("mdlm needs 'steps' in every schedule, e.g. schedules: [{steps: [8, 32]}]")
+        schedule.check_masked_decoding("mdlm")
+        if schedule.steps is None and schedule.confidence_rule() is None:
+            raise ValueError("mdlm needs 'steps' (or a confidence rule: threshold, factor or entropy_bound) in every "
+                             "schedule, e.g. schedules: [{steps: [8, 32]}]")
 
     @classmethod
     def default_schedule(cls, schedule, new_positions, options=None):
         """T = L: one grid step per position, the finest the ancestral sampler takes."""
-        return schedule if schedule.steps is not None else schedule.model_copy(update={"steps": new_positions})
+        if schedule.steps is not None or schedule.confidence_rule() is not None:
+            return schedule
+        return schedule.model_copy(update={"steps": new_positions})
 
     def cache_capacity(self, length: int) -> int:
         return 0  # every step is a full forward
@@ -112,10 +119,10 @@ class MDLM(LanguageModel):
         fill is the grid's last step (s = 0), not an extra forward; tokens_computed =
         Σ over forwards of rows·L (every forward runs all L query positions).
         """
-        schedule.require_only("mdlm", "steps")
-        if schedule.steps is None:
-            raise ValueError("mdlm needs schedule.steps (the number of denoising steps T)")
+        self.check_schedule(schedule)
         self.check_length(length)
+        if schedule.block_length is not None or schedule.confidence_rule() is not None:
+            return sample_blocks(self, n, length, schedule, generator, use_cache, prefix)
         device = self.device
         prefix = self.given_prefix(n, length, schedule, prefix)
         given = 0 if prefix is None else prefix.shape[1]
@@ -137,8 +144,12 @@ class MDLM(LanguageModel):
                 return steps.full(z[padded], positions.expand(len(padded), length))[: len(rows)]
             return self.net(z if rows is None else z[rows], positions, attend)
 
-        plan = plan_reveals(n, length, noise=self.noise, steps=schedule.steps, first_hitting=False,
-                            generator=generator, device=device, given=given)[0]
+        if schedule.remdm_eta is not None:  # remasking: the same loop on a plan that also masks again
+            plan = remdm_plan(n, length, noise=self.noise, steps=schedule.steps, eta=schedule.remdm_eta,
+                              generator=generator, device=device, given=given)
+        else:
+            plan = plan_reveals(n, length, noise=self.noise, steps=schedule.steps, first_hitting=False,
+                                generator=generator, device=device, given=given)[0]
         forwards, rows_run, per_row = ancestral_denoise(
             z, denoiser, plan, mask_id=self.special.mask, generator=generator, top_p=schedule.top_p,
             every_row=not use_cache, all_rows=steps is not None, chunk=chunk,

@@ -13,7 +13,10 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from harness.schedules import RowNoise
+
 _RECORDERS: list[torch.Tensor] = []  # active record_log_probs totals (a test hook; empty otherwise)
+_DRAW_HOOKS: list = []  # callables (logits (m, V) float64, tokens (m,)) seeing every draw (record_draws)
 
 
 def descending_values(logits: torch.Tensor) -> torch.Tensor:
@@ -54,6 +57,14 @@ def gumbel_noise(shape, generator: torch.Generator | None, device) -> torch.Tens
     return u.clamp_min_(torch.finfo(torch.float64).tiny).log_().neg_().log_().neg_()  # -log(-log u), in place
 
 
+def row_gumbel_noise(shape, noise: RowNoise, rows: torch.Tensor, device) -> torch.Tensor:
+    """Gumbel noise for draws (m, V), draw i from the stream of batch row ``rows[i]``, one
+    draw at a time: a row's noise depends on its own earlier draws only, never on the batch
+    or on how the draws were grouped (batch invariance)."""
+    out = [gumbel_noise(shape[1:], noise.generators[r], noise.generators[r].device) for r in rows.tolist()]
+    return torch.stack(out).to(device) if out else torch.zeros(shape, dtype=torch.float64, device=device)
+
+
 def first_argmax(scores: torch.Tensor) -> torch.Tensor:
     """Index of the first maximum along the last dimension: torch's argmax, or on a CPU
     numpy's (the same index, ~3-10x faster there)."""
@@ -62,22 +73,33 @@ def first_argmax(scores: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(scores.detach().numpy().argmax(axis=-1))
 
 
-def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None, top_p: float = 1.0,
-                  rows: torch.Tensor | None = None) -> torch.Tensor:
+def sample_tokens(logits: torch.Tensor, generator: torch.Generator | RowNoise | None, top_p: float = 1.0,
+                  rows: torch.Tensor | None = None, noise_out: list | None = None) -> torch.Tensor:
     """Gumbel-max draw of one token per row of ``logits`` (..., V), all in float64: the
     argmax of logit + noise over the nucleus (the noise is drawn for every token, so the
     random stream does not depend on top_p's cut).
 
     ``rows``: the batch row each leading index of ``logits`` belongs to (default: the leading
-    index itself), used only by :func:`record_log_probs`."""
+    index itself), used by :func:`record_log_probs` and, with a :class:`RowNoise` generator,
+    to draw each row's noise from its own stream.  ``noise_out``: a list the noise is appended
+    to (the cache probe re-draws with it, harness.unmasking.probe)."""
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     logits = logits.to(torch.float64)
-    scores = gumbel_noise(logits.shape, generator, logits.device).add_(logits)
+    if isinstance(generator, RowNoise):
+        index = torch.arange(logits.shape[0]) if rows is None else rows
+        noise = row_gumbel_noise(logits.shape, generator, index, logits.device)
+    else:
+        noise = gumbel_noise(logits.shape, generator, logits.device)
+    if noise_out is not None:
+        noise_out.append(noise.clone())
+    scores = noise.add_(logits)
     cut = logits < nucleus_threshold(logits, top_p) if top_p < 1.0 else None
     if cut is not None:  # in place on the scores: one masked pass, no filtered copy of the logits
         scores.masked_fill_(cut, float("-inf"))
     tokens = first_argmax(scores)
+    for hook in _DRAW_HOOKS:
+        hook(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
     if _RECORDERS:
         kept = logits if cut is None else logits.masked_fill(cut, float("-inf"))
         logp = kept.log_softmax(-1).gather(-1, tokens[..., None])
@@ -102,6 +124,18 @@ def record_log_probs(n: int, device=None):
         _RECORDERS.pop()  # nested blocks close in reverse order
 
 
+@contextmanager
+def record_draws(hook):
+    """Within the block, ``hook(logits, tokens)`` sees every draw in draw order: the float64
+    logits it was drawn from (SUBS applied, before the nucleus cut) and the tokens drawn
+    (harness.unmasking.probe compares a cached sampler's draws with its uncached twin's)."""
+    _DRAW_HOOKS.append(hook)
+    try:
+        yield
+    finally:
+        _DRAW_HOOKS.remove(hook)
+
+
 # Bound on one gathered-logits / float64 Gumbel-noise tensor (rows drawn × vocabulary): a
 # step that reveals many positions at a large vocabulary (e.g. T = 1 at 512 × 1024 × 50258)
 # is drawn in groups of rows instead of one ~200 GB tensor (docs/models.md §0).
@@ -119,9 +153,11 @@ class Drawer:
     ``rows`` (pushed with the logits): each row's batch row, for :func:`record_log_probs`.
     """
 
-    def __init__(self, vocab: int, generator, top_p: float = 1.0, mask_id: int | None = None):
+    def __init__(self, vocab: int, generator, top_p: float = 1.0, mask_id: int | None = None,
+                 keep_noise: bool = False):
         self.group = max(1, SAMPLE_CHUNK_ELEMENTS // vocab)
         self.generator, self.top_p, self.mask_id = generator, top_p, mask_id
+        self.noise: list[torch.Tensor] | None = [] if keep_noise else None  # each group's noise, when kept
         self._pending: list[torch.Tensor] = []
         self._rows: list[torch.Tensor] = []
         self._n = 0
@@ -146,7 +182,8 @@ class Drawer:
         picked = pieces[0] if copied else torch.cat(pieces)  # a copy either way: safe to edit
         if self.mask_id is not None:
             picked[:, self.mask_id] = float("-inf")
-        self._out.append(sample_tokens(picked, self.generator, self.top_p, rows=torch.cat(self._rows)))
+        self._out.append(sample_tokens(picked, self.generator, self.top_p, rows=torch.cat(self._rows),
+                                       noise_out=self.noise))
         self._pending, self._rows, self._n = [], [], 0
 
     def finish(self) -> torch.Tensor:

@@ -94,8 +94,13 @@ def antithetic_times(n: int, eps: float, generator=None, device=None) -> torch.T
 
 
 SHORT_NAMES = {"steps": "T", "alpha_0": "a0", "blocks": "blocks", "first_hitting": "fh", "top_p": "p",
-               "given_bos": "bos", "split": "split", "stride": "stride", "shuffle": "shuffle"}
-COMMON_FIELDS = ["top_p", "given_bos"]  # every sampler reads these
+               "given_bos": "bos", "split": "split", "stride": "stride", "shuffle": "shuffle",
+               "block_length": "B", "cache": "cache", "refresh": "refresh", "threshold": "tau", "factor": "f",
+               "entropy_bound": "eb", "remdm_eta": "eta", "measure_cache_error": "cerr"}
+# every sampler reads these (a sampler without its own cache probe is measured by the harness's
+# twin run, harness.unmasking.probe)
+COMMON_FIELDS = ["top_p", "given_bos", "measure_cache_error"]
+CONFIDENCE_RULES = ("threshold", "factor", "entropy_bound")  # how many positions a step reveals, by confidence
 # Field values every label and point hash meant before the field existed: left out of both, so
 # a config that pins them keeps the keys and hashes of its committed results.
 LEGACY_VALUES = {"split": "fixed"}
@@ -119,6 +124,30 @@ class SamplingSchedule(BaseModel):
                                "step r reveals the positions {r, r + S, r + 2S, ...}, one order for the whole batch")
     shuffle: bool = Field(False, description="stride: shuffle the order of the sets and the order within each set "
                           "(one draw shared by the batch)")
+    # --- the field's decoders beside the exact caches (docs/models.md §2.4) --------------------
+    block_length: int | None = Field(None, ge=1, description="MDLM: semi-autoregressive decoding, blocks of this "
+                                     "many positions left to right with diffusion inside each (steps: per block)")
+    cache: Literal["prefix", "dual"] | None = Field(
+        None, description="MDLM with block_length: an approximate cache built at a block's first step and reused "
+        "by its later steps.  'prefix': the finished blocks' K/V (a step runs the block and the masked suffix); "
+        "'dual': the masked suffix's K/V as well (a step runs only the block)")
+    refresh: int | None = Field(None, ge=1, description="cache: rebuild it every this many steps of a block "
+                                "(1: every step, the uncached sampler); default: only at a block's first step")
+    threshold: float | None = Field(None, gt=0.0, le=1.0, description="MDLM, BD3-LM: confidence-threshold "
+                                    "parallel decoding, in place of steps: each step reveals every masked position "
+                                    "whose top probability is >= this, and at least the most confident one")
+    factor: float | None = Field(None, gt=0.0, description="MDLM, BD3-LM: Fast-dLLM's factor rule, in place of "
+                                 "steps: the n most confident positions while the i-th's top probability is >= "
+                                 "1 - factor/(i + 1), at least one")
+    entropy_bound: float | None = Field(None, ge=0.0, description="MDLM, BD3-LM: the EB sampler, in place of "
+                                        "steps: positions in order of confidence while their summed entropy "
+                                        "(nats) stays <= this, at least one")
+    remdm_eta: float | None = Field(None, ge=0.0, le=1.0, description="MDLM: ReMDM remasking, cap schedule: at "
+                                    "each step a revealed token is masked again with probability "
+                                    "min(eta, (1 - alpha_s)/alpha_t)")
+    measure_cache_error: bool = Field(False, description="re-run cached steps without the cache and record max "
+                                      "|delta logit|, mean KL(uncached || cached) over the drawn positions and "
+                                      "the fraction of drawn tokens the same noise would change")
 
     def label(self, written: dict | None = None) -> str:
         """'a0=0.25,T=16': the non-default fields; ``written`` shows some values as the config
@@ -137,6 +166,27 @@ class SamplingSchedule(BaseModel):
         extra = sorted(used - set(allowed))
         if extra:
             raise ValueError(f"{model} does not use schedule field(s) {extra}; allowed: {sorted(allowed) + COMMON_FIELDS}")
+
+    def confidence_rule(self) -> tuple[str, float] | None:
+        """(rule, value) of the one confidence rule given, or None; two are refused by name."""
+        given = [(k, getattr(self, k)) for k in CONFIDENCE_RULES if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of schedule fields {list(CONFIDENCE_RULES)}, not {[k for k, _ in given]}")
+        return given[0] if given else None
+
+    def check_masked_decoding(self, model: str) -> None:
+        """One-line errors for MDLM's and BD3-LM's reveal rules: steps or one confidence rule."""
+        rule = self.confidence_rule()
+        if rule is not None and self.steps is not None:
+            raise ValueError(f"{model}: schedule field {rule[0]!r} decides how many positions each step reveals; "
+                             "drop 'steps'")
+        if self.refresh is not None and self.cache is None:
+            raise ValueError(f"{model}: schedule field 'refresh' rebuilds a cache; add cache: prefix or dual")
+        if self.cache is not None and self.block_length is None:
+            raise ValueError(f"{model}: schedule field 'cache' caches the blocks of 'block_length'; add block_length")
+        if self.remdm_eta is not None and (rule is not None or self.block_length is not None or self.steps is None):
+            raise ValueError(f"{model}: schedule field 'remdm_eta' remasks on the ancestral grid: give it with 'steps' "
+                             "only (no block_length or confidence rule)")
 
     # --- Eso-LM's diffusion phase ---------------------------------------------------------
     def diffusion_split(self) -> str:

@@ -227,7 +227,7 @@ class FixedLogits(nn.Module):
         return self.logits.expand(tokens.shape[0], tokens.shape[1], -1)
 
 
-def sample_tokens_float32(logits, generator, top_p=1.0, rows=None):
+def sample_tokens_float32(logits, generator, top_p=1.0, rows=None, noise_out=None):
     """The bug under test: Gumbel noise from float32 uniforms, capped at −log(−log(1 − 2⁻²⁴)) ≈ 16.6."""
     logits = top_p_filter(logits.float(), top_p)
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)

@@ -19,6 +19,7 @@ from harness.models import REGISTRY
 from harness.nn.steps import FALLBACKS, exact_modes, resolve_mode
 from harness.results_store import POINTS_FILE, append_row, write_samples
 from harness.schedules import SamplingSchedule
+from harness.unmasking.probe import COLUMNS as CACHE_ERROR_COLUMNS
 from harness.sweep.context import Context, LoadedEntry, git_commit
 from harness.sweep.grid import Point
 from harness.sweep.identity import point_hash, point_seed, ppl_cache_key
@@ -102,7 +103,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
             ctx.step_modes[shape] = sampler.step_mode
     generator = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
     rows, nfe_batches, tokens_computed, nfe_rows, extra, key_reads, pairs = [], [], 0, [], {}, 0, 0
-    done = 0
+    done, probes = 0, []
     while done < num_samples:
         n = min(rows_at_once, num_samples - done)
         with torch.no_grad(), ctx.sampling_autocast():
@@ -116,7 +117,11 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
             nfe_rows.extend(int(v) for v in torch.as_tensor(gen.nfe_per_sample).reshape(-1).tolist())
         else:
             nfe_rows.extend([int(gen.nfe)] * n)
+        if "cache_error_method" in (gen.extra or {}):  # the sampler's own probe (harness.unmasking.probe)
+            probes.append({k: gen.extra[k] for k in CACHE_ERROR_COLUMNS})
         for k, v in (gen.extra or {}).items():
+            if k.startswith("cache_error_"):
+                continue
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 extra.setdefault(k, []).append(v)
         done += n
@@ -132,6 +137,7 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "attention_pairs_per_sample": pairs / num_samples,
     }
     metrics.update(sample_boundaries(tokens, tok.bos_id, tok.eos_id))
+    metrics.update(cache_error(ctx, sampler, point, schedule, min(rows_at_once, num_samples), probes))
     if trials is not None:
         metrics["step_mode_trials"] = trials  # seconds per batch of each mode tried; the fastest ran
     for k, values in extra.items():
@@ -169,13 +175,15 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         from harness.metrics.machine import busy_warning
         from harness.metrics.speed import time_sampling
 
+        untimed_probe = schedule.model_copy(update={"measure_cache_error": False})  # time the sampler alone
+
         def one_batch():
             # The samples' own seed: the timed runs take the shapes the sampling pass took, so
             # the CUDA graphs they replay were captured before the clock started.
             timing_gen = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
             with torch.no_grad(), ctx.sampling_autocast():
                 for lo in range(0, batch, rows_at_once):
-                    sampler.sample(min(rows_at_once, batch - lo), point.length, schedule, timing_gen)
+                    sampler.sample(min(rows_at_once, batch - lo), point.length, untimed_probe, timing_gen)
 
         sp = time_sampling(one_batch, warmup=cfg.speed.warmup, repeats=cfg.speed.repeats, device=ctx.device,
                            dtype=ctx.dtype, batch_size=batch, length=point.length)
@@ -230,6 +238,25 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return row, records
+
+
+def cache_error(ctx: Context, sampler, point: Point, schedule: SamplingSchedule, n: int, probes: list[dict]) -> dict:
+    """The cache-exactness columns (None unless the schedule asks): the sampler's own probe
+    where it has one, else one batch of n sampled twice, cached and uncached, with the
+    point's seed (harness.unmasking.probe.twin_run)."""
+    from harness.unmasking.probe import merge, twin_run
+
+    if not schedule.measure_cache_error:
+        return dict.fromkeys(CACHE_ERROR_COLUMNS)
+    if probes:
+        return merge(probes)
+
+    def run(use_cache: bool):
+        generator = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
+        with torch.no_grad(), ctx.sampling_autocast():
+            sampler.sample(n, point.length, schedule, generator, use_cache=use_cache)
+
+    return twin_run(run, getattr(getattr(sampler, "special", None), "mask", None))
 
 
 def trial_modes(step_mode: str, device: torch.device, same_work: bool = True) -> tuple[str, ...]:

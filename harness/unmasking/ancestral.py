@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from harness.sampling import Drawer
-from harness.schedules import LogLinear
+from harness.schedules import LogLinear, uniform
 
 
 def dense_rank(step: torch.Tensor) -> torch.Tensor:
@@ -34,6 +34,8 @@ class RevealPlan:
     rows: torch.Tensor
     cols: torch.Tensor
     when: torch.Tensor | None = None  # (n, W): each position's step; the number of steps where given
+    # ReMDM: (rows, cols) each step masks again after its draws (empty lists: no remasking)
+    remask: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def plan_reveals(n: int, width: int, *, noise: LogLinear, steps: int | None, first_hitting: bool,
@@ -51,7 +53,7 @@ def plan_reveals(n: int, width: int, *, noise: LogLinear, steps: int | None, fir
     The first ``given`` positions of the first window are clean already (a prefix): they get
     a step past the last, so they sort after every reveal and are never drawn.
     """
-    u = torch.rand((n, windows, width), generator=generator, device=device, dtype=torch.float64)
+    u = uniform((n, windows, width), generator, device, torch.float64)  # a RowNoise: each row its own stream
     if first_hitting:
         n_steps = width
         u[:, 0, :given] = 2.0  # ranked last, behind the positions still to reveal
@@ -85,6 +87,8 @@ def ancestral_denoise(
     every_row: bool,
     all_rows: bool = False,
     chunk: int | None = None,
+    on_step: Callable[[int], None] | None = None,
+    after_draws: Callable | None = None,
 ) -> tuple[int, int, torch.Tensor]:
     """Denoise z (n, W), [MASK] on entry where the plan reveals, in place — the MDLM sampler
     on a window.
@@ -104,18 +108,25 @@ def ancestral_denoise(
     all its chunks ran.  All modes and chunkings draw the same Gumbel noise for the same
     reveals (:class:`Drawer`), so they produce the same tokens.
 
+    ``on_step(k)`` is called before step k (an approximate cache counts its steps);
+    ``after_draws(rows, cols, tokens, noise)`` after a step's draws, with the Gumbel noise
+    they took (the cache probe); a plan's ``remask`` entries are masked after step k's draws.
+
     Returns (forwards run, Σ rows over forwards, forwards per row).
     """
     n = z.shape[0]
     per_row = [0] * n
     forwards = rows_run = offset = 0
-    for due in plan.due:  # one step: due[r] positions of row r
+    for k, due in enumerate(plan.due):  # one step: due[r] positions of row r
+        if on_step is not None:
+            on_step(k)
         need = [r for r, count in enumerate(due) if count]
         if every_row or len(need) == n or (all_rows and need):
             ran = list(range(n))
         elif need:
             ran = need
         else:
+            remask(z, plan, k, mask_id)
             continue  # nobody reveals anything: no forward
         forwards, rows_run = forwards + 1, rows_run + len(ran)
         for r in ran:
@@ -141,11 +152,22 @@ def ancestral_denoise(
                 slot = torch.zeros(n, dtype=torch.long, device=z.device)
                 slot[torch.tensor(part, device=z.device)] = torch.arange(len(part), device=z.device)
                 local = slot[r]
-            drawer = drawer or Drawer(logits.shape[-1], generator, top_p, mask_id)
+            drawer = drawer or Drawer(logits.shape[-1], generator, top_p, mask_id, keep_noise=after_draws is not None)
             for j in range(0, r.numel(), drawer.group):
                 g = slice(j, j + drawer.group)
                 drawer.push(logits[local[g], c[g]], r[g])
             del logits
         if drawer is not None:
-            z[r_all, c_all] = drawer.finish().to(z.device)
+            drawn = drawer.finish().to(z.device)
+            z[r_all, c_all] = drawn
+            if after_draws is not None:
+                after_draws(r_all, c_all, drawn, torch.cat(drawer.noise))
+        remask(z, plan, k, mask_id)
     return forwards, rows_run, torch.tensor(per_row, dtype=torch.long, device=z.device)
+
+
+def remask(z: torch.Tensor, plan: RevealPlan, k: int, mask_id: int) -> None:
+    """ReMDM: the positions the plan masks again after step k's draws."""
+    if plan.remask is not None and plan.remask[k][0].numel():
+        rows, cols = plan.remask[k]
+        z[rows, cols] = mask_id
