@@ -1,4 +1,4 @@
-"""lm-eval (0.4.x) adapter: harness checkpoints as the ``esolm`` model, plus a local task.
+"""lm-eval (0.4.x) adapter: harness checkpoints as the ``esolm`` model (its offline tasks: harness.lm_eval_tasks).
 
 Usage (offline; nothing is downloaded)::
 
@@ -45,7 +45,6 @@ Sequences always start with the tokenizer's BOS, as in training.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -70,8 +69,7 @@ from harness.evaluators import sliding_windows
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "esolm_corpus_ppl"
-TASK_TEMPLATE = Path(__file__).resolve().parent / "tasks" / f"{TASK_NAME}.yaml.in"
+from harness.lm_eval_tasks import TASK_NAME, corpus_test_documents, write_lm_eval_task  # noqa: F401  (the tasks)
 
 
 class MissingExtra(ImportError, ValueError):
@@ -377,66 +375,6 @@ class EsoLMHarnessLM(LM):
                              masks.cached_causal(1, pos, self._device), cache, commit=1)
             out.append(self._cut(text, until))
         return out
-
-
-# --------------------------------------------------------------------------------------
-# the local perplexity task
-# --------------------------------------------------------------------------------------
-def corpus_test_documents(n_docs: int = 24, max_chars: int = 2000, seed: int = 0) -> list[dict]:
-    """Pieces of the bundled corpus's TEST split (the split training never sees).
-
-    Each test document is cut at paragraph boundaries into pieces of at most ``max_chars``
-    characters; pieces are taken round-robin across sources so every source is present.
-    """
-    from harness.data import load_bundled_corpus, split_documents
-
-    test = split_documents(load_bundled_corpus(), seed=seed)["test"]
-    per_source: dict[str, list[dict]] = {}
-    for doc in test:
-        pieces, current = [], ""
-        for para in (p.strip() for p in doc.text.split("\n\n")):
-            if not para:
-                continue
-            if current and len(current) + 2 + len(para) > max_chars:
-                pieces.append(current)
-                current = ""
-            current = (current + "\n\n" + para) if current else para[:max_chars]
-        if current:
-            pieces.append(current)
-        for k, text in enumerate(pieces):
-            per_source.setdefault(doc.source, []).append({"source": doc.source, "title": f"{doc.title} #{k}",
-                                                          "text": text})
-    out: list[dict] = []
-    sources = sorted(per_source)
-    k = 0
-    while len(out) < n_docs and any(k < len(per_source[s]) for s in sources):
-        out += [per_source[s][k] for s in sources if k < len(per_source[s])]
-        k += 1
-    return out[:n_docs]
-
-
-def write_lm_eval_task(directory: str | Path, n_docs: int = 24, max_chars: int = 2000, seed: int = 0,
-                       documents: list[dict] | None = None) -> Path:
-    """Write ``esolm_corpus_ppl.yaml`` + its jsonl into ``directory``; returns the directory.
-
-    The YAML names the jsonl by ABSOLUTE path (lm-eval resolves relative data_files
-    against the working directory).  Pass the directory as ``include_path``.
-    """
-    require_lm_eval()
-    directory = Path(directory).expanduser().resolve()
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"{directory} is a file; give a folder for the task's YAML and data")
-    directory.mkdir(parents=True, exist_ok=True)
-    docs = documents if documents is not None else corpus_test_documents(n_docs, max_chars, seed)
-    if not docs:
-        raise ValueError("no documents to write for the lm-eval task")
-    data = directory / f"{TASK_NAME}.jsonl"
-    with open(data, "w", encoding="utf-8") as f:
-        for d in docs:
-            f.write(json.dumps({"title": d.get("title", ""), "source": d.get("source", ""), "text": d["text"]}) + "\n")
-    yaml_text = TASK_TEMPLATE.read_text(encoding="utf-8").replace("@DATA_FILE@", json.dumps(str(data)))
-    (directory / f"{TASK_NAME}.yaml").write_text(yaml_text, encoding="utf-8")
-    return directory
 
 
 def evaluate(checkpoint: str | Path, tasks: list[str], include_path: str | Path | None = None,

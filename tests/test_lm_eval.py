@@ -59,6 +59,47 @@ def test_simple_evaluate_end_to_end_offline(ar_run, tmp_path, monkeypatch):
     assert got["word_perplexity,none"] > got["byte_perplexity,none"]
 
 
+def test_both_tasks_spell_out_their_metrics_and_the_prompts_cut_between_words(tmp_path):
+    import yaml
+
+    from harness.lm_eval_tasks import GENERATION_TASK, PROMPT_CHARS, TASK_NAME, write_lm_eval_task
+
+    docs = [{"title": "t", "source": "s", "text": "alpha beta\n\ngamma " * 40}, {"text": "too short"}]
+    out = write_lm_eval_task(tmp_path / "tasks", documents=docs)
+    for task in (TASK_NAME, GENERATION_TASK):
+        cfg = yaml.safe_load((out / f"{task}.yaml").read_text())
+        assert cfg["task"] == task and cfg["dataset_kwargs"]["data_files"]["test"] == str(out / f"{task}.jsonl")
+        for metric in cfg["metric_list"]:  # lm-eval warns for each one left to its defaults
+            assert {"aggregation", "higher_is_better"} <= set(metric), metric
+    items = [json.loads(line) for line in (out / f"{GENERATION_TASK}.jsonl").read_text().splitlines()]
+    assert len(items) == 1  # the short piece has no continuation to score
+    flat = " ".join(docs[0]["text"].split())
+    prompt, target = items[0]["prompt"], items[0]["target"]
+    assert len(prompt) <= PROMPT_CHARS and flat.startswith(prompt + " " + target)
+    assert prompt.split()[-1] in ("alpha", "beta", "gamma") and target.split()[0] in ("alpha", "beta", "gamma")
+
+
+def test_generation_task_runs_offline_and_scores_what_the_model_wrote(ar_run, tmp_path, monkeypatch, caplog):
+    import sacrebleu
+
+    import harness.lm_eval_adapter as A
+    from harness.lm_eval_tasks import GENERATION_TASK
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    task_dir = A.write_lm_eval_task(tmp_path / "tasks", n_docs=3)
+    with caplog.at_level("WARNING"):
+        results = A.evaluate(ar_run, tasks=[GENERATION_TASK], include_path=task_dir, batch_size=2, limit=3)
+    assert not [r for r in caplog.records if "is defined, but" in r.getMessage()]
+    samples = results["samples"][GENERATION_TASK]
+    written = [s["filtered_resps"][0] for s in samples]
+    targets = [s["target"] for s in samples]
+    assert len(written) == 3 and all(isinstance(w, str) for w in written)
+    expected = sacrebleu.corpus_chrf(written, [targets]).score
+    assert results["results"][GENERATION_TASK]["chrf,none"] == pytest.approx(expected)
+
+
 def test_ar_loglikelihood_is_exact_and_greedy_flag_is_right(ar_run):
     from harness.lm_eval_adapter import EsoLMHarnessLM
 

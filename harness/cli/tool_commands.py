@@ -27,13 +27,17 @@ def cmd_import(args) -> None:
 
 
 def cmd_lm_eval_task(args) -> None:
-    try:
-        from harness.lm_eval_adapter import write_lm_eval_task
+    from harness.lm_eval_adapter import require_lm_eval
+    from harness.lm_eval_tasks import GENERATION_TASK, TASK_NAME, write_lm_eval_task
+
+    try:  # tasks with nothing to run them are no use: say what to install first
+        require_lm_eval()
     except ImportError as err:  # its message names the 'eval' extra
         raise ValueError(str(err)) from None
 
     out = write_lm_eval_task(args.directory, n_docs=args.documents)
-    print(f"lm-eval task esolm_corpus_ppl written to {out}; pass --include_path {out}")
+    print(f"lm-eval tasks {TASK_NAME} (perplexity) and {GENERATION_TASK} (generation) written to {out}; "
+          f"pass --include_path {out}")
 
 
 def register(sub) -> None:
@@ -71,7 +75,8 @@ def register(sub) -> None:
                    help="how that text is split and packed (owt: the papers' OpenWebText split and wrap)")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("lm-eval-task", help="write the offline lm-eval perplexity task over the test split")
+    p = sub.add_parser("lm-eval-task", help="write the offline lm-eval tasks over the test split: perplexity "
+                       "(esolm_corpus_ppl) and continuation with each model's own sampler (esolm_corpus_continue)")
     p.add_argument("directory")
-    p.add_argument("--documents", type=at_least(1), default=24, help="test documents to include")
+    p.add_argument("--documents", type=at_least(1), default=24, help="test documents (pieces) to include")
     p.set_defaults(func=cmd_lm_eval_task)
