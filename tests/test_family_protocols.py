@@ -235,3 +235,19 @@ def test_ar_hf_folder_with_causal_true_imports_as_ar_only(tmp_path, capsys):
     torch.testing.assert_close(model.next_token_logits(x), want, rtol=1e-5, atol=1e-5)
     for other in ("mdlm", "bd3lm"):
         assert "causal: true" in refused(capsys, tmp_path, src, other)
+
+
+def test_import_cli_records_the_framing(tmp_path, capsys):
+    """esolm import --protocol owt: BD3-LM's rows default to raw, --framing overrides it; --framing
+    without protocol owt is one line, exit 2."""
+    from harness.checkpoints.own_format import read_state
+    from tests.test_official import do_import, official_weights, refused, write_hf
+
+    src = write_hf(tmp_path / "hf", official_weights(adaln=True, seed=6), "bd3lm")
+    (tmp_path / "owt").mkdir()
+    owt = ["--hf-dataset", str(tmp_path / "owt"), "--protocol", "owt"]
+    for out, extra, framing in (("a", [], "raw"), ("b", ["--framing", "bos_eos"], "bos_eos")):
+        do_import(src, "bd3lm", tmp_path / out, *owt, *extra)
+        assert read_state(tmp_path / out / "checkpoint.pt")["config"]["data"]["framing"] == framing
+    err = refused(capsys, tmp_path, src, "bd3lm", "--framing", "raw")
+    assert "data.framing: 'raw' applies to protocol 'owt' only" in err

@@ -21,8 +21,8 @@ def cmd_import(args) -> None:
 
     path = import_checkpoint(args.src, args.model, args.out, block_size=args.block_size, alpha_0=args.alpha_0,
                              use_ema=not args.no_ema, corpus=args.corpus,
-                             data={k: v for k, v in (("hf_dataset", args.hf_dataset), ("protocol", args.protocol))
-                                   if v is not None})
+                             data={k: v for k, v in (("hf_dataset", args.hf_dataset), ("protocol", args.protocol),
+                                                     ("framing", args.framing)) if v is not None})
     print(f"checkpoint: {path}")
 
 
@@ -73,6 +73,9 @@ def register(sub) -> None:
     p.add_argument("--hf-dataset", help="or a local Hugging Face dataset folder (e.g. OpenWebText) to read instead")
     p.add_argument("--protocol", choices=["documents", "owt", "lm1b"],
                    help="how that text is split and packed (owt: the papers' OpenWebText split and wrap)")
+    p.add_argument("--framing", choices=["bos_eos", "raw"],
+                   help="owt: how a row is framed (default: as the family's own repository did: AR and MDLM "
+                   "bos_eos, BD3-LM and Eso-LM raw; docs/data.md 4.1)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("lm-eval-task", help="write the offline lm-eval tasks over the test split: perplexity "
