@@ -130,6 +130,27 @@ def test_mauve_separates_same_from_shifted_distributions():
         mauve_from_features(p, rng.normal(size=(10, 3)))
 
 
+@pytest.mark.skipif(not mauve_available(), reason="mauve-text not installed (optional 'mauve' extra)")
+def test_small_sample_mauve_writes_nothing_to_the_terminal_but_other_native_errors_pass(capfd):
+    """faiss's k-means warns on the C stderr at every small n (through progress bars and
+    --quiet); that one line is held back, anything else native code says still reaches stderr."""
+    import ctypes
+
+    from harness.metrics.mauve import quiet_native_stderr
+
+    rng = np.random.default_rng(0)
+    capfd.readouterr()
+    out = mauve_from_features(rng.normal(size=(16, 8)), rng.normal(size=(48, 8)), num_buckets=2)
+    assert out["mauve"] is not None
+    assert capfd.readouterr().err == ""
+    libc = ctypes.CDLL(None)
+    with quiet_native_stderr():
+        for line in (b"WARNING clustering 64 points to 2 centroids: please provide at least 78 training points\n",
+                     b"something else\n"):
+            libc.write(2, line, len(line))
+    assert capfd.readouterr().err == "something else\n"
+
+
 def test_degenerate_mauve_reasons():
     from harness.metrics.mauve import degenerate_reason
 

@@ -29,6 +29,11 @@ cluster histograms, so it says nothing about the texts when
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+
 import numpy as np
 
 MAUVE_EXTRA_HINT = "not available: install the 'mauve' extra: pip install -e '.[mauve]' (mauve-text is GPL-3.0)"
@@ -80,6 +85,36 @@ def recorded_degenerate(metrics: dict) -> str | None:
     return None
 
 
+# faiss's k-means says this at every small sample size (it writes to the C stderr, past
+# Python's sys.stderr and the commands' --quiet, and through their progress bars); the
+# degenerate check above says what matters about few texts per cluster.
+FAISS_SMALL_SAMPLE = "please provide at least"
+
+
+@contextmanager
+def quiet_native_stderr():
+    """Hold what native code writes to file descriptor 2 while the block runs, then pass on
+    every line but faiss's small-sample warning."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor 2 (an embedding host): nothing to hold
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines()
+                    if line.strip() and FAISS_SMALL_SAMPLE not in line]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
 def default_num_buckets(n_p: int, n_q: int) -> int:
     return max(2, min(n_p, n_q) // 10)
 
@@ -102,9 +137,10 @@ def mauve_from_features(p_features: np.ndarray, q_features: np.ndarray, *, num_b
     if len(p) < 2 or len(q) < 2:
         raise ValueError(f"MAUVE needs at least 2 samples on each side, got {len(p)} and {len(q)}")
     buckets = default_num_buckets(len(p), len(q)) if num_buckets is None else num_buckets
-    out = compute_mauve(p_features=p, q_features=q, num_buckets=buckets, kmeans_num_redo=kmeans_num_redo,
-                        kmeans_max_iter=kmeans_max_iter, seed=seed, mauve_scaling_factor=scaling_factor,
-                        verbose=False, device_id=-1)
+    with quiet_native_stderr():
+        out = compute_mauve(p_features=p, q_features=q, num_buckets=buckets, kmeans_num_redo=kmeans_num_redo,
+                            kmeans_max_iter=kmeans_max_iter, seed=seed, mauve_scaling_factor=scaling_factor,
+                            verbose=False, device_id=-1)
     result.update(mauve=float(out.mauve), frontier_integral=float(out.frontier_integral),
                   num_buckets=int(out.num_buckets),
                   degenerate=degenerate_reason(out.p_hist, out.q_hist, len(p), len(q)))
