@@ -251,3 +251,18 @@ def test_import_cli_records_the_framing(tmp_path, capsys):
         assert read_state(tmp_path / out / "checkpoint.pt")["config"]["data"]["framing"] == framing
     err = refused(capsys, tmp_path, src, "bd3lm", "--framing", "raw")
     assert "data.framing: 'raw' applies to protocol 'owt' only" in err
+
+
+def test_lightning_bd3lm_import_follows_its_ignore_bos(tmp_path):
+    """A .ckpt's algo.ignore_bos decides position 0 (false: masked and scored, L tokens); without
+    the field, bd3lms' default (true)."""
+    from tests.test_official import batch, do_import, official_weights, write_lightning
+
+    w = official_weights(adaln=True, seed=7)
+    plain = do_import(write_lightning(tmp_path / "a.ckpt", w, "bd3lm", tmp_path / "M"), "bd3lm", tmp_path / "a").model
+    off = do_import(write_lightning(tmp_path / "b.ckpt", w, "bd3lm", tmp_path / "M", algo__ignore_bos=False),
+                    "bd3lm", tmp_path / "b").model
+    x = batch()
+    assert plain.ignore_bos is True and plain.nll(x, generator=torch.Generator().manual_seed(0)).tokens == x.shape[1] - 1
+    assert off.ignore_bos is False and off.nll(x, generator=torch.Generator().manual_seed(0)).tokens == x.shape[1]
+    assert plain.options()["mask_rate"] == off.options()["mask_rate"] == "bd3lms"

@@ -154,7 +154,7 @@ def read_lightning(path: Path, use_ema: bool) -> Source:
         algo = {"ar": "ar", "subs": "mdlm"}.get(lookup(config, "parameterization"))
     options = {key: lookup(config, where) for key, where in
                (("block_size", "block_size"), ("alpha_0", "algo.alpha_0"), ("batch_split", "algo.batch_split"),
-                ("eps", "training.sampling_eps"))}
+                ("eps", "training.sampling_eps"), ("ignore_bos", "algo.ignore_bos"))}
     modes = (lookup(config, "algo.diffusion_attn_mode"), lookup(config, "algo.sequential_attn_mode"))
     options["variant"] = {("causal", "causal"): "B", ("mixed2", "mixed"): "A"}.get(modes)
     if "sampling_eps_min" in rest and "sampling_eps_max" in rest:
@@ -336,7 +336,8 @@ def model_options(source: Source, model: str, block_size: int | None, alpha_0: f
         clip = list(clip) if clip and 0 < clip[0] < clip[1] <= 1 else None
         if size < 1 or int(size) != size:  # a finite number here: config.json is checked, Lightning's via number()
             refuse(f"block_size {size}: L' must be a positive whole number; pass --block-size")
-        return {"block_size": int(size), "clip": clip, "eps": eps}
+        kept = {"ignore_bos": opts["ignore_bos"]} if isinstance(opts.get("ignore_bos"), bool) else {}  # else bd3lms'
+        return {"block_size": int(size), "clip": clip, "eps": eps, **kept}
     variant = opts.get("variant")
     if variant is not None and model != f"esolm-{variant.lower()}":
         refuse(f"{source.path} is an Eso-LM ({variant}) checkpoint (its attention modes say so); import it with "

@@ -39,7 +39,7 @@ HF_FIELDS = {"vocab_size": POSITIVE, "mask_index": INDEX, "text_vocab_size": POS
 LIGHTNING_FIELDS = {"model.n_heads": POSITIVE, "model.length": POSITIVE, "model.hidden_size": POSITIVE,
                     "model.dropout": FRACTION, "model.n_blocks": POSITIVE, "model.cond_dim": POSITIVE,
                     "algo.name": TEXT, "parameterization": TEXT, "algo.diffusion_attn_mode": TEXT,
-                    "algo.sequential_attn_mode": TEXT}
+                    "algo.sequential_attn_mode": TEXT, "algo.ignore_bos": FLAG}
 # causal: true (an AR DiT in the BD3-LM-style config) is checked against --model by the importer
 SUPPORTED = {"backbone": {"dit"}, "attn_backend": {"flex", "sdpa"}}
 
