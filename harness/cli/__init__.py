@@ -14,10 +14,11 @@ import argparse
 import os
 import sys
 
-from harness.cli import model_commands, results_commands, tool_commands
+from harness.cli import estimator_commands, model_commands, results_commands, tool_commands
 from harness.cli.model_commands import schedule_from_args  # noqa: F401  (the sample flags' schedule)
 
-COMMAND_MODULES = [model_commands, results_commands, tool_commands]  # in the order --help lists them
+# in the order --help lists them
+COMMAND_MODULES = [model_commands, results_commands, tool_commands, estimator_commands]
 
 
 class DefaultsFormatter(argparse.HelpFormatter):

@@ -99,13 +99,14 @@ def estimate(model, sample, estimator: str = "exact", prompt=None, **kw) -> Esti
 
 
 def backward(model, sample, estimator: str, weights: torch.Tensor, chunk: int | None = 1, prompt=None,
-             **kw) -> Estimate:
+             on_chunk=None, **kw) -> Estimate:
     """Backpropagate Σ_b weights_b · log π(y_b) and return the (detached) estimate.
 
     For an additive estimator (exact, elbo_mc, coupled, mean_field) the parts run ``chunk``
     at a time, each chunk's graph freed by its own backward: the gradients accumulate in
     ``.grad`` and equal one backward through the whole graph.  ``chunk=None`` keeps one graph
-    (the plain way).  iw and eubo combine their parts non-linearly and always keep one graph."""
+    (the plain way).  iw and eubo combine their parts non-linearly and always keep one graph.
+    ``on_chunk()``, if given, runs after each chunk's backward (the benchmark's memory probe)."""
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be >= 1 (passes per backward) or None, got {chunk}")
     p = plan(model, sample, estimator, prompt, **kw)
@@ -114,11 +115,13 @@ def backward(model, sample, estimator: str, weights: torch.Tensor, chunk: int | 
         value = _finish(p, [part.fn() for part in p.parts])
         (weights * value).sum().backward()
         total = value.detach()
+        on_chunk() if on_chunk else None
     else:
         total = None
         for start in range(0, len(p.parts), chunk):
             value = torch.stack([part.fn() for part in p.parts[start:start + chunk]]).sum(0)
             (weights * value).sum().backward()
             total = value.detach() if total is None else total + value.detach()
+            on_chunk() if on_chunk else None
     return Estimate(total, sum(q.forwards for q in p.parts), sum(q.tokens for q in p.parts), p.label, p.kind,
                     p.quantity)
