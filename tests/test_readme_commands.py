@@ -41,6 +41,8 @@ SKIPPED = {
         "placeholder path: needs the released checkpoint",
     "esolm import /path/to/esolmb.ckpt --model esolm-b --out runs/esolmb-ckpt":
         "placeholder path: needs the released checkpoint",
+    "esolm eval runs/mdlm-owt --hf-dataset /new/path/to/openwebtext":
+        "placeholder paths: the run imported above (tests/test_test_ppl.py moves a dataset and runs this flag)",
     "esolm sweep configs/paper_checkpoints.yaml": "needs the released checkpoints, OpenWebText and GPT-2 Large",
     "esolm sweep configs/paper_speed.yaml": "needs a CUDA GPU (the papers' trunk, L up to 8192)",
     "esolm sweep configs/paper_throughput.yaml": "needs a CUDA GPU",

@@ -78,3 +78,37 @@ def test_the_gate_treats_a_move_within_the_noise_as_noise(cand, se, exact, statu
     tol = {"test_ppl": Tolerance("rel", 0.02)}
     checks, _ = compare_point(row(100.0, se, exact), row(cand, se, exact), tol)
     assert checks["test_ppl"].status == status, checks["test_ppl"].text
+
+
+def test_eval_hf_dataset_points_a_run_at_its_moved_data(tmp_path, capsys, monkeypatch):
+    """A run whose dataset folder moved (or an import whose data lives elsewhere here) is
+    evaluated with --hf-dataset; a wrong folder is one line naming the flag."""
+    datasets = pytest.importorskip("datasets")
+    import yaml
+
+    monkeypatch.setenv("ESOLM_CACHE", str(tmp_path / "cache"))
+    texts = [("the cat sat on the mat and looked at the dog. " * (1 + i % 4)) for i in range(30)]
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "owt"))
+    cfg = {"name": "t", "model": "ar", "out_dir": str(tmp_path / "run"), "backbone": {"preset": "tiny"},
+           "data": {"hf_dataset": str(tmp_path / "owt"), "protocol": "owt", "valid_docs": 5, "seq_len": 16,
+                    "bpe_vocab_size": 300},
+           "train": {"steps": 2, "batch_size": 4, "eval_every": 2, "eval_batches": 1, "ckpt_every": 2,
+                     "device": "cpu", "warmup_steps": 1}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    main(["train", str(tmp_path / "cfg.yaml"), "--quiet"])
+    capsys.readouterr()
+
+    def evaluate(*flags):
+        main(["eval", str(tmp_path / "run"), "--json", "--quiet", "--split", "valid", *flags])
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    before = evaluate()
+    (tmp_path / "owt").rename(tmp_path / "moved")
+    with pytest.raises(SystemExit) as err:
+        evaluate()
+    assert err.value.code == 2 and "data.hf_dataset" in capsys.readouterr().err
+    assert evaluate("--hf-dataset", str(tmp_path / "moved"))["ppl"] == before["ppl"]
+    with pytest.raises(SystemExit) as err:
+        evaluate("--hf-dataset", str(tmp_path / "missing"))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert err.value.code == 2 and len(lines) == 1 and lines[0].startswith("esolm: error: --hf-dataset")

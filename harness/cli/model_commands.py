@@ -11,6 +11,7 @@ import json
 import re
 import sys
 import typing
+from pathlib import Path
 
 import torch
 
@@ -44,8 +45,16 @@ def cmd_eval(args) -> None:
     method, nll_kwargs = estimator_call(loaded.model, draws=args.draws, alpha_0=args.alpha_0, iw=args.iw)
     length = args.length if args.length is not None else loaded.config["data"]["seq_len"]
     loaded.model.check_length(length)
-    spec = DataSpec(**loaded.config["data"])
-    splits = load_splits(spec, loaded.tokenizer, seq_len=length)
+    data_config = dict(loaded.config["data"])
+    if args.hf_dataset is not None:  # an imported or moved run's data, wherever it is on this machine
+        data_config.update(hf_dataset=str(Path(args.hf_dataset).expanduser().resolve()), corpus="bundled")
+    try:
+        spec = DataSpec(**data_config)
+        splits = load_splits(spec, loaded.tokenizer, seq_len=length)
+    except (ValueError, OSError) as err:
+        if args.hf_dataset is None:
+            raise
+        raise ValueError(str(err).replace("data.hf_dataset", "--hf-dataset")) from None
     data = splits[args.split]
     if args.max_sequences:
         data = data[: args.max_sequences]
@@ -208,6 +217,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=at_least(1), default=16, help="sequences per forward (the estimate does not "
                    "depend on it)")
     p.add_argument("--max-sequences", type=at_least(1), help="evaluate only the first N sequences")
+    p.add_argument("--hf-dataset", metavar="DIR", help="read the run's data from this local Hugging Face dataset "
+                   "folder instead of the one it recorded (an imported run, a moved dataset); same protocol")
     p.add_argument("--draws", type=at_least(1, MAX_DRAWS), help="Monte-Carlo t draws per sequence for NELBO estimators "
                    "(default 1; 2 or more also give the Monte-Carlo SE)")
     p.add_argument("--alpha-0", type=fraction, help="Eso-LM: alpha_0 at evaluation (default: training value)")
