@@ -461,7 +461,8 @@ def test_sweep_entries_naming_released_files_import_once(tmp_path):
 
 def test_paper_checkpoints_config_lists_every_missing_path_before_any_work(tmp_path, capsys):
     """configs/paper_checkpoints.yaml parses; with its placeholder paths the sweep stops at
-    once with one line per missing path (7 checkpoints, their OWT dataset folder, the evaluator)."""
+    once with one line per missing path (7 checkpoints, the OWT dataset folder all of them
+    read, the evaluator)."""
     from pathlib import Path
 
     from harness.config import ConfigError
@@ -470,14 +471,14 @@ def test_paper_checkpoints_config_lists_every_missing_path_before_any_work(tmp_p
     config = Path(__file__).resolve().parents[1] / "configs" / "paper_checkpoints.yaml"
     cfg = load_sweep_config(config)
     assert {m.model for m in cfg.models} == {"ar", "mdlm", "bd3lm", "esolm-b"}
-    with pytest.raises(ConfigError, match="field 'models.0.checkpoint': checkpoint '/path/to/ar-owt.ckpt' not "
-                                          "found \\(\\+14 more, listed above\\)"):
+    with pytest.raises(ConfigError, match="field 'models.0.checkpoint': checkpoint '/path/to/released/ar-owt.ckpt' "
+                                          "not found \\(\\+8 more, listed above\\)"):
         run_sweep(config, results_root=tmp_path / "results", report=False, progress=False,
                   overrides=[f"runs_dir={tmp_path / 'runs'}", "device=cpu"])
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 15 and all(line.startswith("esolm: missing: ") for line in lines)
+    assert len(lines) == 9 and all(line.startswith("esolm: missing: ") for line in lines)
     assert sum("evaluator" in line for line in lines) == 1
-    assert sum("import_args.data.hf_dataset" in line for line in lines) == 7
+    assert sum("import_args.data.hf_dataset' (and 6 more)" in line for line in lines) == 1
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
 
 

@@ -43,7 +43,10 @@ SKIPPED = {
         "placeholder path: needs the released checkpoint",
     "esolm eval runs/mdlm-owt --hf-dataset /new/path/to/openwebtext":
         "placeholder paths: the run imported above (tests/test_test_ppl.py moves a dataset and runs this flag)",
-    "esolm sweep configs/paper_checkpoints.yaml": "needs the released checkpoints, OpenWebText and GPT-2 Large",
+    "esolm sweep configs/paper_checkpoints.yaml --set paths.released=/data/released --set paths.openwebtext=/data/owt "
+    "--set paths.gpt2_large=/data/gpt2-large":
+        "needs the released checkpoints, OpenWebText and GPT-2 Large (tests/test_sweep_paths.py runs it up to the "
+        "list of missing files)",
     "esolm sweep configs/paper_speed.yaml": "needs a CUDA GPU (the papers' trunk, L up to 8192)",
     "esolm sweep configs/paper_throughput.yaml": "needs a CUDA GPU",
     "esolm sweep configs/paper_quality.yaml --entries ar,mdlm": "needs a CUDA GPU (trains the 'medium' trunk)",

@@ -103,14 +103,20 @@ def missing_paths(cfg: SweepConfig, names: set[str], source: str) -> None:
     scored = {"gen_ppl", "mauve"} & set(cfg.metrics)
     if scored and isinstance(cfg.evaluator, str) and cfg.evaluator.partition(":")[0].lower() in ("hf", "ar"):
         wanted.append(("evaluator", cfg.evaluator.partition(":")[2].strip()))
-    missing = [f"{source}: field '{field}': {'checkpoint ' if field.endswith('checkpoint') else ''}{path!r} not found"
-               for field, path in wanted if not Path(path).expanduser().exists()]
+    readers: dict[str, list[str]] = {}  # each missing path once, with every field that reads it
+    for field, path in wanted:
+        if not Path(path).expanduser().exists():
+            readers.setdefault(path, []).append(field)
+    missing = [f"{source}: field '{fields[0]}'{f' (and {len(fields) - 1} more)' if len(fields) > 1 else ''}: "
+               f"{'checkpoint ' if fields[0].endswith('checkpoint') else ''}{path!r} not found"
+               for path, fields in readers.items()]
     if len(missing) > 1:
         for line in missing:
             print(f"esolm: missing: {line}", file=sys.stderr)
     if missing:
         more = f" (+{len(missing) - 1} more, listed above)" if len(missing) > 1 else ""
-        raise ConfigError(f"{missing[0]}{more}; fix the path(s) in the config or with --set; nothing was run")
+        named = f" (its paths: {', '.join(f'paths.{k}' for k in cfg.paths)})" if cfg.paths else ""
+        raise ConfigError(f"{missing[0]}{more}; fix the path(s) in the config or with --set{named}; nothing was run")
 
 
 def import_entries(cfg: SweepConfig, names: set[str], source: str) -> None:
@@ -146,9 +152,10 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
                               "(pip install ray) or set backend: local") from None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
     points = select_points(cfg, (shard_i, shard_n), only)
     evaluator_entry = {cfg.evaluator.model_entry} if isinstance(cfg.evaluator, EvaluatorRef) else set()
+    missing_paths(cfg, {p.entry for p in points} | evaluator_entry, str(config_path))  # before any device complaint
+    device = resolve_device(cfg.device)
     check_models(cfg, str(config_path))
     import_entries(cfg, {p.entry for p in points} | evaluator_entry, str(config_path))
     check_checkpoint_entries(cfg, {p.entry for p in points} | evaluator_entry, str(config_path))

@@ -44,6 +44,7 @@ from harness.metrics.likelihood import MAX_DRAWS
 from harness.models import REGISTRY, model_class
 from harness.schedules import SamplingSchedule
 from harness.sweep.grid import expand_schedules, resolve_value
+from harness.sweep.paths import deep_merge, expand_paths
 
 METRICS = ("test_ppl", "gen_ppl", "entropy", "mauve", "speed")
 # Stated budgets: a point runs its samples and draws with no progress of its own, so sizes far
@@ -161,6 +162,9 @@ class SweepConfig(Strict):
     runs_dir: str = Field("runs", description="trained entries go to <runs_dir>/<name>/<entry>/")
     save_samples: int | None = Field(None, ge=0, description="texts kept per point in samples/ (null: all)")
     train_defaults: dict[str, Any] = Field(default_factory=dict, description="deep-merged into every train block")
+    paths: dict[str, str] = Field(default_factory=dict, description="named paths: ${name} in any string field is "
+                                  "replaced by paths.name (harness/sweep/paths.py); import_defaults: deep-merged into "
+                                  "every imported entry's import_args")
 
     @field_validator("metrics")
     @classmethod
@@ -226,13 +230,6 @@ class SweepConfig(Strict):
         if any(v < 2 for v in value):
             raise ValueError("every length must be at least 2")
         return value
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def check_schedule(model: str | None, schedule: SamplingSchedule) -> None:
@@ -369,6 +366,7 @@ def merged_from_defaults(loc: tuple, raw: dict, defaults: dict) -> str | None:
 
 
 def parse_sweep_config(data: dict, source: str = "sweep config") -> SweepConfig:
+    data = expand_paths(data, source)
     raw = data
     data = dict(data)
     defaults = data.get("train_defaults") or {}
