@@ -1,7 +1,7 @@
 """``esolm bench-estimators``: every likelihood estimator × model × length × batch, judged on
 cost, spread, bias and gradient (docs/likelihood.md §5).
 
-For each model (a harness checkpoint, or a tiny random model for smoke runs) and each
+For each model (a harness checkpoint, or ``random:<model>`` weights on a preset trunk) and each
 (L, batch): draw one batch of the model's own samples (BOS given), then for every estimator
 and every seed run estimate + backward of Σ estimate, recording
 - forwards and tokens computed (exact, hardware-independent);
@@ -187,7 +187,13 @@ def bench_point(model, entry: str, length: int, batch: int, cfg: dict, device) -
             continue  # AR: exact only (its one causal forward is exact)
         if family(model) == "esolm" and model.alpha_0 < 1 and estimator in ("coupled", "eubo"):
             continue  # refused: their masks do not cover the sequential term
-        runs = [run_estimator(model, gen, name, seed, device) for seed in range(cfg["seeds"])]
+        try:
+            runs = [run_estimator(model, gen, name, seed, device) for seed in range(cfg["seeds"])]
+        except torch.OutOfMemoryError:  # every pass's graph held at once: the row says so
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache() if device.type == "cuda" else None
+            rows.append(dict(base, estimator=name, note="fwd+bwd: out of memory"))
+            continue
         values = torch.stack([r["value"] for r in runs])  # (seeds, batch)
         sd = values.std(0, unbiased=True).mean().item() if len(runs) > 1 else float("nan")
         first = runs[0]
@@ -215,22 +221,23 @@ def schedule_for(model, length: int, fraction: float) -> SamplingSchedule:
     return SamplingSchedule(steps=max(1, round(fraction * length)), given_bos=True)
 
 
-TINY = {"ar": {}, "mdlm": {}, "bd3lm": {"block_size": 4}, "esolm-a": {"alpha_0": 1.0}, "esolm-b": {"alpha_0": 1.0}}
+RANDOM = {"ar": {}, "mdlm": {}, "bd3lm": {"block_size": 4}, "esolm-a": {"alpha_0": 1.0}, "esolm-b": {"alpha_0": 1.0}}
 
 
-def load_entry(entry: str, max_length: int, device):
-    """A harness checkpoint folder, or ``tiny:<model>`` (random 'tiny' trunk, vocabulary 64:
-    for smoke runs and CI)."""
-    if entry.startswith("tiny:"):
+def load_entry(entry: str, max_length: int, device, preset: str = "tiny", vocab: int = 64):
+    """A harness checkpoint folder, or ``random:<model>``: random weights on the ``preset``
+    trunk (cost and memory mean the same; the references say little)."""
+    if entry.startswith("random:"):
         from harness.models import SpecialTokens, build_model
         from harness.nn.transformer import BackboneConfig
 
-        name = entry[5:]
-        if name not in TINY:
-            raise ValueError(f"--models {entry}: choose tiny:<{'|'.join(TINY)}> or a checkpoint folder")
+        name = entry[len("random:"):]
+        if name not in RANDOM:
+            raise ValueError(f"--models {entry}: choose random:<{'|'.join(RANDOM)}> or a checkpoint folder")
         torch.manual_seed(0)
-        cfg = BackboneConfig.from_preset("tiny", vocab_size=64, max_len=max_length)
-        return build_model(name, cfg, SpecialTokens(bos=62, eos=62, mask=63), **TINY[name]).to(device).eval()
+        cfg = BackboneConfig.from_preset(preset, vocab_size=vocab, max_len=max_length)
+        return build_model(name, cfg, SpecialTokens(bos=vocab - 2, eos=vocab - 2, mask=vocab - 1),
+                           **RANDOM[name]).to(device).eval()
     from harness.checkpoints.own_format import load_checkpoint
 
     return load_checkpoint(entry, device=device).model.eval()
@@ -238,26 +245,26 @@ def load_entry(entry: str, max_length: int, device):
 
 def run_bench(out: str | Path, entries: list[str], lengths: list[int], batches: list[int],
               estimators: list[str] | None = None, seeds: int = 4, reference_orders: int = 1000,
-              reference_chunk: int = 125, steps_fraction: float = 0.25, seed: int = 0,
-              device: torch.device | str = "cpu", progress=print) -> Path:
+              reference_chunk: int = 125, steps_fraction: float = 0.25, seed: int = 0, preset: str = "tiny",
+              vocab: int = 64, device: torch.device | str = "cpu", progress=print) -> Path:
     estimators = list(ESTIMATOR_SETUPS) if estimators is None else estimators
     unknown = sorted(set(estimators) - set(ESTIMATOR_SETUPS))
     if unknown:
         raise ValueError(f"--estimators: unknown {unknown}; choose from {', '.join(ESTIMATOR_SETUPS)}")
     if not entries:
-        raise ValueError("--models names no model; give checkpoint folders or tiny:<model>, comma-separated")
+        raise ValueError("--models names no model; give checkpoint folders or random:<model>, comma-separated")
     if seeds < 2:
         raise ValueError(f"--seeds must be >= 2 (the SD over seeds needs two), got {seeds}")
     if reference_orders < 1 or reference_chunk < 1:
         raise ValueError("--reference-orders and --reference-chunk must be >= 1")
-    if any(e.startswith("tiny:") for e in entries) and not all(2 <= L <= 4096 for L in lengths):
-        raise ValueError(f"--lengths {lengths}: tiny models are built for 2 <= L <= 4096")
+    if any(e.startswith("random:") for e in entries) and not all(2 <= L <= 16384 for L in lengths):
+        raise ValueError(f"--lengths {lengths}: random models are built for 2 <= L <= 16384")
     if not 0 < steps_fraction <= 1:
         raise ValueError(f"--steps-fraction must be in (0, 1], got {steps_fraction}")
     device = torch.device(device)
     out = Path(out)
     cfg = dict(entries=entries, estimators=estimators, seeds=seeds, reference_orders=reference_orders,
-               reference_chunk=reference_chunk, steps_fraction=steps_fraction, seed=seed,
+               reference_chunk=reference_chunk, steps_fraction=steps_fraction, seed=seed, preset=preset, vocab=vocab,
                device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads())
     out.mkdir(parents=True, exist_ok=True)
     config_path, points_path = out / "config.json", out / "points.jsonl"
@@ -277,7 +284,7 @@ def run_bench(out: str | Path, entries: list[str], lengths: list[int], batches: 
             for batch in batches:
                 if (entry, length, batch) in done:
                     continue
-                model = model or load_entry(entry, max(lengths), device)
+                model = model or load_entry(entry, max(lengths), device, preset, vocab)
                 model.check_length(length)
                 check_fits(model, length, batch, reference_chunk, device)
                 new = bench_point(model, entry, length, batch, cfg, device)
@@ -285,6 +292,9 @@ def run_bench(out: str | Path, entries: list[str], lengths: list[int], batches: 
                     f.writelines(json.dumps(r) + "\n" for r in new)
                 rows += new
                 for r in new:
+                    if "note" in r:
+                        progress(f"{entry:28s} L={length:4d} B={batch:3d} {r['estimator']:20s} {r['note']}")
+                        continue
                     progress(f"{entry:28s} L={length:4d} B={batch:3d} {r['estimator']:20s} fwd {r['forwards']:5d} "
                              f"{r['seconds_per_sample'] * 1e3:8.1f} ms/sample  sd {r['sd']:7.3f}  "
                              f"bias {r['bias_vs_marginal']:+8.3f}  cos {r['cos_vs_marginal']:+.3f}")
@@ -329,6 +339,9 @@ def report(rows: list[dict], cfg: dict) -> str:
                   "| bias vs marginal | cos vs marginal | bias vs exact | cos vs exact |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in point:
+            if "note" in r:
+                lines.append(f"| {r['estimator']} | {r['note']} |" + " |" * 11)
+                continue
             lines.append(f"| {r['estimator']} | {r['kind']} | {r['forwards']} | {r['tokens_computed']} | "
                          f"{r['seconds_per_sample'] * 1e3:.1f} | {mib(r['saved_bytes'])} | {mib(r['peak_bytes'])} | "
                          f"{r['mean_log_p']:.2f} | {r['sd']:.3f} | {r['bias_vs_marginal']:+.2f} | "
@@ -346,16 +359,18 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = sorted({r["entry"] for r in rows})
+    entries = sorted({r["entry"] for r in rows if "note" not in r})
+    if not entries:
+        return
     fig, axes = plt.subplots(1, len(entries), figsize=(4.2 * len(entries), 3.8), squeeze=False)
     names = list(ESTIMATOR_SETUPS)
     cmap = plt.get_cmap("tab10")
     for ax, entry in zip(axes[0], entries):
-        for r in (r for r in rows if r["entry"] == entry):
+        for r in (r for r in rows if r["entry"] == entry and "note" not in r):
             ax.scatter(r["tokens_computed"] / r["batch"], r["cos_vs_marginal"], color=cmap(names.index(r["estimator"]) % 10),
                        label=r["estimator"], marker="o" if r["batch"] == min(x["batch"] for x in rows) else "s")
         ax.set_xscale("log")
-        ax.set_title(Path(entry).name if not entry.startswith("tiny:") else entry, fontsize=9)
+        ax.set_title(entry if entry.startswith("random:") else Path(entry).name, fontsize=9)
         ax.set_xlabel("tokens computed per sample (forward)")
         ax.set_ylabel("cos(∇ estimate, ∇ IW reference)")
         ax.grid(alpha=0.3)

@@ -81,3 +81,16 @@ def test_a_streamed_backward_takes_the_same_steps(estimator, options):
 def test_config_defaults_describe_one_on_policy_update():
     cfg = GRPOConfig()
     assert (cfg.estimator, cfg.updates, cfg.kl_coef, cfg.streaming) == ("exact", 1, 0.0, None)
+
+
+def test_the_estimator_sweep_writes_its_rows_report_and_plot(tmp_path):
+    from examples.grpo_sweep import report, sweep
+
+    rows = sweep(tmp_path, ["exact", "elbo_mc-1"], seeds=2, steps=3, task="contains", groups=2, group_size=4,
+                 pretrain_steps=10, threshold=0.0, log=lambda line: None)
+    assert len(rows) == 2 * 2 * 3 and (tmp_path / "points.jsonl").exists()
+    assert [r["step"] for r in rows[:3]] == [1, 2, 3] and all(r["cpu_seconds"] > 0 for r in rows)
+    cfg = dict(seeds=2, steps=3, groups=2, group_size=4, task="contains", machine="m", torch="t")
+    text = report(rows, cfg, threshold=0.0)
+    assert "| exact | 2 |" in text and "| elbo_mc-1 | 2 |" in text  # π_old + one update: two forwards a step
+    assert text.count("| 0/2 | — | — |") == 2  # 3 steps hold no 5-step window: no run reaches the threshold

@@ -13,6 +13,7 @@ def cmd_bench_estimators(args) -> None:
     out = run_bench(args.out, [m for m in args.models.split(",") if m], args.lengths, args.batch_sizes,
                     estimators=estimators, seeds=args.seeds, reference_orders=args.reference_orders,
                     reference_chunk=args.reference_chunk, steps_fraction=args.steps_fraction, seed=args.seed,
+                    preset=args.preset, vocab=args.vocab,
                     device=device(args.device), progress=(lambda line: None) if args.quiet else print)
     print(f"results: {out} (report: {out / 'report.md'}, plot: {out / 'pareto.png'})")
 
@@ -24,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="results folder (points.jsonl, report.md, pareto.png); a re-run "
                    "resumes it")
     p.add_argument("--models", required=True, help="comma-separated checkpoint folders (e.g. runs/cpu_quality/mdlm) "
-                   "or tiny:<ar|mdlm|bd3lm|esolm-a|esolm-b> for an untrained tiny model")
+                   "or random:<ar|mdlm|bd3lm|esolm-a|esolm-b> for random weights on --preset")
     p.add_argument("--estimators", default=None, help="comma-separated, from harness.bench_estimators."
                    "ESTIMATOR_SETUPS (default: all)")
     p.add_argument("--lengths", type=int_list, default=[32], help="e.g. 32,64")
@@ -33,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--reference-orders", type=at_least(1), default=1000, help="orders of the IW reference")
     p.add_argument("--reference-chunk", type=at_least(1), default=125, help="orders per batched forward")
     p.add_argument("--steps-fraction", type=float, default=0.25, help="sampler steps T = fraction x L")
+    p.add_argument("--preset", default="tiny", help="random:<model> entries: backbone preset (tiny, mini, medium, "
+                   "small)")
+    p.add_argument("--vocab", type=at_least(3), default=64, help="random:<model> entries: vocabulary, [MASK] included")
     p.add_argument("--seed", type=seed_int, default=0, help="seeds the samples and the reference's orders")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--quiet", action="store_true")
