@@ -14,6 +14,9 @@
 #   likelihood  esolm bench-likelihood: passes and time to score a model's own samples (exact vs
 #           NELBO, with backward) on the papers' trunk, L = 256 and 1024, batch 1 and 8, into
 #           results/likelihood_gpu (resumes)
+#   estimators  esolm bench-estimators: every likelihood estimator's forwards, time and memory with backward
+#           (one graph vs streamed) on the papers' trunk with random weights, L = 256 and 1024, batch 1 and 8,
+#           into results/estimators_gpu (resumes; a one-graph score that runs out of memory is a row saying so)
 #   throughput  esolm ceilings (once) + esolm sweep configs/paper_throughput.yaml at L <= 8192
 #           (entries $TP_ENTRIES), for at most $TP_SHARE % of the budget left (default 50; resumes)
 #   paper   throughput, then the pending paper_quality runs ($QUALITY_LEASES, ';'-separated entry
@@ -117,6 +120,14 @@ for stage in "$@"; do
         --preset small --vocab 50258 --lengths 256,1024 --batch-sizes 1,8 --device cuda \
         2>&1 | tail -40 | tee "$OUT/likelihood_gpu.log"
       tar czf "$OUT/likelihood_gpu.tgz" results/likelihood_gpu
+      ;;
+    estimators)
+      timeout "$(($(left) - 15))" python3 -m harness.cli bench-estimators --out results/estimators_gpu \
+        --models random:ar,random:mdlm,random:bd3lm,random:esolm-b --preset small --vocab 50258 \
+        --lengths 256,1024 --batch-sizes 1,8 --seeds 2 --reference-orders 1 --reference-chunk 1 \
+        --estimators exact,exact-streamed,mean_field,elbo_mc-4,elbo_mc-4-streamed,coupled-1 --device cuda \
+        2>&1 | tail -40 | tee "$OUT/estimators_gpu.log"
+      tar czf "$OUT/estimators_gpu.tgz" results/estimators_gpu
       ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
