@@ -90,7 +90,10 @@ def test_report_files_tables_protocol_and_samples(tmp_path):
     assert "5,000" not in md and "| ar | AR | default | – | 90.00 | 100.00 |" in md
     # frontier by time: esolm-b T=8 a0=1 (0.0038 s) -> esolm-b T=32 a0=1 -> ... -> ar (0.010 s, 100)
     line = next(l for l in md.splitlines() if l.startswith("Pareto frontier (gen PPL vs time)"))
-    assert line.split(": ", 1)[1].startswith("esolm-b T=8 a0=1") and line.rstrip().endswith("100.0)")
+    assert line.split(": ", 1)[1].startswith("esolm-b T=8 a0=1") and line.rstrip().endswith("gen PPL 100.0)")
+    assert "0.01 s/sample" in line  # every value with its unit
+    nfe_line = next(l for l in md.splitlines() if l.startswith("Pareto frontier (gen PPL vs NFE)"))
+    assert "NFE 8," in nfe_line
     assert "mdlm" not in line  # every MDLM point is slower and worse than AR
     # table rows in family order with the schedule and alpha_0 columns
     table = [l for l in md.splitlines() if l.startswith("| ") and " | " in l and "L = " not in l]

@@ -117,9 +117,10 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
             continue
         fronts[axis] = {r["number"] for r in front}
         pareto += [f"![{title}]({name})", ""]
+        unit = (lambda v: f"{v:.3g} s/sample") if axis == "time" else (lambda v: f"NFE {v:g}")
         pareto += [f"Pareto frontier ({title}): " + ", ".join(
-            f"{r['model_entry']} {short_label(r['schedule'])} (#{r['number']}, L={r['length']}, {fmt(float(r[x]), 3)}, "
-            f"{fmt(float(r['gen_ppl']), 1)})".replace("  ", " ") for r in front), ""]
+            f"{r['model_entry']} {short_label(r['schedule'])} (#{r['number']}, L={r['length']}, {unit(float(r[x]))}, "
+            f"gen PPL {fmt(float(r['gen_ppl']), 1)})".replace("  ", " ") for r in front), ""]
     if fronts:
         pareto += ["The numbered points of the plots:", "", points_table(agg, numbers, fronts), ""]
         pareto += [speed_ties(agg, numbers, fronts.get("time", set())), ""]
