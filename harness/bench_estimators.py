@@ -15,8 +15,9 @@ log p(y), estimated by IW over ``reference_orders`` orders (docs/likelihood.md Â
 reports the SD of its estimate over seeds (mean over samples), its bias (mean over seeds and
 samples of estimate âˆ’ reference) and the cosine of its gradient to each reference's.
 
-Rows go to ``<out>/points.jsonl`` as each point finishes (a re-run skips finished points; a
-folder made with other settings is refused), then ``report.md`` and ``pareto.png``.
+Rows go to ``<out>/points.jsonl`` as each point finishes (a re-run skips finished points and
+may add models, lengths and batch sizes; a folder made with other settings is refused), then
+``report.md`` and ``pareto.png``.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ def run_bench(out: str | Path, entries: list[str], lengths: list[int], batches: 
         raise ValueError(f"--steps-fraction must be in (0, 1], got {steps_fraction}")
     device = torch.device(device)
     out = Path(out)
-    cfg = dict(entries=entries, estimators=estimators, seeds=seeds, reference_orders=reference_orders,
+    cfg = dict(estimators=estimators, seeds=seeds, reference_orders=reference_orders,
                reference_chunk=reference_chunk, steps_fraction=steps_fraction, seed=seed, preset=preset, vocab=vocab,
                device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads())
     out.mkdir(parents=True, exist_ok=True)
