@@ -19,9 +19,11 @@
 #           into results/estimators_gpu (resumes; a one-graph score that runs out of memory is a row saying so)
 #   throughput  esolm ceilings (once) + esolm sweep configs/paper_throughput.yaml at L <= 8192
 #           (entries $TP_ENTRIES), for at most $TP_SHARE % of the budget left (default 50; resumes)
+#   decoders  esolm sweep configs/paper_decoders.yaml: the field's decoders and approximate caches beside
+#           the exact caches, L = 1024, random weights (resumes)
 #   paper   throughput, then the pending paper_quality runs ($QUALITY_LEASES, ';'-separated entry
 #           lists; each resumes where the last call stopped) in the rest of the budget
-# DRY_RUN=1 runs the throughput and paper stages on the CPU at tiny sizes (tests/test_gpu_lease.py);
+# DRY_RUN=1 runs the throughput, paper and decoders stages on the CPU at tiny sizes (tests/test_gpu_lease.py);
 # RESULTS (default results) is the results root, PYTHON (default python3) the interpreter.
 # Everything lands in $OUT (results folders as .tgz); a sweep that hits the budget stops
 # between points and the next call resumes it.  Python packages the machine lacks travel as
@@ -40,7 +42,7 @@ PY=${PYTHON:-python3}
 RESULTS=${RESULTS:-results}
 TP_ENTRIES=${TP_ENTRIES:-esolm-b,esolm-b-long,mdlm,mdlm-long,ar,bd3lm-4,bd3lm-16}
 QUALITY_LEASES=${QUALITY_LEASES:-ar,mdlm,esolm-a-a1,esolm-b-a1;bd3lm-4,bd3lm-16,esolm-a,esolm-b}
-tp_dry=() q_dry=()
+tp_dry=() q_dry=() dec_dry=()
 if [[ ${DRY_RUN:-0} == 1 ]]; then  # CPU, tiny trunk, L = 32: checks the plumbing, not the numbers
   tiny=(--set device=cpu --set precision=fp32 --set lengths=[32] --set train_defaults.backbone.preset=tiny
         --set train_defaults.data.tokenizer=bpe --set train_defaults.data.bpe_vocab_size=300 --set runs_dir="$OUT/runs")
@@ -50,6 +52,7 @@ if [[ ${DRY_RUN:-0} == 1 ]]; then  # CPU, tiny trunk, L = 32: checks the plumbin
          --set train_defaults.train.device=cpu --set train_defaults.train.steps=2 --set train_defaults.train.batch_size=4
          --set train_defaults.train.warmup_steps=1 --set train_defaults.train.eval_every=2
          --set train_defaults.train.ckpt_every=2)
+  dec_dry=("${tiny[@]}" --set train_defaults.backbone.max_len=32 --set train_defaults.data.seq_len=32)
   TP_ENTRIES=${DRY_TP_ENTRIES:-esolm-b-long,ar} QUALITY_LEASES=${DRY_QUALITY_LEASES:-ar;mdlm}
 fi
 # sweep NAME SECONDS ARGS...: esolm sweep for at most SECONDS, then pack results/NAME into $OUT/NAME.tgz
@@ -107,6 +110,7 @@ for stage in "$@"; do
       python3 -c "import json,sys; rows=[json.loads(l) for l in open('results/$name/points.jsonl')]; print(len(rows), 'points')"
       ;;
     throughput) throughput ;;
+    decoders) sweep paper_decoders $(($(left) - 15)) configs/paper_decoders.yaml "${dec_dry[@]}" ;;
     paper)
       throughput
       IFS=';' read -ra leases <<< "$QUALITY_LEASES"

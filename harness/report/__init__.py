@@ -13,6 +13,9 @@ schedule, length) are averaged.  Plots:
 - ``speed_vs_length.png`` (sweeps over several lengths): seconds per sample against L;
 - ``speed_headline.png`` (CUDA sweeps): the paper's sampler settings, seconds per sample
   against L on one log-log panel.
+- ``caching.png`` (sweeps that measure cache error): generative perplexity against time and
+  NFE with exact and approximate caches marked apart, beside a table of each point's cache
+  error and the speed-up against its uncached twin (:mod:`~harness.report.caching`).
 
 On GPU rows that carry ``weight_bytes`` / ``matmul_parameters`` each point also gets a
 floor (the time one could not beat on this GPU, docs/floors.md) and its measured / floor; with

@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from harness.report.caching import caching_section
 from harness.report.frame import aggregate, finite, load_frame, within_spread
 from harness.report.paper import paper_section
 from harness.report.plots import (plot_alpha0, plot_pareto, plot_speed_headline, plot_speed_vs_length,
@@ -126,6 +127,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
         pareto += [speed_ties(agg, numbers, fronts.get("time", set())), ""]
     if len(pareto) > 2:  # a speed-only sweep has no quality axis: no empty section
         md += pareto
+    md += caching_section(df, out)  # only where the sweep measured cache error
     if plot_alpha0(agg, out / "alpha0.png"):
         md += ["## Eso-LM: perplexity vs alpha_0", "", "![perplexity vs alpha_0](alpha0.png)", ""]
         for length in sorted(agg["length"].unique()):
