@@ -130,14 +130,16 @@ def main(argv=None) -> None:
     parser.add_argument("--clip", type=float, default=0.2)
     parser.add_argument("--kl", type=float, default=0.0, help="KL coefficient to the frozen start")
     parser.add_argument("--streaming", type=int, default=None, help="passes per backward chunk")
-    parser.add_argument("--draws", type=int, default=None, help="elbo_mc / eubo draws, iw orders, coupled pairs")
+    parser.add_argument("--draws", type=int, default=None, help="elbo_mc / eubo draws, iw orders, coupled pairs, "
+                        "trajectory shrink")
     parser.add_argument("--checkpoint", default=None, help="a trained harness checkpoint folder instead of the toy")
     parser.add_argument("--span", default=None, help="with --checkpoint: the target text (default ' the')")
     parser.add_argument("--length", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jsonl", default=None, help="write one JSON row per step here")
     args = parser.parse_args(argv)
-    key = {"elbo_mc": "draws", "eubo": "draws", "iw": "orders", "coupled": "pairs"}.get(args.estimator)
+    key = {"elbo_mc": "draws", "eubo": "draws", "iw": "orders", "coupled": "pairs",
+           "trajectory": "shrink"}.get(args.estimator)
     options = {key: args.draws} if key and args.draws else {}
     torch.set_num_threads(1)  # a tiny model runs fastest on one thread
     try:

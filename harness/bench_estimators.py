@@ -39,6 +39,7 @@ from harness.schedules import SamplingSchedule
 ESTIMATOR_SETUPS = {
     "exact": ("exact", {}, None),
     "exact-streamed": ("exact", {}, 1),
+    "trajectory-2": ("trajectory", {"shrink": 2}, None),
     "mean_field": ("mean_field", {}, None),
     "elbo_mc-1": ("elbo_mc", {"draws": 1}, None),
     "elbo_mc-4": ("elbo_mc", {"draws": 4}, None),

@@ -25,7 +25,7 @@ def test_every_applicable_estimator_has_a_row_with_exact_counters(bench):
     out, rows = bench
     names = {(r["entry"], r["estimator"]) for r in rows}
     assert {e for m, e in names if m == "random:ar"} == {"exact", "exact-streamed"}  # AR: exact only
-    assert len([1 for m, _ in names if m == "random:mdlm"]) == 10
+    assert len([1 for m, _ in names if m == "random:mdlm"]) == 11
     by = {(r["entry"], r["estimator"]): r for r in rows}
     mdlm_exact = by[("random:mdlm", "exact")]
     passes = mdlm_exact["forwards"]  # one per distinct reveal step of the row that took most (<= 7 free positions)

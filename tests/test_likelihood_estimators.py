@@ -23,7 +23,7 @@ FAMILIES = [
     ("esolm-a", {"alpha_0": 1.0}, SamplingSchedule(steps=4)),
 ]
 IDS = [f[0] for f in FAMILIES]
-SETTINGS = {"elbo_mc": {"draws": 3}, "coupled": {"pairs": 2}, "eubo": {"draws": 3}, "iw": {"orders": 5, "chunk": 2}}
+SETTINGS = {"trajectory": {"shrink": 2}, "elbo_mc": {"draws": 3}, "coupled": {"pairs": 2}, "eubo": {"draws": 3}, "iw": {"orders": 5, "chunk": 2}}
 PROMPT = torch.tensor([48, 3, 4, 5])
 
 
@@ -74,6 +74,20 @@ def test_exact_is_the_log_probs_the_sampler_drew_with_and_its_passes_add_up_to_i
     torch.testing.assert_close(est.log_prob, recorded, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(parts, recorded, rtol=1e-10, atol=1e-10)
     assert est.kind == "exact" and est.forwards == model.sample_log_prob(gen).passes
+
+
+@pytest.mark.parametrize("name,options,schedule", FAMILIES, ids=IDS)
+def test_trajectory_with_shrink_one_is_exact_and_shrink_merges_passes(name, options, schedule):
+    model, gen, recorded = drawn(name, options, schedule)
+    with torch.no_grad():
+        one = estimate(model, gen, "trajectory", shrink=1)
+        exact = estimate(model, gen, "exact")
+        two = estimate(model, gen, "trajectory", shrink=2)
+    torch.testing.assert_close(one.log_prob, recorded, rtol=1e-10, atol=1e-10)
+    assert one.forwards == exact.forwards and one.kind == "exact" and two.kind == "approximation"
+    if name in ("mdlm", "bd3lm"):  # one pass per merged step
+        assert two.forwards == -(-exact.forwards // 2)
+    assert not torch.allclose(two.log_prob, exact.log_prob)
 
 
 def test_bare_tokens_need_a_generation_for_exact_except_for_ar():

@@ -7,6 +7,7 @@
 
 Estimators (what each estimates is in ``est.kind`` / ``est.quantity``):
   exact       log p(y | order, steps) of a model's own sample (``sample_log_prob``)
+  trajectory  the same with ``shrink`` consecutive steps merged (TraceRL; fewer passes)
   mean_field  d1's one-step estimate: completion all-[MASK], one forward (an approximation)
   elbo_mc     −NELBO over K times t (a lower bound on the order-marginal log p(y))
   coupled     complementary mask pairs, each token scored once per pair (a lower bound)
@@ -102,7 +103,7 @@ def backward(model, sample, estimator: str, weights: torch.Tensor, chunk: int | 
              on_chunk=None, **kw) -> Estimate:
     """Backpropagate Σ_b weights_b · log π(y_b) and return the (detached) estimate.
 
-    For an additive estimator (exact, elbo_mc, coupled, mean_field) the parts run ``chunk``
+    For an additive estimator (exact, trajectory, elbo_mc, coupled, mean_field) the parts run ``chunk``
     at a time, each chunk's graph freed by its own backward: the gradients accumulate in
     ``.grad`` and equal one backward through the whole graph.  ``chunk=None`` keeps one graph
     (the plain way).  iw and eubo combine their parts non-linearly and always keep one graph.

@@ -156,6 +156,18 @@ def order_generation(model, x: torch.Tensor, given: torch.Tensor, generator=None
     raise ValueError(f"{model.name}: order-based estimates need mdlm, bd3lm or esolm-a/b")
 
 
+def merge_steps(model, gen: Generation, shrink: int) -> torch.Tensor:
+    """(n, L) the sampler's steps with every ``shrink`` consecutive ones (of a row, or of a
+    BD3-LM block) merged into one; given positions stay −1."""
+    step = gen.step
+    if family(model) == "bd3lm":
+        n, L = step.shape
+        rank = dense_rank(step.view(n, -1, model.block_size)).view(n, L)
+        block = torch.arange(L, device=step.device) // model.block_size * model.block_size
+        return torch.where(step < 0, -1, block + torch.div(rank, shrink, rounding_mode="floor"))
+    return torch.where(step < 0, -1, torch.div(dense_rank(step), shrink, rounding_mode="floor"))
+
+
 def exact_parts(model, gen: Generation, top_p: float = 1.0) -> list[Part]:
     """``sample_log_prob`` split into its passes, each a :class:`Part` whose values sum to it
     (the tests hold them equal): the streaming backward runs them a chunk at a time.  AR and

@@ -16,8 +16,8 @@ from typing import Callable
 import torch
 
 from harness.likelihood.denoisers import (Part, complement_weight, draw_mask, esolm_sequential_log_probs,
-                                          exact_parts, family, masked_log_probs, order_generation, schedule_of,
-                                          time_shape)
+                                          exact_parts, family, masked_log_probs, merge_steps, order_generation,
+                                          schedule_of, time_shape)
 from harness.models import Generation
 from harness.schedules import per_sequence_times, uniform
 
@@ -52,6 +52,23 @@ def times(shape, draws: int, eps: float, sampling: str, generator, device) -> li
 def _check_positive(name: str, value: int) -> None:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def trajectory(model, x, given, gen: Generation | None, *, shrink: int = 2, top_p: float = 1.0, **_):
+    """TraceRL's shrinkage of the trajectory score: ``shrink`` consecutive sampler steps are
+    scored as one (each of their tokens given only the tokens of earlier merged steps), so
+    the passes drop by that factor; shrink = 1 is ``exact``."""
+    _check_positive("shrink", shrink)
+    if gen is None:
+        raise ValueError("estimator 'trajectory' scores a sample's own trajectory: pass the Generation from "
+                         "model.sample, not bare tokens")
+    merged = Generation(gen.tokens, nfe=gen.nfe, tokens_computed=gen.tokens_computed, order=gen.order,
+                        step=merge_steps(model, gen, shrink), extra=dict(gen.extra))
+    if family(model) == "esolm" and "diffusion_steps" in gen.extra:
+        merged.extra["diffusion_steps"] = -(-gen.extra["diffusion_steps"] // shrink)
+    kind = "exact" if shrink == 1 else "approximation"
+    return Plan(exact_parts(model, merged, top_p), None, f"trajectory(shrink={shrink})", kind,
+                "log p(y | order, steps)" if shrink == 1 else "log p(y | order, steps) with merged steps")
 
 
 def _diffusion_only(model, estimator: str) -> None:
@@ -212,5 +229,5 @@ def iw(model, x, given, gen, *, orders: int = 16, chunk: int = 64, generator=Non
     return Plan(parts, combine, f"iw(K={orders})", kind, quantity)
 
 
-BUILDERS = {"exact": exact, "mean_field": mean_field, "elbo_mc": elbo_mc, "coupled": coupled, "eubo": eubo,
+BUILDERS = {"exact": exact, "trajectory": trajectory, "mean_field": mean_field, "elbo_mc": elbo_mc, "coupled": coupled, "eubo": eubo,
             "iw": iw}
