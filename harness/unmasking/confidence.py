@@ -44,16 +44,19 @@ def reveal_counts(confidence: torch.Tensor, entropy: torch.Tensor, masked: torch
 
 
 def step_statistics(logits: torch.Tensor, masked: torch.Tensor, mask_id: int, top_p: float):
-    """Confidence and entropy (R, W) of each position's distribution, −inf / 0 where unmasked."""
-    logits = logits.to(torch.float64).clone()
-    logits[..., mask_id] = float("-inf")
+    """Confidence and entropy (R, W) of each masked position's distribution, −inf / 0 where
+    unmasked (only the masked positions are computed: late steps have few)."""
+    picked = logits[masked].to(torch.float64)  # (M, V), a copy
+    picked[:, mask_id] = float("-inf")
     if top_p < 1.0:
-        logits = logits.masked_fill(logits < nucleus_threshold(logits, top_p), float("-inf"))
-    logp = logits.log_softmax(-1)
+        picked.masked_fill_(picked < nucleus_threshold(picked, top_p), float("-inf"))
+    logp = picked.log_softmax(-1)
     p = logp.exp()
-    confidence = p.max(-1).values.masked_fill(~masked, float("-inf"))
-    entropy = -(p * logp.nan_to_num(neginf=0.0)).sum(-1)
-    return confidence, entropy.masked_fill(~masked, 0.0)
+    confidence = torch.full(masked.shape, float("-inf"), dtype=torch.float64, device=logits.device)
+    entropy = torch.zeros(masked.shape, dtype=torch.float64, device=logits.device)
+    confidence[masked] = p.max(-1).values
+    entropy[masked] = -(p * logp.nan_to_num(neginf=0.0)).sum(-1)
+    return confidence, entropy
 
 
 def confident_denoise(
