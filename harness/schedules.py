@@ -181,9 +181,9 @@ class SamplingSchedule(BaseModel):
             raise ValueError(f"{model}: schedule field {rule[0]!r} decides how many positions each step reveals; "
                              "drop 'steps'")
         if self.refresh is not None and self.cache is None:
-            raise ValueError(f"{model}: schedule field 'refresh' rebuilds a cache; add cache: prefix or dual")
+            raise ValueError(f"{model}: schedule field 'refresh' rebuilds a cache; add 'cache' (prefix or dual)")
         if self.cache is not None and self.block_length is None:
-            raise ValueError(f"{model}: schedule field 'cache' caches the blocks of 'block_length'; add block_length")
+            raise ValueError(f"{model}: schedule field 'cache' caches the blocks of 'block_length'; add it")
         if self.remdm_eta is not None and (rule is not None or self.block_length is not None or self.steps is None):
             raise ValueError(f"{model}: schedule field 'remdm_eta' remasks on the ancestral grid: give it with 'steps' "
                              "only (no block_length or confidence rule)")

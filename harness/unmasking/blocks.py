@@ -153,7 +153,8 @@ def sample_blocks(model, n: int, length: int, schedule, generator, use_cache: bo
     cache-building forwards and, with ``measure_cache_error``, the probe's columns."""
     B = schedule.block_length or length
     if length % B:
-        raise ValueError(f"length {length} is not divisible by schedule field block_length {B}; use a multiple of {B}")
+        raise ValueError(f"length {length} is not divisible by schedule field 'block_length' {B}; use a length that "
+                         f"is a multiple of {B}")
     device, mask_id = model.device, model.special.mask
     prefix = model.given_prefix(n, length, schedule, prefix)
     given = 0 if prefix is None else prefix.shape[1]
