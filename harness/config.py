@@ -71,12 +71,12 @@ class DataSpec(Strict):
     protocol: Literal["documents", "owt", "lm1b"] = Field(
         "documents", description="documents: whole documents hashed into train/valid/test, wrapped; owt: the "
         "papers' OpenWebText split (last valid_docs documents held out) and wrap; lm1b: padded sentences, the "
-        "dataset's own train/test splits (harness/protocols.py)")
+        "dataset's own train/test splits (harness/data/protocols.py)")
     valid_docs: int = Field(100_000, ge=1, description="owt: documents held out for validation (the papers' 100k)")
     framing: Literal["bos_eos", "raw"] | None = Field(
         None, description="owt: how a row is framed.  bos_eos (the default): [BOS] + L - 2 tokens + [EOS], the mdlm "
         "repository's; raw: L tokens with nothing added (Eso-LMs' and bd3lms' OpenWebText runs).  esolm import "
-        "picks the family's own (harness/protocols.py)")
+        "picks the family's own (harness/data/protocols.py)")
 
     @model_validator(mode="after")
     def _one_source(self):

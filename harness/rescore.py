@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness import results_store as store
 from harness.config import ConfigError, resolve_device
-from harness.train import test_texts
+from harness.data import test_texts
 from harness.sweep.schema import entry_train_config, load_sweep_config
 
 NO_SAMPLES = "no saved samples"
@@ -62,7 +62,7 @@ class References:
             if entry is None:
                 raise ValueError(f"entry {name!r} is not in the saved config.yaml")
             if entry.train is not None:
-                from harness.train import build_tokenizer
+                from harness.data import build_tokenizer
 
                 spec = entry_train_config(self.cfg, entry).data
                 key = spec.model_dump_json(exclude={"seq_len"})

@@ -19,31 +19,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from harness import data as data_lib
-from harness import protocols
 from harness.checkpoints.own_format import CHECKPOINT_NAME, read_state, restore_tokenizer, save_checkpoint, tokenizer_files
-from harness.config import ConfigError, DataSpec, TrainConfig, resolve_device
+from harness.config import ConfigError, TrainConfig, resolve_device
+from harness.data import build_tokenizer, load_splits
 from harness.models import LanguageModel, SpecialTokens, build_model
 from harness.nn.transformer import BackboneConfig
-
-
-def build_tokenizer(spec: DataSpec):
-    """GPT-2 BPE, or a small byte-level BPE trained on the TRAIN split only."""
-    if spec.tokenizer == "gpt2":
-        return data_lib.get_tokenizer("gpt2")
-    if not spec.is_default_protocol:
-        train_texts = protocols.protocol_texts(spec)["train"]
-    else:
-        docs = data_lib.load_bundled_corpus() if spec.corpus == "bundled" else data_lib.load_text_files(spec.corpus)
-        train_texts = [d.text for d in data_lib.split_documents(docs, seed=spec.split_seed)["train"]]
-    return data_lib.get_tokenizer("bpe", train_texts=train_texts, vocab_size=spec.bpe_vocab_size)
-
-
-def load_splits(spec: DataSpec, tokenizer, seq_len: int | None = None) -> dict[str, torch.Tensor]:
-    """train / valid / test rows under the spec's data protocol (harness/protocols.py)."""
-    if not spec.is_default_protocol:
-        return protocols.build_protocol_splits(spec, tokenizer, seq_len or spec.seq_len)
-    return data_lib.build_splits(spec.corpus, tokenizer, seq_len or spec.seq_len, spec.split_seed)
 
 
 def batch_indices(step: int, n_rows: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -297,12 +277,3 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, rank: int) -> Path:
     if distributed:
         torch.distributed.destroy_process_group()
     return ckpt_path
-
-
-def test_texts(data, tokenizer, length: int, n: int) -> list[str]:
-    """The first n held-out test sequences of ``length`` tokens as text (MAUVE's references)."""
-    rows = load_splits(data, tokenizer, seq_len=length)["test"][:n]
-    return [tokenizer.decode(row[1:].tolist()) for row in rows]
-
-
-test_texts.__test__ = False  # not a test

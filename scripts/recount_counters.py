@@ -51,7 +51,8 @@ COUNTERS = {"key_reads_per_sample": ("kv_bytes_per_key", "key_reads"),
 
 def trunk_cost(results: Path, entry_name: str, dtype: str) -> dict:
     """forward_cost of the trunk the rows were measured with."""
-    from harness.train import build, build_tokenizer
+    from harness.data import build_tokenizer
+    from harness.train import build
 
     cfg = load_sweep_config(results / "config.yaml")
     tcfg = entry_train_config(cfg, next(m for m in cfg.models if m.name == entry_name))

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from harness import data as D
+from harness.data import packing, tokenizers
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +147,8 @@ def test_gpt2_known_ids(gpt2):
 
 
 def test_gpt2_vendored_files_hashes():
-    assert hashlib.sha256((D.GPT2_DIR / "encoder.json").read_bytes()).hexdigest() == D.GPT2_ENCODER_SHA256
-    assert hashlib.sha256((D.GPT2_DIR / "vocab.bpe").read_bytes()).hexdigest() == D.GPT2_VOCAB_BPE_SHA256
+    assert hashlib.sha256((D.GPT2_DIR / "encoder.json").read_bytes()).hexdigest() == tokenizers.GPT2_ENCODER_SHA256
+    assert hashlib.sha256((D.GPT2_DIR / "vocab.bpe").read_bytes()).hexdigest() == tokenizers.GPT2_VOCAB_BPE_SHA256
     assert (D.GPT2_DIR / "LICENSE").is_file()
 
 
@@ -158,12 +159,12 @@ def test_gpt2_builds_without_network(monkeypatch, tmp_path):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # tiktoken's default cache root
-    D._gpt2_encoding.cache_clear()
+    tokenizers._gpt2_encoding.cache_clear()
     try:
         tok = D.GPT2Tokenizer()
         assert tok.encode("Hello world") == [15496, 995]
     finally:
-        D._gpt2_encoding.cache_clear()
+        tokenizers._gpt2_encoding.cache_clear()
     assert not list(tmp_path.iterdir())  # tiktoken wrote no cache copy
 
 
@@ -315,7 +316,7 @@ def test_build_splits_and_cache(tmp_path, gpt2, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("cache miss")
 
-    monkeypatch.setattr(D, "split_documents", boom)
+    monkeypatch.setattr(packing, "split_documents", boom)
     again = D.build_splits([path], gpt2, seq_len=32, seed=0)
     assert all(torch.equal(again[k], out[k]) for k in out)
     monkeypatch.undo()

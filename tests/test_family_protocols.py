@@ -176,7 +176,7 @@ def test_both_owt_framings_on_a_local_dataset(tmp_path, monkeypatch):
     The stream is each document + [EOS], the last valid_docs documents held out."""
     datasets = pytest.importorskip("datasets")
     from harness.config import DataSpec
-    from harness.train import load_splits
+    from harness.data import load_splits
 
     monkeypatch.setenv("ESOLM_CACHE", str(tmp_path / "cache"))
     texts = ["abcde", "fg", "hijklmn", "op", "qrstu", "vw", "xyz"]

@@ -1,13 +1,13 @@
-"""The papers' data protocols (harness/protocols.py) on small local Hugging Face datasets the
+"""The papers' data protocols (harness/data/protocols.py) on small local Hugging Face datasets the
 tests write themselves: the OpenWebText split and wrap, LM1B padded sentences, the harness's
 document protocol, offline loading, and the names rows and errors carry."""
 
 import pytest
 import torch
 
-from harness import protocols
+from harness.data import protocols
 from harness.config import ConfigError, DataSpec, TrainConfig, parse
-from harness.train import load_splits
+from harness.data import load_splits
 
 datasets = pytest.importorskip("datasets")
 

@@ -415,7 +415,7 @@ def import_data_spec(corpus: list[str] | None, data: dict | None, model: str | N
     from pydantic import ValidationError
 
     from harness.config import DataSpec
-    from harness.protocols import OWT_FRAMING
+    from harness.data.protocols import OWT_FRAMING
 
     fields = dict(data or {})
     for key in ("tokenizer", "seq_len"):

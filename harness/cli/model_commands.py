@@ -39,7 +39,7 @@ def cmd_eval(args) -> None:
     from harness.checkpoints.own_format import load_checkpoint
     from harness.config import DataSpec
     from harness.metrics.likelihood import estimator_call, se_note, test_perplexity, unigram_perplexity
-    from harness.train import load_splits
+    from harness.data import load_splits
 
     loaded = load_checkpoint(args.checkpoint, device=device(args.device))
     method, nll_kwargs = estimator_call(loaded.model, draws=args.draws, alpha_0=args.alpha_0, iw=args.iw)

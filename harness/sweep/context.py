@@ -97,7 +97,8 @@ class Context:
             torch.cuda.empty_cache()
         entry = self.entry(name)
         if entry.init == "random":
-            from harness.train import build, build_tokenizer
+            from harness.data import build_tokenizer
+            from harness.train import build
 
             tcfg = entry_train_config(self.cfg, entry)
             tokenizer = build_tokenizer(tcfg.data)

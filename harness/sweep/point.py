@@ -28,7 +28,7 @@ from harness.sweep.schema import ModelEntry, SweepConfig
 
 def compute_test_ppl(ctx: Context, entry: ModelEntry, loaded: LoadedEntry, length: int, alpha_0) -> dict:
     from harness.metrics.likelihood import test_perplexity
-    from harness.train import load_splits
+    from harness.data import load_splits
 
     key = ppl_cache_key(ctx.cfg, entry, length, alpha_0, ctx.device)
     if key not in ctx.test_ppl_cache:
@@ -51,7 +51,7 @@ def compute_test_ppl(ctx: Context, entry: ModelEntry, loaded: LoadedEntry, lengt
 
 
 def reference_texts(ctx: Context, loaded: LoadedEntry, length: int, n: int) -> list[str]:
-    from harness.train import test_texts
+    from harness.data import test_texts
 
     return test_texts(loaded.data, loaded.tokenizer, length, n)
 

@@ -3,8 +3,8 @@
 ``data.protocol`` names one (every sweep row and ``esolm eval`` output carries the name):
 
 * ``documents`` (the default): the harness's own protocol — whole documents hashed into
-  train/valid/test (:func:`harness.data.split_documents`), each split wrapped by
-  :func:`harness.data.pack` (EOS between documents, the stream's remainder dropped).
+  train/valid/test (:func:`harness.data.corpus.split_documents`), each split wrapped by
+  :func:`harness.data.packing.pack` (EOS between documents, the stream's remainder dropped).
 * ``owt``: OpenWebText as the MDLM / BD3-LM / Eso-LM code splits and wraps it.  The last
   ``valid_docs`` documents (100 000 in the papers) of the train split are the validation set
   (also served as ``test``: the papers report OpenWebText perplexity on it), the others train.
@@ -37,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-from harness import data as data_lib
+from harness.data.corpus import Document, load_corpus, split_documents
+from harness.data.packing import cache_dir, cached_splits, corpus_hash, file_sha256, pack
 
 OWT_VALID_DOCS = 100_000  # the papers' OpenWebText validation split: the last 100k documents
 WRAP_GROUP = 1000          # documents wrapped together (datasets.map's default batch)
@@ -68,7 +69,7 @@ def load_hf_texts(path: str | os.PathLike, text_field: str = "text") -> dict[str
     library_log.setLevel(logging.CRITICAL)
     try:
         loaded = (datasets.load_from_disk(str(path)) if saved
-                  else datasets.load_dataset(str(path), cache_dir=str(data_lib.cache_dir() / "hf")))
+                  else datasets.load_dataset(str(path), cache_dir=str(cache_dir() / "hf")))
     except Exception as err:  # the library's many errors for a damaged folder name no field
         raise ValueError(unreadable(path, err)) from None
     finally:
@@ -143,7 +144,7 @@ def source_fingerprint(spec) -> object:
     dataset folder its files' names, sizes and modification times (hashing gigabytes of
     arrow files would take longer than tokenising them)."""
     if spec.hf_dataset is None:
-        return data_lib._corpus_hash(spec.corpus)
+        return corpus_hash(spec.corpus)
     root = Path(spec.hf_dataset)
     return [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(root.rglob("*")) if p.is_file()]
@@ -154,7 +155,7 @@ def protocol_texts(spec) -> dict[str, list[str]]:
     if spec.hf_dataset is not None:
         by_split = load_hf_texts(spec.hf_dataset, spec.text_field)
     else:
-        by_split = {"train": [d.text for d in data_lib.load_corpus(spec.corpus)]}
+        by_split = {"train": [d.text for d in load_corpus(spec.corpus)]}
     if spec.protocol == "lm1b":
         if "train" not in by_split or "test" not in by_split:
             raise ValueError(f"data.protocol: 'lm1b' needs a dataset with train and test splits; "
@@ -175,8 +176,8 @@ def protocol_texts(spec) -> dict[str, list[str]]:
                              f"{len(docs)} to train on; lower it")
         held_out = docs[len(docs) - spec.valid_docs:]
         return {"train": docs[: len(docs) - spec.valid_docs], "valid": held_out, "test": held_out}
-    documents = [data_lib.Document("hf", str(i), t) for i, t in enumerate(docs)]
-    split = data_lib.split_documents(documents, seed=spec.split_seed)
+    documents = [Document("hf", str(i), t) for i, t in enumerate(docs)]
+    split = split_documents(documents, seed=spec.split_seed)
     return {name: [d.text for d in part] for name, part in split.items()}
 
 
@@ -216,16 +217,16 @@ def pad_sentences(token_lists, seq_len: int, bos: int, eos: int, pad: int) -> to
 
 def build_protocol_splits(spec, tokenizer, seq_len: int) -> dict[str, torch.Tensor]:
     """``{"train", "valid", "test"}`` -> LongTensor (N, seq_len) under ``spec.protocol``, cached
-    like :func:`harness.data.build_splits` (the key holds this module's source too)."""
+    like :func:`harness.data.packing.build_splits` (the key holds this module's source too)."""
     key = {"protocol": spec.protocol, "source": source_fingerprint(spec), "text_field": spec.text_field,
            "valid_docs": spec.valid_docs, "split_seed": spec.split_seed, "tokenizer": tokenizer.fingerprint,
            "framing": spec.row_framing,
-           "seq_len": seq_len, "code": data_lib.file_sha256(Path(__file__))}
+           "seq_len": seq_len, "code": file_sha256(Path(__file__))}
 
     def rows(ids):
         bos, eos = tokenizer.bos_id, tokenizer.eos_id
         if spec.protocol == "documents":
-            return data_lib.pack(ids, seq_len, bos, eos)
+            return pack(ids, seq_len, bos, eos)
         if spec.protocol == "owt":
             return wrap_grouped(ids, seq_len, bos, eos, framing=spec.row_framing)
         return pad_sentences(ids, seq_len, bos, eos, pad=eos)
@@ -238,4 +239,4 @@ def build_protocol_splits(spec, tokenizer, seq_len: int) -> dict[str, torch.Tens
             out[name] = done[id(texts)]
         return out
 
-    return data_lib.cached_splits(key, build)
+    return cached_splits(key, build)

@@ -2,7 +2,7 @@
 
 Splits are made at the DOCUMENT level (article / novel / play), ordered by a hash of
 (seed, source, title), so train/valid/test never share a document and the split does not
-depend on the order of the input list.  :mod:`harness.data` tokenizes and packs them.
+depend on the order of the input list.  :mod:`harness.data.packing` tokenizes and packs them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 BUNDLED_CORPUS = ASSETS / "corpus.jsonl.xz"
 
 
