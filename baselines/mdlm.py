@@ -50,8 +50,8 @@ class MDLM(LanguageModel):
         super().check_schedule(schedule, options)
         schedule.check_masked_decoding("mdlm")
         if schedule.steps is None and schedule.confidence_rule() is None:
-            raise ValueError("mdlm needs 'steps' (or a confidence rule: threshold, factor or entropy_bound) in every "
-                             "schedule, e.g. schedules: [{steps: [8, 32]}]")
+            raise ValueError("mdlm needs 'steps' in every schedule (or a confidence rule: 'threshold', 'factor' or "
+                             "'entropy_bound'), e.g. schedules: [{steps: [8, 32]}]")
 
     @classmethod
     def default_schedule(cls, schedule, new_positions, options=None):

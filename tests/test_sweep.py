@@ -109,7 +109,7 @@ def test_misspelt_key_is_named_first_with_the_close_match(tmp_path, runs):
      "field 'train_defaults.train.stpes (merged into models.0.train)': unknown key"),
     (lambda c: c["models"][0]["train"].update(train={"stpes": 3}), "field 'models.0.train.train.stpes': unknown key"),
     (lambda c: c["models"][0].update(schedules=[{}, {"stpes": [4, 8]}]),
-     "field 'models.0.schedules.1.stpes': unknown schedule field; use one of ['alpha_0', 'blocks',"),
+     "field 'models.0.schedules.1.stpes': unknown schedule field; use one of ['alpha_0', 'block_length', 'blocks',"),
     (lambda c: c.update(num_samples=0), "field 'num_samples'"),
     (lambda c: c.update(backend="spark"), "field 'backend'"),
     (lambda c: c.update(step_mode="fast"), "field 'step_mode'"),
