@@ -6,7 +6,7 @@ import torch
 
 from harness.sampling import sample_tokens, top_p_filter
 from harness.schedules import SamplingSchedule
-from harness.sweep.point import trial_modes
+from harness.sweep.step_modes import trial_modes
 
 
 def reference_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -35,6 +35,7 @@ _HOME = {
     "harness.sweep.context": ["git_commit", "LoadedEntry", "Context"],
     "harness.sweep.point": ["compute_test_ppl", "reference_texts",
                             "sample_boundaries", "compute_point", "save_point"],
+    "harness.sweep.step_modes": ["trial_modes", "fastest_mode"],
     "harness.sweep.run": ["train_entries", "run_sweep"],
     "harness.results_store": ["POINTS_FILE", "SAMPLES_DIR", "safe_name", "points_path", "read_points", "latest_rows",
                               "repair_tail", "append_row", "write_atomic", "sample_path", "read_samples",

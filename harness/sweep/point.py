@@ -1,11 +1,15 @@
 """One point: sample, score, time, and the row and sample records it leaves in the results
-store (:func:`compute_point`, :func:`save_point`)."""
+store (:func:`compute_point`, :func:`save_point`).
+
+compute_point reads as its steps: :func:`prepare` the model and sampler, :func:`draw_samples`
+(with the exact counters), :func:`score_samples` (entropy, gen PPL, MAUVE), the test
+perplexity, :func:`time_point`, and the row (:func:`harness.results_row.make_row`)."""
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,8 @@ from harness.memory import sub_batch
 from harness.metrics.floors import forward_cost
 from harness.metrics.speed import threads_text
 from harness.models import REGISTRY
-from harness.nn.steps import FALLBACKS, exact_modes, resolve_mode
+from harness.nn.steps import FALLBACKS, resolve_mode
+from harness.results_row import make_row
 from harness.results_store import POINTS_FILE, append_row, write_samples
 from harness.schedules import SamplingSchedule
 from harness.unmasking.probe import COLUMNS as CACHE_ERROR_COLUMNS
@@ -24,6 +29,7 @@ from harness.sweep.context import Context, LoadedEntry, git_commit
 from harness.sweep.grid import Point
 from harness.sweep.identity import point_hash, point_seed, ppl_cache_key
 from harness.sweep.schema import ModelEntry, SweepConfig
+from harness.sweep.step_modes import fastest_mode, trial_modes
 
 
 def compute_test_ppl(ctx: Context, entry: ModelEntry, loaded: LoadedEntry, length: int, alpha_0) -> dict:
@@ -68,46 +74,67 @@ def sample_boundaries(tokens: torch.Tensor, bos: int, eos: int) -> dict:
             "eos_inside_per_sample": inside.sum(dim=1).double().mean().item()}
 
 
-def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
-    """Run one point: sample, score, time. Returns (row, sample records)."""
+@dataclass
+class PointSetup:
+    """What the steps of one point share: the entry, its loaded model and sampler, the
+    schedule, and the batch shape (a batch over the memory budget runs as sub-batches)."""
+
+    entry: ModelEntry
+    loaded: LoadedEntry
+    sampler: object
+    schedule: SamplingSchedule
+    options: dict
+    family: str
+    is_esolm: bool
+    alpha_0: float | None
+    batch: int
+    num_samples: int
+    rows_at_once: int
+    trials: dict | None
+    fallbacks: int
+
+
+def prepare(ctx: Context, point: Point) -> PointSetup:
+    """Load the entry, set up its sampler, and pick the step mode (timed once per entry,
+    length and batch where there is a choice)."""
     cfg = ctx.cfg
-    entry = ctx.entry(point.entry)
     loaded = ctx.load(point.entry)
-    model, tok = loaded.model, loaded.tokenizer
+    model = loaded.model
     sampler = ctx.sampler(loaded)
     sampler.step_mode = None if cfg.step_mode in ("auto", "fastest") else cfg.step_mode
     sampler.max_memory = cfg.max_memory
-    fallbacks = len(FALLBACKS)
     model.check_length(point.length)
     schedule = SamplingSchedule(**point.schedule)
     options = model.options() if hasattr(model, "options") else {}
-    model_name = loaded.model_name
-    family = model_name if model_name in REGISTRY else "custom"
+    family = loaded.model_name if loaded.model_name in REGISTRY else "custom"
     is_esolm = family in ("esolm-a", "esolm-b") or "alpha_0" in options
     alpha_0 = (schedule.alpha_0 if schedule.alpha_0 is not None else options.get("alpha_0")) if is_esolm else None
-
-    # --- samples ---------------------------------------------------------------------
-    # A throughput point samples one batch of its own size; a batch whose KV cache does not
-    # fit the memory budget runs as consecutive sub-batches (harness.memory).
+    # A throughput point samples one batch of its own size.
     batch = point.batch_size or cfg.batch_size
-    num_samples = point.batch_size or cfg.num_samples
     rows_at_once = sub_batch(sampler, batch, point.length)
     same_work = rows_at_once == 1 or not getattr(sampler, "fixed_steps_count_every_row", False)
     candidates, trials = trial_modes(cfg.step_mode, ctx.device, same_work), None
-    if candidates:  # timed at the first point of each (entry, length, batch), then reused
+    if candidates:
         shape = (point.entry, point.length, batch)
         if shape in ctx.step_modes:
             sampler.step_mode = ctx.step_modes[shape]
         else:
             trials = fastest_mode(ctx, sampler, point, schedule, batch, rows_at_once, candidates)
             ctx.step_modes[shape] = sampler.step_mode
+    return PointSetup(ctx.entry(point.entry), loaded, sampler, schedule, options, family, is_esolm, alpha_0, batch,
+                      point.batch_size or cfg.num_samples, rows_at_once, trials, len(FALLBACKS))
+
+
+def draw_samples(ctx: Context, point: Point, s: PointSetup) -> tuple[torch.Tensor, dict, list[dict]]:
+    """The point's samples in batches that fit, from the point's own seed: (tokens, the
+    counters per sample, the sampler's own cache-error probes)."""
     generator = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
     rows, nfe_batches, tokens_computed, nfe_rows, extra, key_reads, pairs = [], [], 0, [], {}, 0, 0
     done, probes = 0, []
-    while done < num_samples:
-        n = min(rows_at_once, num_samples - done)
+    while done < s.num_samples:
+        n = min(s.rows_at_once, s.num_samples - done)
         with torch.no_grad(), ctx.sampling_autocast():
-            gen = sampler.sample(n, point.length, schedule, generator)
+            gen = s.sampler.sample(n, point.length, s.schedule, generator)
         rows.append(gen.tokens.cpu())
         nfe_batches.append(int(gen.nfe))
         tokens_computed += int(gen.tokens_computed)
@@ -125,25 +152,26 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 extra.setdefault(k, []).append(v)
         done += n
-    tokens = torch.cat(rows)
-    texts = [tok.decode(row[1:].tolist() if int(row[0]) == tok.bos_id else row.tolist()) for row in tokens]
-
     metrics: dict[str, Any] = {
         "nfe": sum(nfe_batches) / len(nfe_batches),
         "nfe_per_batch": nfe_batches,
         "nfe_per_sample": sum(nfe_rows) / len(nfe_rows),
-        "tokens_computed_per_sample": tokens_computed / num_samples,
-        "key_reads_per_sample": key_reads / num_samples,
-        "attention_pairs_per_sample": pairs / num_samples,
+        "tokens_computed_per_sample": tokens_computed / s.num_samples,
+        "key_reads_per_sample": key_reads / s.num_samples,
+        "attention_pairs_per_sample": pairs / s.num_samples,
     }
-    metrics.update(sample_boundaries(tokens, tok.bos_id, tok.eos_id))
-    metrics.update(cache_error(ctx, sampler, point, schedule, min(rows_at_once, num_samples), probes))
-    if trials is not None:
-        metrics["step_mode_trials"] = trials  # seconds per batch of each mode tried; the fastest ran
     for k, values in extra.items():
         metrics[f"extra_{k}"] = sum(values) / len(values)
-    records = [{"i": i, "text": t} for i, t in enumerate(texts)]
+    return torch.cat(rows), metrics, probes
 
+
+def score_samples(ctx: Context, point: Point, s: PointSetup, tokens: torch.Tensor,
+                  texts: list[str]) -> tuple[dict, list[dict]]:
+    """Entropy, generative perplexity and MAUVE, as the config asks: (metrics, one record
+    per sample with its own scores)."""
+    cfg, tok = ctx.cfg, s.loaded.tokenizer
+    metrics: dict[str, Any] = {}
+    records = [{"i": i, "text": t} for i, t in enumerate(texts)]
     if "entropy" in cfg.metrics:
         from harness.metrics.entropy import sample_entropies
 
@@ -163,81 +191,84 @@ def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
 
         n_ref = cfg.mauve.reference_samples or cfg.num_samples
         kwargs = {"num_buckets": cfg.mauve.num_buckets} if cfg.mauve.num_buckets else {}
-        result = mauve_score(ctx.evaluator(), texts, reference_texts(ctx, loaded, point.length, n_ref), **kwargs)
+        result = mauve_score(ctx.evaluator(), texts, reference_texts(ctx, s.loaded, point.length, n_ref), **kwargs)
         metrics.update(mauve=result["mauve"], mauve_note=result.get("reason"), mauve_n=[result["n_p"], result["n_q"]],
                        mauve_degenerate=result.get("degenerate"))
         metrics.setdefault("evaluator", ctx.evaluator().name)
-    if "test_ppl" in cfg.metrics:
-        metrics.update(compute_test_ppl(ctx, entry, loaded, point.length, alpha_0 if is_esolm else None))
-    if "speed" in cfg.metrics:
-        from tqdm import tqdm
+    return metrics, records
 
-        from harness.metrics.machine import busy_warning
-        from harness.metrics.speed import time_sampling
 
-        untimed_probe = schedule.model_copy(update={"measure_cache_error": False})  # time the sampler alone
+def time_point(ctx: Context, point: Point, s: PointSetup) -> dict:
+    """Seconds per sample over the config's repeats of one batch (median, with every repeat
+    and the machine's load), the sampler alone: the cache-error probe is not timed."""
+    from tqdm import tqdm
 
-        def one_batch():
-            # The samples' own seed: the timed runs take the shapes the sampling pass took, so
-            # the CUDA graphs they replay were captured before the clock started.
-            timing_gen = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
-            with torch.no_grad(), ctx.sampling_autocast():
-                for lo in range(0, batch, rows_at_once):
-                    sampler.sample(min(rows_at_once, batch - lo), point.length, untimed_probe, timing_gen)
+    from harness.metrics.machine import busy_warning
+    from harness.metrics.speed import time_sampling
 
-        sp = time_sampling(one_batch, warmup=cfg.speed.warmup, repeats=cfg.speed.repeats, device=ctx.device,
-                           dtype=ctx.dtype, batch_size=batch, length=point.length)
-        if ctx.device.type == "cuda":
-            metrics["graph_fallbacks"] = len(FALLBACKS) - fallbacks  # step shapes run eagerly, not as graphs
-        metrics.update(seconds_per_sample=sp["seconds_per_sample"], tokens_per_second=sp["tokens_per_second"],
-                       seconds_per_batch=sp["seconds_median"], seconds_all=sp["seconds_all"],
-                       gpu_peak_memory_bytes=sp["peak_memory_bytes"], gpu_energy_per_sample_joules=sp["energy_per_sample_joules"],
-                       gpu_mean_power_watts=sp["mean_power_watts"], telemetry_note=sp.get("telemetry_reason"),
-                       **{k: sp[k] for k in ("load_average_1min", "cpu_seconds", "other_cores", "machine_busy")})
-        warning = busy_warning(sp, f"point {point.key}")
-        if warning:
-            tqdm.write(warning, file=sys.stderr)
+    untimed_probe = s.schedule.model_copy(update={"measure_cache_error": False})
 
-    row = {
-        "sweep": cfg.name,
-        "key": point.key,
-        "config_hash": point_hash(cfg, entry, point, ctx.device),
-        "model_entry": entry.name,
-        "family": family,
-        "model": model_name,
-        "model_options": options,
-        "init": entry.init if entry.train is not None else "checkpoint",
-        "checkpoint": loaded.checkpoint,
-        "parameters": loaded.meta.get("parameters"),
-        **forward_cost(sampler),
-        "train_step": loaded.meta.get("step"),
-        "schedule": point.label,
-        "schedule_group": point.group,
-        "schedule_fields": point.schedule,
-        "alpha_0": alpha_0,
-        "alpha_0_train": options.get("alpha_0"),
-        "diffusion_split": schedule.diffusion_split() if is_esolm else None,  # absent in older rows: "fixed"
-        "data_protocol": loaded.data.protocol,  # absent in older rows: "documents"
-        "data_framing": loaded.data.row_framing,  # absent in older rows: "bos_eos" ([BOS] ... [EOS] rows)
-        "length": point.length,
-        "seed": point.seed,
-        "num_samples": num_samples,
-        "batch_size": batch,
-        "sub_batch": rows_at_once,
-        "batch_grid": point.batch_size is not None,  # timed at the config's batch_sizes (throughput)
-        "max_memory": cfg.max_memory,
-        "metrics": metrics,
-        "device": str(ctx.device),
-        "device_name": _device_name(ctx.device),
-        "dtype": ctx.dtype,
-        "step_mode": resolve_mode(sampler.step_mode, ctx.device),
-        "run_id": ctx.run_id,
-        "git_commit": ctx.commit if ctx.commit is not None else git_commit(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    return row, records
+    def one_batch():
+        # The samples' own seed: the timed runs take the shapes the sampling pass took, so
+        # the CUDA graphs they replay were captured before the clock started.
+        timing_gen = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
+        with torch.no_grad(), ctx.sampling_autocast():
+            for lo in range(0, s.batch, s.rows_at_once):
+                s.sampler.sample(min(s.rows_at_once, s.batch - lo), point.length, untimed_probe, timing_gen)
+
+    sp = time_sampling(one_batch, warmup=ctx.cfg.speed.warmup, repeats=ctx.cfg.speed.repeats, device=ctx.device,
+                       dtype=ctx.dtype, batch_size=s.batch, length=point.length)
+    metrics = {}
+    if ctx.device.type == "cuda":
+        metrics["graph_fallbacks"] = len(FALLBACKS) - s.fallbacks  # step shapes run eagerly, not as graphs
+    metrics.update(seconds_per_sample=sp["seconds_per_sample"], tokens_per_second=sp["tokens_per_second"],
+                   seconds_per_batch=sp["seconds_median"], seconds_all=sp["seconds_all"],
+                   gpu_peak_memory_bytes=sp["peak_memory_bytes"], gpu_energy_per_sample_joules=sp["energy_per_sample_joules"],
+                   gpu_mean_power_watts=sp["mean_power_watts"], telemetry_note=sp.get("telemetry_reason"),
+                   **{k: sp[k] for k in ("load_average_1min", "cpu_seconds", "other_cores", "machine_busy")})
+    warning = busy_warning(sp, f"point {point.key}")
+    if warning:
+        tqdm.write(warning, file=sys.stderr)
+    return metrics
+
+
+def compute_point(ctx: Context, point: Point) -> tuple[dict, list[dict]]:
+    """Run one point: sample, score, time. Returns (row, sample records)."""
+    s = prepare(ctx, point)
+    tokens, metrics, probes = draw_samples(ctx, point, s)
+    tok = s.loaded.tokenizer
+    texts = [tok.decode(row[1:].tolist() if int(row[0]) == tok.bos_id else row.tolist()) for row in tokens]
+    metrics.update(sample_boundaries(tokens, tok.bos_id, tok.eos_id))
+    metrics.update(cache_error(ctx, s.sampler, point, s.schedule, min(s.rows_at_once, s.num_samples), probes))
+    if s.trials is not None:
+        metrics["step_mode_trials"] = s.trials  # seconds per batch of each mode tried; the fastest ran
+    scores, records = score_samples(ctx, point, s, tokens, texts)
+    metrics.update(scores)
+    if "test_ppl" in ctx.cfg.metrics:
+        metrics.update(compute_test_ppl(ctx, s.entry, s.loaded, point.length, s.alpha_0))
+    if "speed" in ctx.cfg.metrics:
+        metrics.update(time_point(ctx, point, s))
+    return point_row(ctx, point, s, metrics), records
+
+
+def point_row(ctx: Context, point: Point, s: PointSetup, metrics: dict) -> dict:
+    """The point's row (harness/results_row.py lists and explains every field)."""
+    cfg, entry, loaded = ctx.cfg, s.entry, s.loaded
+    return make_row(
+        sweep=cfg.name, key=point.key, config_hash=point_hash(cfg, entry, point, ctx.device),
+        model_entry=entry.name, family=s.family, model=loaded.model_name, model_options=s.options,
+        init=entry.init if entry.train is not None else "checkpoint", checkpoint=loaded.checkpoint,
+        parameters=loaded.meta.get("parameters"), **forward_cost(s.sampler), train_step=loaded.meta.get("step"),
+        schedule=point.label, schedule_group=point.group, schedule_fields=point.schedule,
+        alpha_0=s.alpha_0, alpha_0_train=s.options.get("alpha_0"),
+        diffusion_split=s.schedule.diffusion_split() if s.is_esolm else None,
+        data_protocol=loaded.data.protocol, data_framing=loaded.data.row_framing,
+        length=point.length, seed=point.seed, num_samples=s.num_samples, batch_size=s.batch,
+        sub_batch=s.rows_at_once, batch_grid=point.batch_size is not None, max_memory=cfg.max_memory,
+        metrics=metrics, device=str(ctx.device), device_name=_device_name(ctx.device), dtype=ctx.dtype,
+        step_mode=resolve_mode(s.sampler.step_mode, ctx.device), run_id=ctx.run_id,
+        git_commit=ctx.commit if ctx.commit is not None else git_commit(), torch=torch.__version__,
+        python=platform.python_version(), timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 def cache_error(ctx: Context, sampler, point: Point, schedule: SamplingSchedule, n: int, probes: list[dict]) -> dict:
@@ -257,51 +288,6 @@ def cache_error(ctx: Context, sampler, point: Point, schedule: SamplingSchedule,
             sampler.sample(n, point.length, schedule, generator, use_cache=use_cache)
 
     return twin_run(run, getattr(getattr(sampler, "special", None), "mask", None))
-
-
-def trial_modes(step_mode: str, device: torch.device, same_work: bool = True) -> tuple[str, ...]:
-    """The step modes a sweep times (at the first point of each entry, length and batch) before
-    it runs the fastest (none: run the one set).
-    ``fastest``: every mode this device runs; ``auto``: those giving the eager tokens exactly
-    (harness.nn.steps.exact_modes), unless $ESOLM_STEP_MODE names one, and only where they
-    also count the same work (``same_work``: not MDLM/BD3-LM at a batch above 1, whose
-    fixed-shape steps count every row), so NFE and tokens computed never hang on a timing."""
-    if step_mode == "fastest":
-        return ("graph", "dynamic", "compiled") if device.type == "cuda" else ("dynamic", "static", "compiled")
-    if step_mode == "auto" and same_work and not os.environ.get("ESOLM_STEP_MODE") and len(exact_modes(device)) > 1:
-        return exact_modes(device)
-    return ()
-
-
-def fastest_mode(ctx: Context, sampler, point: Point, schedule: SamplingSchedule, batch: int, rows: int,
-                 modes: tuple[str, ...]) -> dict:
-    """One batch in each of ``modes`` (after one untimed batch that captures or compiles what
-    the mode needs), then the fastest is left set on the sampler.  Returns {mode: seconds per
-    batch, or the error that ruled it out}."""
-    import time
-
-    from harness.metrics.speed import synchronize
-
-    trials: dict = {}
-    for mode in modes:
-        sampler.step_mode = mode
-        try:
-            for _ in range(2):  # the first run captures or compiles; the second is timed
-                gen = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
-                synchronize(ctx.device)
-                t0 = time.perf_counter()
-                with torch.no_grad(), ctx.sampling_autocast():
-                    for lo in range(0, batch, rows):
-                        sampler.sample(min(rows, batch - lo), point.length, schedule, gen)
-                synchronize(ctx.device)
-            trials[mode] = time.perf_counter() - t0
-        except Exception as err:  # a mode this machine cannot run (e.g. no compiler): not a candidate
-            trials[mode] = f"failed: {str(err).splitlines()[0][:200]}"
-    timed = {m: t for m, t in trials.items() if isinstance(t, float)}
-    if not timed:
-        raise RuntimeError(f"step modes {list(modes)}: every one failed at {point.key}: {trials}")
-    sampler.step_mode = min(timed, key=timed.get)
-    return trials
 
 
 def _device_name(device: torch.device) -> str:
