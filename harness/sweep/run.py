@@ -21,8 +21,9 @@ from harness.sweep.claims import PointClaims
 from harness.sweep.context import Context, git_commit
 from harness.sweep.identity import point_hash
 from harness.sweep.local import run_local
-from harness.sweep.schema import (EvaluatorRef, SweepConfig, apply_overrides, check_checkpoint_entries, config_source,
-                                  effective_config_text, entry_train_config, parse_sweep_config)
+from harness.sweep.preflight import prepare_checkpoints, preflight
+from harness.sweep.schema import (EvaluatorRef, SweepConfig, apply_overrides, config_source, effective_config_text,
+                                  entry_train_config, parse_sweep_config)
 from harness.sweep.shard import parse_entries, parse_shard, select_points
 
 
@@ -44,29 +45,6 @@ def train_entries(cfg: SweepConfig, names: set[str], progress: bool) -> dict[str
     return paths
 
 
-def check_models(cfg: SweepConfig, source: str) -> None:
-    """Every entry's model class loads and takes its model_args, before any entry is trained
-    (a bad models.1 used to fail after models.0 had trained)."""
-    import inspect
-
-    from harness.models import resolve_model_class
-
-    for i, entry in enumerate(cfg.models):
-        model, where = (entry.train.model, "train.model") if entry.train is not None else (entry.model, "model")
-        if model is None:
-            continue
-        try:
-            cls = resolve_model_class(model)
-        except ValueError as err:
-            raise ConfigError(f"{source}: field 'models.{i}.{where}': {err}") from None
-        if entry.train is not None:
-            try:
-                inspect.signature(cls).bind(None, None, **entry.train.model_args)
-            except TypeError as err:
-                raise ConfigError(f"{source}: field 'models.{i}.train.model_args': {err}; use the arguments of "
-                                  f"{cls.__name__}") from None
-
-
 @contextmanager
 def results_lock(results_dir: Path, shard: tuple[int, int], only: set[str] | None):
     """One process per results folder and shard (and --entries subset): a second one would
@@ -82,58 +60,6 @@ def results_lock(results_dir: Path, shard: tuple[int, int], only: set[str] | Non
         yield
 
 
-
-
-def missing_paths(cfg: SweepConfig, names: set[str], source: str) -> None:
-    """Pre-flight: every checkpoint and evaluator path the run needs exists, else one stderr
-    line per missing path and a ConfigError before anything is imported, trained or written."""
-    from harness.checkpoints.own_format import foreign_source
-
-    checkpoints, texts = [], []  # reported in this order: every checkpoint, then the texts
-    for i, e in enumerate(cfg.models):
-        if e.name not in names or e.checkpoint is None:
-            continue
-        checkpoints.append((f"models.{i}.checkpoint", foreign_source(e.checkpoint) or e.checkpoint))
-        args = e.import_args or {}  # the text an imported checkpoint's test_ppl reads
-        corpus, dataset = args.get("corpus"), args.get("data") or {}
-        texts += [(f"models.{i}.import_args.corpus", p) for p in corpus or () if isinstance(corpus, list)]
-        if isinstance(dataset, dict) and dataset.get("hf_dataset"):
-            texts.append((f"models.{i}.import_args.data.hf_dataset", dataset["hf_dataset"]))
-    wanted = checkpoints + texts
-    scored = {"gen_ppl", "mauve"} & set(cfg.metrics)
-    if scored and isinstance(cfg.evaluator, str) and cfg.evaluator.partition(":")[0].lower() in ("hf", "ar"):
-        wanted.append(("evaluator", cfg.evaluator.partition(":")[2].strip()))
-    readers: dict[str, list[str]] = {}  # each missing path once, with every field that reads it
-    for field, path in wanted:
-        if not Path(path).expanduser().exists():
-            readers.setdefault(path, []).append(field)
-    missing = [f"{source}: field '{fields[0]}'{f' (and {len(fields) - 1} more)' if len(fields) > 1 else ''}: "
-               f"{'checkpoint ' if fields[0].endswith('checkpoint') else ''}{path!r} not found"
-               for path, fields in readers.items()]
-    if len(missing) > 1:
-        for line in missing:
-            print(f"esolm: missing: {line}", file=sys.stderr)
-    if missing:
-        more = f" (+{len(missing) - 1} more, listed above)" if len(missing) > 1 else ""
-        named = f" (its paths: {', '.join(f'paths.{k}' for k in cfg.paths)})" if cfg.paths else ""
-        raise ConfigError(f"{missing[0]}{more}; fix the path(s) in the config or with --set{named}; nothing was run")
-
-
-def import_entries(cfg: SweepConfig, names: set[str], source: str) -> None:
-    """Checkpoint entries naming a released file (``hf:/folder`` or a ``.ckpt``) are imported
-    once into <runs_dir>/<name>/<entry>/ (harness.checkpoints.released) and read like any checkpoint after."""
-    from harness.checkpoints.own_format import foreign_source
-    from harness.checkpoints.released import imported_checkpoint
-
-    missing_paths(cfg, names, source)
-    for i, entry in enumerate(cfg.models):
-        if entry.name in names and entry.checkpoint is not None and foreign_source(entry.checkpoint):
-            try:
-                entry.checkpoint = str(imported_checkpoint(entry.checkpoint, entry.model,
-                                                           Path(cfg.runs_dir) / cfg.name / entry.name,
-                                                           entry.import_args))
-            except (ValueError, FileNotFoundError) as err:
-                raise ConfigError(f"{source}: field 'models.{i}.checkpoint': {str(err).splitlines()[0]}") from None
 
 
 def run_sweep(config_path: str | Path, shard: str | None = None, results_root: str | Path = "results",
@@ -154,11 +80,10 @@ def run_sweep(config_path: str | Path, shard: str | None = None, results_root: s
         torch.set_num_threads(cfg.threads)
     points = select_points(cfg, (shard_i, shard_n), only)
     evaluator_entry = {cfg.evaluator.model_entry} if isinstance(cfg.evaluator, EvaluatorRef) else set()
-    missing_paths(cfg, {p.entry for p in points} | evaluator_entry, str(config_path))  # before any device complaint
+    names = {p.entry for p in points} | evaluator_entry
+    preflight(cfg, names, str(config_path))  # the missing paths come before any complaint about the device
     device = resolve_device(cfg.device)
-    check_models(cfg, str(config_path))
-    import_entries(cfg, {p.entry for p in points} | evaluator_entry, str(config_path))
-    check_checkpoint_entries(cfg, {p.entry for p in points} | evaluator_entry, str(config_path))
+    prepare_checkpoints(cfg, names, str(config_path))
     results_dir = Path(results_root) / cfg.name
     if report and reports_root is not None:  # before any work: the report must not land in the results
         check_output(Path(reports_root) / cfg.name, "--reports", results=(results_dir,))

@@ -264,38 +264,6 @@ def check_consistency(cfg: SweepConfig, source: str) -> None:
                               "(train: {model: ar}) or an AR checkpoint")
 
 
-def check_checkpoint_entries(cfg: SweepConfig, names: set[str], source: str) -> None:
-    """Checkpoint entries exist and hold the sweep's lengths: checked before anything is
-    written or trained (train entries are checked when the config is parsed)."""
-    from harness.checkpoints.own_format import check_model, read_state
-
-    for i, entry in enumerate(cfg.models):
-        if entry.checkpoint is None or entry.name not in names:
-            continue
-        where = f"{source}: field 'models.{i}.checkpoint'"
-        try:
-            state = read_state(entry.checkpoint, mmap=True)
-            check_model(state, entry.checkpoint, entry.model)
-        except (FileNotFoundError, ValueError) as err:
-            raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from None
-        held = state["model_name"]
-        if isinstance(cfg.evaluator, EvaluatorRef) and cfg.evaluator.model_entry == entry.name and held != "ar":
-            raise ConfigError(f"{source}: field 'evaluator.model_entry': entry {entry.name!r} (models.{i}) holds a "
-                              f"{held!r} checkpoint ({entry.checkpoint}), not 'ar'; name an AR entry as the evaluator")
-        for length in entry.lengths or cfg.lengths if entry.model is None else ():  # schedules: for what it holds
-            for fields in expand_schedules(entry.schedules):
-                try:
-                    check_schedule(held, SamplingSchedule(**{k: resolve_value(v, length) for k, v in fields.items()}))
-                except ValueError as err:
-                    raise ConfigError(f"{source}: field 'models.{i}.schedules': entry {entry.name!r} holds a {held!r} "
-                                      f"checkpoint ({entry.checkpoint}): {err}") from None
-        max_len = state["backbone"]["max_len"]
-        too_long = [length for length in entry.lengths or cfg.lengths if length > max_len]
-        if too_long:
-            raise ConfigError(f"{where}: length(s) {too_long} exceed the checkpoint's max_len {max_len}; "
-                              f"lower the sweep's lengths (or this entry's lengths:) to <= {max_len}")
-
-
 def load_sweep_config(path: str | Path, overrides: list[str] | tuple = ()) -> SweepConfig:
     data = apply_overrides(read_yaml(path), overrides)
     return parse_sweep_config(data, config_source(path, overrides))
