@@ -16,7 +16,7 @@ import torch
 from harness.schedules import RowNoise
 
 _RECORDERS: list[torch.Tensor] = []  # active record_log_probs totals (a test hook; empty otherwise)
-_DRAW_HOOKS: list = []  # callables (logits (m, V) float64, tokens (m,)) seeing every draw (record_draws)
+_DRAW_HOOKS: list = []  # callables (logits (m, V) float64, tokens (m,), rows (m,)) seeing every draw (record_draws)
 
 
 def descending_values(logits: torch.Tensor) -> torch.Tensor:
@@ -98,8 +98,11 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator | RowNoise | 
     if cut is not None:  # in place on the scores: one masked pass, no filtered copy of the logits
         scores.masked_fill_(cut, float("-inf"))
     tokens = first_argmax(scores)
-    for hook in _DRAW_HOOKS:
-        hook(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+    if _DRAW_HOOKS:
+        flat = logits.reshape(-1, logits.shape[-1])
+        index = torch.arange(flat.shape[0], device=flat.device) if rows is None else rows
+        for hook in _DRAW_HOOKS:
+            hook(flat, tokens.reshape(-1), index)
     if _RECORDERS:
         kept = logits if cut is None else logits.masked_fill(cut, float("-inf"))
         logp = kept.log_softmax(-1).gather(-1, tokens[..., None])
@@ -126,9 +129,10 @@ def record_log_probs(n: int, device=None):
 
 @contextmanager
 def record_draws(hook):
-    """Within the block, ``hook(logits, tokens)`` sees every draw in draw order: the float64
-    logits it was drawn from (SUBS applied, before the nucleus cut) and the tokens drawn
-    (harness.unmasking.probe compares a cached sampler's draws with its uncached twin's)."""
+    """Within the block, ``hook(logits, tokens, rows)`` sees every draw in draw order: the
+    float64 logits it was drawn from (SUBS applied, before the nucleus cut), the tokens drawn
+    and their batch rows (harness.unmasking.probe compares a cached sampler's draws with its
+    uncached twin's)."""
     _DRAW_HOOKS.append(hook)
     try:
         yield

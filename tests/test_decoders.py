@@ -162,6 +162,29 @@ def test_cache_error_is_zero_for_exact_caches():
         assert result["cache_error_flip"] == 0.0, (name, result)
 
 
+def test_twin_run_leaves_a_row_out_after_its_first_changed_token():
+    """Three draws of two rows.  The uncached run's row 0 is pushed to another token at draw 1
+    (|Δ logit| = 10: one flip); from then on its state differs, so its draw 2 (|Δ| = 50) is not
+    compared; row 1 agrees throughout.  Hence max |Δ| = 10, 1 flip in 5 compared draws."""
+    from harness.sampling import sample_tokens
+
+    V = 6
+
+    def sample(use_cache):
+        g = torch.Generator().manual_seed(0)
+        for step in range(3):
+            logits = torch.zeros(2, V, dtype=torch.float64)
+            if step == 1:
+                logits[0, 1 if use_cache else 2] = 10.0  # dominant: the draw follows it
+            if step == 2 and not use_cache:
+                logits[0, 0] = 50.0
+            sample_tokens(logits, g)
+
+    result = twin_run(sample)
+    assert result["cache_error_draws"] == 5 and result["cache_error_flip"] == 1 / 5
+    assert result["cache_error_max_logit"] == 10.0
+
+
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
 def test_cache_error_is_positive_for_approximate_caches_on_a_trained_model(trained, cache):
     """The same state re-run without the cache differs once the block has revealed tokens since

@@ -13,8 +13,8 @@ Two ways to obtain u:
   :func:`twin_run`      the sampler run twice with the same generator, cached and
                         uncached, draws compared in order (any model: its ``use_cache``
                         switch).  While the two runs agree token for token they visit the
-                        same states, so an exact cache reads 0; the first differing token
-                        makes the later comparisons unaligned, which can only add error.
+                        same states, so an exact cache reads 0; after a row's first differing
+                        token its draws are left out (their states differ).
 """
 
 from __future__ import annotations
@@ -69,26 +69,33 @@ class CacheProbe:
 def twin_run(sample, mask_id: int | None = None) -> dict:
     """The metric from two runs of ``sample(use_cache)`` (the same generator seed in both):
     the cached run's draws (up to PROBE_ELEMENTS logits) against the uncached run's, in draw
-    order; a draw flips when the two runs drew different tokens (the same noise by the seed)."""
-    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+    order.  A draw flips when the two runs drew different tokens (the same noise by the seed);
+    from its first flip on a row's states differ between the runs, so its later draws are
+    left out of the comparison (a float-level difference that tips one near-tie is one flip,
+    not a misaligned rest of the sample)."""
+    kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     room = [PROBE_ELEMENTS]
 
-    def keep(logits, tokens):
+    def keep(logits, tokens, rows):
         if room[0] >= logits.numel():
-            kept.append((logits.detach().cpu().clone(), tokens.detach().cpu().clone()))
+            kept.append((logits.detach().cpu().clone(), tokens.detach().cpu().clone(), rows.detach().cpu().clone()))
             room[0] -= logits.numel()
 
     with record_draws(keep):
         sample(True)
-    probe, seen = CacheProbe(mask_id), [0]
+    probe, seen, diverged = CacheProbe(mask_id), [0], set()
 
-    def compare(logits, tokens):
+    def compare(logits, tokens, rows):
         i = seen[0]
         seen[0] += 1
-        if i < len(kept) and kept[i][0].shape == logits.shape:
-            cached, drawn = kept[i]
-            probe.add(cached, logits.detach().cpu(), drawn)
-            probe.flips += int((tokens.detach().cpu() != drawn).sum())
+        if i >= len(kept) or kept[i][0].shape != logits.shape or not torch.equal(kept[i][2], rows.cpu()):
+            return
+        cached, drawn, where = kept[i]
+        aligned = torch.tensor([int(r) not in diverged for r in where.tolist()], dtype=torch.bool)
+        probe.add(cached[aligned], logits.detach().cpu()[aligned], drawn[aligned])
+        changed = aligned & (tokens.detach().cpu() != drawn)
+        probe.flips += int(changed.sum())
+        diverged.update(int(r) for r in where[changed].tolist())
 
     with record_draws(compare):
         sample(False)
