@@ -116,6 +116,10 @@ class BD3LM(LanguageModel):
         self.block_size, self.clip, self.ignore_bos = block_size, clip, ignore_bos
         self.noise = LogLinear(eps, mask_rate=mask_rate)
 
+    # Checkpoints saved before these options existed were trained masking position 0 at the
+    # mdlm repository's rate (docs/models.md §3.1).
+    legacy_options = {"ignore_bos": False, "mask_rate": "mdlm"}
+
     def options(self) -> dict:
         return {"block_size": self.block_size, "clip": list(self.clip) if self.clip else None, "eps": self.noise.eps,
                 "ignore_bos": self.ignore_bos, "mask_rate": self.noise.mask_rate}

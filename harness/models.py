@@ -134,6 +134,23 @@ class LanguageModel(nn.Module):
     # checks its own schedules in check_schedule)
     schedule_fields: tuple[str, ...] | None = None
     importable: bool = False  # esolm import reads its released checkpoints (harness.checkpoints.released)
+    # Options whose default changed, with the value a checkpoint saved before the option existed
+    # was trained with: loading fills them in, and a finished run trained under the old value is
+    # not silently reused by a recipe that now means the new one (harness.train).
+    legacy_options: dict = {}
+
+    @classmethod
+    def saved_options(cls, options: dict) -> dict:
+        """A checkpoint's model_options with the legacy values of options it predates."""
+        return {**cls.legacy_options, **options}
+
+    @classmethod
+    def recipe_options(cls, model_args: dict) -> dict:
+        """The legacy-tracked options a recipe builds now: its model_args, else the defaults."""
+        import inspect
+
+        defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+        return {k: model_args.get(k, defaults.get(k)) for k in cls.legacy_options}
 
     @classmethod
     def check_schedule(cls, schedule: SamplingSchedule, options: dict | None = None) -> None:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from harness.checkpoints.own_format import CHECKPOINT_NAME, read_state, restore_tokenizer, save_checkpoint, tokenizer_files
 from harness.config import ConfigError, TrainConfig, resolve_device
 from harness.data import build_tokenizer, load_splits
-from harness.models import LanguageModel, SpecialTokens, build_model
+from harness.models import LanguageModel, SpecialTokens, build_model, resolve_model_class
 from harness.nn.transformer import BackboneConfig
 
 
@@ -142,6 +142,30 @@ def finite_or_none(record: dict) -> dict:
     return {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()}
 
 
+def check_legacy_options(cfg: TrainConfig, state: dict, ckpt_path: Path) -> None:
+    """A run trained before one of its model's defaults changed (LanguageModel.legacy_options)
+    is not continued or reused under a recipe that now means the new default."""
+    cls = resolve_model_class(cfg.model)
+    saved = cls.saved_options(state["model_options"])
+    now = cls.recipe_options(cfg.model_args)
+    changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+    if changed:
+        was = ", ".join(f"{k}={old!r}" for k, (old, _) in changed.items())
+        new = ", ".join(f"{k}={v!r}" for k, (_, v) in changed.items())
+        raise ConfigError(f"{ckpt_path} was trained with {was}, from before the default became {new}; remove "
+                          f"{ckpt_path.parent} to retrain it, or pin the old behaviour with model_args {{{was.replace('=', ': ')}}}")
+
+
+def without_legacy(cfg: TrainConfig, exclude: dict) -> dict:
+    """The config minus what may change between runs, and minus the legacy-tracked model
+    options, which :func:`check_legacy_options` compares by the values they take (pinning an
+    old default is the same run as the one that had it)."""
+    out = cfg.model_dump(exclude=exclude)
+    tracked = resolve_model_class(cfg.model).legacy_options
+    out["model_args"] = {k: v for k, v in out["model_args"].items() if k not in tracked}
+    return out
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, wait: bool = False) -> Path:
     """Train ``cfg`` to ``cfg.train.steps``; returns the checkpoint path.
 
@@ -172,7 +196,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, rank: int) -> Path:
         # What is trained, not what the run is called, where it lives, how far or how fast it goes
         # (so a renamed sweep variant can point out_dir at existing runs).
         same = {"name": True, "out_dir": True, "train": {"steps", "compile"}}
-        if saved.model_dump(exclude=same) != cfg.model_dump(exclude=same):
+        check_legacy_options(cfg, state, ckpt_path)
+        if without_legacy(saved, same) != without_legacy(cfg, same):
             raise ConfigError(f"{ckpt_path} was trained with a different config; use the same config "
                               "(only name, out_dir, train.steps and train.compile may change) or another out_dir")
         if state["step"] >= o.steps:  # a finished run is returned as it is

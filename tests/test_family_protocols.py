@@ -266,3 +266,58 @@ def test_lightning_bd3lm_import_follows_its_ignore_bos(tmp_path):
     assert plain.ignore_bos is True and plain.nll(x, generator=torch.Generator().manual_seed(0)).tokens == x.shape[1] - 1
     assert off.ignore_bos is False and off.nll(x, generator=torch.Generator().manual_seed(0)).tokens == x.shape[1]
     assert plain.options()["mask_rate"] == off.options()["mask_rate"] == "bd3lms"
+
+
+def test_a_bd3lm_checkpoint_from_before_the_new_defaults_keeps_what_it_was_trained_with(tmp_path, capsys):
+    """A checkpoint saved before ignore_bos and mask_rate existed was trained masking position 0
+    at the mdlm rate: it loads that way, and a sweep or --resume does not reuse it under a
+    recipe that now means the bd3lms defaults (it would silently score a model as it was not
+    trained)."""
+    import yaml
+
+    from harness.checkpoints.own_format import CHECKPOINT_NAME, load_checkpoint
+    from harness.cli import main
+
+    cfg = {"name": "b", "model": "bd3lm", "model_args": {"block_size": 4}, "out_dir": str(tmp_path / "run"),
+           "backbone": {"preset": "tiny"}, "data": {"seq_len": 16, "bpe_vocab_size": 300},
+           "train": {"steps": 2, "batch_size": 4, "eval_every": 2, "eval_batches": 1, "ckpt_every": 2,
+                     "device": "cpu", "warmup_steps": 1}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    main(["train", str(tmp_path / "cfg.yaml"), "--quiet"])
+    path = tmp_path / "run" / CHECKPOINT_NAME
+    assert load_checkpoint(tmp_path / "run").model.options()["ignore_bos"] is True
+    state = torch.load(path, weights_only=False)
+    for key in ("ignore_bos", "mask_rate"):  # as the code before these options saved it
+        del state["model_options"][key]
+    torch.save(state, path)
+    old = load_checkpoint(tmp_path / "run").model
+    assert old.options()["ignore_bos"] is False and old.options()["mask_rate"] == "mdlm"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        main(["train", str(tmp_path / "cfg.yaml"), "--resume", "--quiet"])
+    line = capsys.readouterr().err.strip()
+    assert err.value.code == 2 and "trained with ignore_bos=False, mask_rate='mdlm'" in line
+    assert "model_args {ignore_bos: False, mask_rate: 'mdlm'}" in line
+    cfg["model_args"].update(ignore_bos=False, mask_rate="mdlm")  # pinning the old behaviour reuses it
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    main(["train", str(tmp_path / "cfg.yaml"), "--resume", "--quiet"])
+
+
+def test_points_made_under_an_old_default_are_not_taken_for_the_new_one():
+    """The point hash of a trained BD3-LM entry names the options whose default changed when
+    they take the new value, so a results folder made before the change re-runs those points;
+    entries of models with no changed default keep their hashes."""
+    from harness.sweep.identity import entry_identity
+    from harness.sweep.schema import parse_sweep_config
+
+    def identity(model, model_args):
+        cfg = parse_sweep_config({"name": "t", "lengths": [16], "num_samples": 2, "batch_size": 2, "metrics": ["entropy"], "models": [
+            {"name": "m", "train": {"model": model, "model_args": model_args, "data": {"seq_len": 16}},
+             "schedules": [{"steps": 4}]}]})
+        return entry_identity(cfg, cfg.models[0])["recipe"]["model_args"]
+
+    assert identity("bd3lm", {"block_size": 4}) == {"block_size": 4, "ignore_bos": True, "mask_rate": "bd3lms"}
+    # trained under the old values (pinned): the recipe is what the rule wrote before the options existed
+    assert identity("bd3lm", {"block_size": 4, "ignore_bos": False, "mask_rate": "mdlm"}) == \
+        {"block_size": 4, "ignore_bos": False, "mask_rate": "mdlm"}
+    assert identity("mdlm", {}) == {}

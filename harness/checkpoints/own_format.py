@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch.torch_version import TorchVersion
 
-from harness.models import LanguageModel, SpecialTokens, build_model
+from harness.models import LanguageModel, SpecialTokens, build_model, resolve_model_class
 from harness.nn.transformer import BackboneConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -223,7 +223,8 @@ def build_from_state(state: dict, path) -> LanguageModel:
         special = SpecialTokens(**state["special"])
     except TypeError as err:
         raise ValueError(f"checkpoint {str(path)!r}: bad backbone/special tokens ({err})") from None
-    model = build_model(state["model_name"], backbone, special, **state["model_options"])
+    options = resolve_model_class(state["model_name"]).saved_options(state["model_options"])
+    model = build_model(state["model_name"], backbone, special, **options)
     check_fits(model, state["model_state"], path)
     return model
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.models import model_class
+from harness.models import model_class, resolve_model_class
 from harness.schedules import SamplingSchedule
 from harness.sweep.grid import Point
 from harness.sweep.schema import EvaluatorRef, ModelEntry, SweepConfig
@@ -36,6 +36,10 @@ def entry_identity(cfg: SweepConfig, entry: ModelEntry) -> dict:
         recipe = entry.train.model_dump(exclude={"name", "out_dir"})
         if not recipe["train"]["compile"]:  # left out so results made before the field keep their hashes
             del recipe["train"]["compile"]
+        cls = resolve_model_class(entry.train.model)
+        options = cls.recipe_options(entry.train.model_args)
+        if options != cls.legacy_options:  # a changed default is a new model: points made under the old one re-run
+            recipe["model_args"] = {**recipe["model_args"], **options}
         if entry.init == "random":
             recipe = {k: v for k, v in recipe.items() if k != "train"} | {"seed": entry.train.train.seed}
         return {"init": entry.init, "recipe": recipe}
