@@ -10,6 +10,8 @@ Config schema (one-line errors name the key and the fix)::
     metrics: [test_ppl, gen_ppl, entropy, speed]       # + mauve
     evaluator: {model_entry: ar}     # or "smollm2", "hf:/path", "ar:/path/to/checkpoint.pt"
     train_defaults: {data: {seq_len: 64}, train: {steps: 300}}   # deep-merged into every train block
+    paths: {released: /data/released}  # ${released} in any string field; --set paths.released=DIR
+    import_defaults: {data: {protocol: owt}}           # deep-merged into every imported entry's import_args
     models:
       - name: ar
         train: {model: ar}           # a TrainConfig minus its name: trained into runs/<name>/ar/
