@@ -32,7 +32,7 @@ _HOME = {
                              "check_schedule", "check_consistency", "load_sweep_config",
                              "apply_overrides", "effective_config_text", "merged_from_defaults", "parse_sweep_config",
                              "entry_train_config"],
-    "harness.sweep.grid": ["resolve_value", "expand_schedules", "Point", "expand_points", "group_label"],
+    "harness.sweep.grid": ["resolve_value", "expand_schedules", "entry_grid", "Point", "expand_points", "group_label"],
     "harness.sweep.shard": ["parse_shard", "parse_entries", "select_points"],
     "harness.sweep.identity": ["stable_hash", "point_seed", "entry_identity", "evaluator_identity", "point_hash",
                                "ppl_cache_key"],

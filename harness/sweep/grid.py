@@ -47,6 +47,17 @@ def expand_schedules(raw: list[dict]) -> list[dict]:
     return out
 
 
+def entry_grid(entry, lengths: list[int]):
+    """(length, j, fields) for every length of a model entry (its own, else the sweep's) and
+    every schedule its ``schedules`` list expands to (j: the list item it came from; fields
+    as written, length expressions unresolved).  The one expansion of an entry's grid: the
+    points, the config checks and the cost checks all walk it."""
+    for length in entry.lengths or lengths:
+        for j, raw in enumerate(entry.schedules):
+            for fields in expand_schedules([raw]):
+                yield length, j, fields
+
+
 @dataclass(frozen=True)
 class Point:
     index: int
@@ -71,20 +82,19 @@ def expand_points(cfg) -> list[Point]:  # cfg: a harness.sweep.schema.SweepConfi
     T = 128 at L = 1024) is that point, and is skipped; a literal repeat is a config error."""
     points, seen = [], set()
     for entry in cfg.models:
-        for length in entry.lengths or cfg.lengths:
-            for fields in expand_schedules(entry.schedules):
-                resolved = {k: resolve_value(v, length) for k, v in fields.items()}
-                schedule = SamplingSchedule(**resolved)
-                for batch, seed in itertools.product(cfg.batches_at(length), cfg.seeds):
-                    point = Point(len(points), entry.name, schedule.model_dump(exclude_defaults=True),
-                                  schedule.label(), length, seed, group_label(schedule, fields), batch)
-                    if point.key in seen:
-                        if any(map(is_length_expression, fields.values())):
-                            continue
-                        raise ConfigError(f"sweep {cfg.name}: point {point.key} appears twice; "
-                                          "remove the repeated schedule")
-                    seen.add(point.key)
-                    points.append(point)
+        for length, _, fields in entry_grid(entry, cfg.lengths):
+            resolved = {k: resolve_value(v, length) for k, v in fields.items()}
+            schedule = SamplingSchedule(**resolved)
+            for batch, seed in itertools.product(cfg.batches_at(length), cfg.seeds):
+                point = Point(len(points), entry.name, schedule.model_dump(exclude_defaults=True),
+                              schedule.label(), length, seed, group_label(schedule, fields), batch)
+                if point.key in seen:
+                    if any(map(is_length_expression, fields.values())):
+                        continue
+                    raise ConfigError(f"sweep {cfg.name}: point {point.key} appears twice; "
+                                      "remove the repeated schedule")
+                seen.add(point.key)
+                points.append(point)
     return points
 
 

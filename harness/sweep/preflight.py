@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness.config import ConfigError
 from harness.schedules import SamplingSchedule
-from harness.sweep.grid import expand_schedules, resolve_value
+from harness.sweep.grid import entry_grid, resolve_value
 from harness.sweep.schema import EvaluatorRef, SweepConfig, check_schedule
 
 
@@ -118,13 +118,12 @@ def check_checkpoint_entries(cfg: SweepConfig, names: set[str], source: str) -> 
         if isinstance(cfg.evaluator, EvaluatorRef) and cfg.evaluator.model_entry == entry.name and held != "ar":
             raise ConfigError(f"{source}: field 'evaluator.model_entry': entry {entry.name!r} (models.{i}) holds a "
                               f"{held!r} checkpoint ({entry.checkpoint}), not 'ar'; name an AR entry as the evaluator")
-        for length in entry.lengths or cfg.lengths if entry.model is None else ():  # schedules: for what it holds
-            for fields in expand_schedules(entry.schedules):
-                try:
-                    check_schedule(held, SamplingSchedule(**{k: resolve_value(v, length) for k, v in fields.items()}))
-                except ValueError as err:
-                    raise ConfigError(f"{source}: field 'models.{i}.schedules': entry {entry.name!r} holds a {held!r} "
-                                      f"checkpoint ({entry.checkpoint}): {err}") from None
+        for length, _, fields in entry_grid(entry, cfg.lengths) if entry.model is None else ():  # for what it holds
+            try:
+                check_schedule(held, SamplingSchedule(**{k: resolve_value(v, length) for k, v in fields.items()}))
+            except ValueError as err:
+                raise ConfigError(f"{source}: field 'models.{i}.schedules': entry {entry.name!r} holds a {held!r} "
+                                  f"checkpoint ({entry.checkpoint}): {err}") from None
         max_len = state["backbone"]["max_len"]
         too_long = [length for length in entry.lengths or cfg.lengths if length > max_len]
         if too_long:

@@ -45,7 +45,7 @@ from harness.config import (NAME_PATTERN, SEED_MAX, ConfigError, Strict, TrainCo
 from harness.metrics.likelihood import MAX_DRAWS
 from harness.models import REGISTRY, model_class
 from harness.schedules import SamplingSchedule
-from harness.sweep.grid import expand_schedules, resolve_value
+from harness.sweep.grid import entry_grid, resolve_value
 from harness.sweep.paths import deep_merge, expand_paths
 
 METRICS = ("test_ppl", "gen_ppl", "entropy", "mauve", "speed")
@@ -370,17 +370,18 @@ def parse_sweep_config(data: dict, source: str = "sweep config") -> SweepConfig:
                 cfg.batches_at(length)
             except ValueError as err:
                 raise ConfigError(f"{source}: field 'batch_sizes': {err}") from None
-            for fields in expand_schedules(entry.schedules):
-                where = f"{source}: field 'models.{i}.schedules'"
-                try:
-                    resolved = {k: resolve_value(v, length) for k, v in fields.items()}
-                except ValueError as err:
-                    raise ConfigError(f"{where}: {err}") from err
-                schedule = parse(SamplingSchedule, resolved, f"{source}: models.{i}.schedules ({fields})")
-                try:
-                    check_schedule(entry.model_name, schedule)
-                except ValueError as err:
-                    raise ConfigError(f"{where}: {err}") from err
+        for length, _, fields in entry_grid(entry, cfg.lengths):
+            where = f"{source}: field 'models.{i}.schedules'"
+            try:
+                resolved = {k: resolve_value(v, length) for k, v in fields.items()}
+            except ValueError as err:
+                raise ConfigError(f"{where}: {err}") from err
+            schedule = parse(SamplingSchedule, resolved, f"{source}: models.{i}.schedules ({fields})")
+            try:
+                check_schedule(entry.model_name, schedule)
+            except ValueError as err:
+                raise ConfigError(f"{where}: {err}") from err
+        for length in entry.lengths or cfg.lengths:
             if entry.train is not None:
                 max_len = entry.train.backbone.max_len or entry.train.data.seq_len
                 if length > max_len:
@@ -409,19 +410,18 @@ def check_costs(cfg: SweepConfig, source: str) -> None:
 
     for i, entry in enumerate(cfg.models):
         block = entry.train.model_args.get("block_size") if entry.train is not None and entry.family == "bd3lm" else None
-        for length in entry.lengths or cfg.lengths:
+        for length, j, fields in entry_grid(entry, cfg.lengths):
             windows = -(-length // block) if isinstance(block, int) and block > 0 else 1
-            for j, raw in enumerate(entry.schedules):
-                for fields in expand_schedules([raw]):
-                    for key in ("steps", "blocks"):
-                        value = resolve_value(fields.get(key), length)
-                        if isinstance(value, int) and not isinstance(value, bool):
-                            per_row, fixed = plan_cost(value if key == "steps" else None,
-                                                       value if key == "blocks" else None, windows)
-                            fix = (f"lower steps (steps: L = {length} already reveals one position per step)"
-                                   if key == "steps" else f"lower blocks (at most L = {length}: one position each)")
-                            refuse_over(per_row + fixed, f"models.{i}.schedules.{j}.{key}",
-                                        f"{key} {value} at length {length} (one sample's step plan)", fix)
+            for key in ("steps", "blocks"):
+                value = resolve_value(fields.get(key), length)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    per_row, fixed = plan_cost(value if key == "steps" else None,
+                                               value if key == "blocks" else None, windows)
+                    fix = (f"lower steps (steps: L = {length} already reveals one position per step)"
+                           if key == "steps" else f"lower blocks (at most L = {length}: one position each)")
+                    refuse_over(per_row + fixed, f"models.{i}.schedules.{j}.{key}",
+                                f"{key} {value} at length {length} (one sample's step plan)", fix)
+        for length in entry.lengths or cfg.lengths:
             for batch in cfg.batches_at(length):
                 n = batch or cfg.num_samples
                 refuse_over(n * length * HELD_TOKEN_BYTES, "batch_sizes" if batch else "num_samples",
