@@ -364,21 +364,28 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     entries = sorted({r["entry"] for r in rows if "note" not in r})
     if not entries:
         return
-    fig, axes = plt.subplots(1, len(entries), figsize=(4.2 * len(entries), 3.8), squeeze=False)
+    from matplotlib.ticker import NullFormatter
+
+    cols = min(4, len(entries))
+    nrows = -(-len(entries) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.6 * nrows + 0.8), squeeze=False)
     names = list(ESTIMATOR_SETUPS)
-    cmap = plt.get_cmap("tab10")
-    for ax, entry in zip(axes[0], entries):
+    cmap = plt.get_cmap("tab20")
+    handles = {}
+    for ax, entry in zip(axes.flat, entries):
         for r in (r for r in rows if r["entry"] == entry and "note" not in r):
-            ax.scatter(r["tokens_computed"] / r["batch"], r["cos_vs_marginal"], color=cmap(names.index(r["estimator"]) % 10),
-                       label=r["estimator"], marker="o" if r["batch"] == min(x["batch"] for x in rows) else "s")
+            handles[r["estimator"]] = ax.scatter(r["tokens_computed"] / r["batch"], r["cos_vs_marginal"],
+                                                 color=cmap(names.index(r["estimator"]) % 20))
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(entry if entry.startswith("random:") else Path(entry).name, fontsize=9)
-        ax.set_xlabel("tokens computed per sample (forward)")
-        ax.set_ylabel("cos(∇ estimate, ∇ IW reference)")
+        ax.set_xlabel("tokens computed per sample (forward)", fontsize=8)
+        ax.set_ylabel("cos(∇ estimate, ∇ IW reference)", fontsize=8)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    fig.legend(unique.values(), unique.keys(), fontsize=7, loc="lower center", ncol=min(5, len(unique)))
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    for ax in list(axes.flat)[len(entries):]:
+        ax.axis("off")
+    order = [n for n in names if n in handles]
+    fig.legend([handles[n] for n in order], order, fontsize=8, loc="lower center", ncol=min(6, len(order)))
+    fig.tight_layout(rect=(0, 0.8 / (3.6 * nrows + 0.8) + 0.04, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
