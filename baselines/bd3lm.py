@@ -23,9 +23,10 @@ sample            block by block: a block starts all-[MASK] and is denoised by t
                   sampler (T steps, or first-hitting: one token per step) attending to a
                   KV cache of the finished blocks; a finished block is run once more, clean,
                   to write its keys/values (counted in nfe and in extra["cache_writes"]).
-                  Position 0 is generated like any other unless given (given_bos, as the
-                  reference sampler does; under ignore_bos the loss never asks the model to
-                  predict it).  (A prefix-free
+                  Under ignore_bos (the default) position 0 is always given as BOS, as the
+                  reference sampler does: the loss never asked the model to predict it, and
+                  an all-[MASK] position 0 is an input it never saw.  With ignore_bos: false
+                  it is generated like any other unless given (given_bos).  (A prefix-free
                   all-[MASK] block only ever occurs at block 0, so its contents are learnable;
                   within it, as in MDLM, rotary positions alone cannot tell the positions
                   apart until some of its tokens are revealed.)
@@ -123,6 +124,12 @@ class BD3LM(LanguageModel):
     def options(self) -> dict:
         return {"block_size": self.block_size, "clip": list(self.clip) if self.clip else None, "eps": self.noise.eps,
                 "ignore_bos": self.ignore_bos, "mask_rate": self.noise.mask_rate}
+
+    def given_prefix(self, n, length, schedule, prefix):
+        """BOS at position 0 under ignore_bos (see the sample entry above), else as asked."""
+        if prefix is None and self.ignore_bos:
+            schedule = schedule.model_copy(update={"given_bos": True})
+        return super().given_prefix(n, length, schedule, prefix)
 
     def kept_clean(self, x0: torch.Tensor) -> torch.Tensor | None:
         """(B, L) positions the forward process never masks: position 0 under ignore_bos."""

@@ -119,6 +119,20 @@ SCHEDULES = [
 ]
 
 
+
+
+def test_under_ignore_bos_position_0_is_always_bos():
+    """The model never learned to predict position 0 (it is never masked in training), so the
+    sampler gives it, as bd3lms' sampler does; with ignore_bos: false it is generated."""
+    model = tiny_model("bd3lm", max_len=16, block_size=4)
+    gen = model.sample(3, 16, SamplingSchedule(first_hitting=True), torch.Generator().manual_seed(0))
+    assert (gen.tokens[:, 0] == SPECIAL.bos).all() and (gen.tokens != SPECIAL.mask).all()
+    assert gen.nfe == 15 + 3  # 15 positions to reveal, one per forward, and 3 cache writes
+    free = tiny_model("bd3lm", max_len=16, block_size=4, ignore_bos=False)
+    gen = free.sample(64, 16, SamplingSchedule(first_hitting=True), torch.Generator().manual_seed(0))
+    assert (gen.tokens[:, 0] != SPECIAL.bos).any()
+
+
 @pytest.mark.parametrize("block_size", [1, 2, 4, 16])
 def test_cached_sampler_equals_full_recompute_and_counts_honestly(block_size):
     """Same generator ⇒ the KV-cached sampler (current block's L' queries against the cache of
@@ -131,7 +145,7 @@ def test_cached_sampler_equals_full_recompute_and_counts_honestly(block_size):
     L' denoising forwards per block; uncached runs every row over the prefix at every step.
     """
     n, L = 4, 16
-    model = tiny_model("bd3lm", max_len=L, block_size=block_size)
+    model = tiny_model("bd3lm", max_len=L, block_size=block_size, ignore_bos=False)  # position 0 generated too
     blocks = L // block_size
     for schedule in SCHEDULES:
         counter = CountForwards(model.net)

@@ -56,7 +56,7 @@ def trained():
     return trained_mdlm()
 
 
-@pytest.mark.parametrize("name,options", [("mdlm", {}), ("bd3lm", {"block_size": 8})])
+@pytest.mark.parametrize("name,options", [("mdlm", {}), ("bd3lm", {"block_size": 8, "ignore_bos": False})])
 def test_threshold_one_reveals_one_token_per_step_in_confidence_order(name, options):
     """τ = 1 with at-least-one: every step reveals exactly the most confident masked position of
     its window, which a replay of the states (positions of earlier steps clean) confirms."""
