@@ -349,7 +349,8 @@ def report(rows: list[dict], cfg: dict) -> str:
                          f"{r['mean_log_p']:.2f} | {r['sd']:.3f} | {r['bias_vs_marginal']:+.2f} | "
                          f"{r['cos_vs_marginal']:.3f} | {r['bias_vs_exact']:+.2f} | {r['cos_vs_exact']:.3f} |")
     lines.append("\n`pareto.png`: tokens computed with backward against the gradient's cosine to the marginal "
-                 "reference, one marker per estimator, one panel per model.\n")
+                 "reference, one colour per estimator (circles: the shortest L, squares: longer), one panel per "
+                 "model.\n")
     return "\n".join(lines)
 
 
@@ -366,6 +367,7 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
         return
     from matplotlib.ticker import NullFormatter
 
+    shortest = min(r["length"] for r in rows)
     cols = min(4, len(entries))
     nrows = -(-len(entries) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.6 * nrows + 0.8), squeeze=False)
@@ -374,8 +376,9 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     handles = {}
     for ax, entry in zip(axes.flat, entries):
         for r in (r for r in rows if r["entry"] == entry and "note" not in r):
+            marker = "o" if r["length"] == shortest else "s"
             handles[r["estimator"]] = ax.scatter(r["tokens_computed"] / r["batch"], r["cos_vs_marginal"],
-                                                 color=cmap(names.index(r["estimator"]) % 20))
+                                                 color=cmap(names.index(r["estimator"]) % 20), marker=marker)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(entry if entry.startswith("random:") else Path(entry).name, fontsize=9)
