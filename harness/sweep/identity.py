@@ -38,7 +38,8 @@ def entry_identity(cfg: SweepConfig, entry: ModelEntry) -> dict:
             del recipe["train"]["compile"]
         cls = resolve_model_class(entry.train.model)
         options = cls.recipe_options(entry.train.model_args)
-        if options != cls.legacy_options:  # a changed default is a new model: points made under the old one re-run
+        if entry.init == "trained" and options != cls.legacy_options:
+            # a changed training default is a new checkpoint: points made from the old one re-run
             recipe["model_args"] = {**recipe["model_args"], **options}
         if entry.init == "random":
             recipe = {k: v for k, v in recipe.items() if k != "train"} | {"seed": entry.train.train.seed}
