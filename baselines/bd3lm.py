@@ -126,9 +126,10 @@ class BD3LM(LanguageModel):
                 "ignore_bos": self.ignore_bos, "mask_rate": self.noise.mask_rate}
 
     def given_prefix(self, n, length, schedule, prefix):
-        """BOS at position 0 under ignore_bos (see the sample entry above), else as asked."""
+        """BOS at position 0 under ignore_bos (see the sample entry above), else as asked.
+        Built on the device with no check to read back: it is clean by construction."""
         if prefix is None and self.ignore_bos:
-            schedule = schedule.model_copy(update={"given_bos": True})
+            return torch.full((n, 1), self.special.bos, dtype=torch.long, device=self.device)
         return super().given_prefix(n, length, schedule, prefix)
 
     def kept_clean(self, x0: torch.Tensor) -> torch.Tensor | None:

@@ -69,8 +69,16 @@ def test_parquet_or_a_one_line_error_without_pyarrow(results, tmp_path, monkeypa
     assert not (tmp_path / "x.parquet").exists()
 
 
-def test_committed_results_with_superseded_rows():
-    results = REPO / "results" / "cpu_quality_smollm2"
+def test_committed_results_with_superseded_rows(tmp_path):
+    """A committed folder with an older row of one point appended before the newer ones."""
+    import shutil
+
+    results = tmp_path / "cpu_quality_smollm2"
+    shutil.copytree(REPO / "results" / "cpu_quality_smollm2", results)
+    lines = (results / "points.jsonl").read_text().splitlines()
+    older = json.loads(lines[0])
+    older["metrics"]["gen_ppl"] = 1.0  # superseded by the row after it
+    (results / "points.jsonl").write_text("\n".join([json.dumps(older)] + lines) + "\n")
     rows = current_rows(results)
     assert len(read_points(results)) > len(rows) == len({r["key"] for r in rows})  # superseded rows are dropped
     newest = {}

@@ -290,7 +290,8 @@ def test_sample_needs_no_schedule_flags_and_reports_work_per_sample_and_per_batc
 @pytest.mark.parametrize("args, fragment", [
     (["sample", "{ar}", "--steps", "4"], "--steps does not apply to ar; it takes no schedule flags"),
     (["sample", "{mdlm}", "--alpha-0", "0.5"], "--alpha-0 does not apply to mdlm; it takes --steps"),
-    (["sample", "{bd3lm}", "--steps", "2", "--first-hitting"], "bd3lm needs exactly one of --steps (T per block) or --first-hitting (one token per step)"),
+    (["sample", "{bd3lm}", "--steps", "2", "--first-hitting"], ("bd3lm needs exactly one of --steps (T per block), --first-hitting (one token per step) or a confidence rule "
+                                                                 "(--threshold, --factor, --entropy-bound)")),
     (["sample", "{esolm-b}", "--steps", "2", "--blocks", "2"], "esolm-b: give one of schedule fields --steps, --blocks or --stride"),
 ])
 def test_sample_schedule_errors_name_the_flag(checkpoints, capsys, args, fragment):
