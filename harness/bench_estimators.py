@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from harness.bench_likelihood import resume_bench
 from harness.likelihood import backward, estimate
 from harness.likelihood.denoisers import family, order_generation
 from harness.metrics.speed import device_name, synchronize, threads_text
@@ -268,17 +269,8 @@ def run_bench(out: str | Path, entries: list[str], lengths: list[int], batches: 
     cfg = dict(estimators=estimators, seeds=seeds, reference_orders=reference_orders,
                reference_chunk=reference_chunk, steps_fraction=steps_fraction, seed=seed, preset=preset, vocab=vocab,
                device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads())
-    out.mkdir(parents=True, exist_ok=True)
-    config_path, points_path = out / "config.json", out / "points.jsonl"
-    if config_path.exists():
-        old = json.loads(config_path.read_text())
-        if old != cfg:
-            changed = sorted(k for k in cfg if old.get(k) != cfg[k])
-            raise ValueError(f"--out {out} holds a benchmark with other settings ({', '.join(changed)}); "
-                             f"give another --out")
-    else:
-        config_path.write_text(json.dumps(cfg, indent=1) + "\n")
-    rows = [json.loads(line) for line in points_path.read_text().splitlines()] if points_path.exists() else []
+    rows = resume_bench(out, cfg)
+    points_path = out / "points.jsonl"
     done = {(r["entry"], r["length"], r["batch"]) for r in rows}
     for entry in entries:
         model = None

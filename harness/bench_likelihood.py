@@ -116,6 +116,22 @@ def check_fits(setups: list[str], lengths: list[int], batches: list[int], preset
                                      f"--batch-sizes (up to {fit} rows fit at length {length})")
 
 
+def resume_bench(out: Path, cfg: dict) -> list[dict]:
+    """A benchmark folder's finished rows, so a re-run resumes it: its config.json is written
+    on the first run and must equal ``cfg`` after (other settings: one line, another --out)."""
+    out.mkdir(parents=True, exist_ok=True)
+    config_path, points_path = out / "config.json", out / "points.jsonl"
+    if config_path.exists():
+        old = json.loads(config_path.read_text())
+        if old != cfg:
+            changed = sorted(k for k in cfg if old.get(k) != cfg[k])
+            raise ValueError(f"--out {out} holds a benchmark with other settings ({', '.join(changed)}); "
+                             f"give another --out")
+    else:
+        config_path.write_text(json.dumps(cfg, indent=1) + "\n")
+    return [json.loads(line) for line in points_path.read_text().splitlines()] if points_path.exists() else []
+
+
 def run_bench(out: str | Path, setups: list[str], lengths: list[int], batches: list[int], preset: str = "tiny",
               vocab: int = 2048, dtype: str = "fp32", repeats: int = 3, backward: bool = True, seed: int = 0,
               device: torch.device | str = "cpu", progress=print) -> Path:
@@ -131,17 +147,8 @@ def run_bench(out: str | Path, setups: list[str], lengths: list[int], batches: l
     out = Path(out)
     cfg = dict(preset=preset, vocab=vocab, dtype=dtype, repeats=repeats, backward=backward, seed=seed,
                device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads())
-    out.mkdir(parents=True, exist_ok=True)
-    config_path, points_path = out / "config.json", out / "points.jsonl"
-    if config_path.exists():
-        old = json.loads(config_path.read_text())
-        if old != cfg:
-            changed = sorted(k for k in cfg if old.get(k) != cfg[k])
-            raise ValueError(f"--out {out} holds a benchmark with other settings ({', '.join(changed)}); "
-                             f"give another --out")
-    else:
-        config_path.write_text(json.dumps(cfg, indent=1) + "\n")
-    rows = [json.loads(line) for line in points_path.read_text().splitlines()] if points_path.exists() else []
+    rows = resume_bench(out, cfg)
+    points_path = out / "points.jsonl"
     done = {(r["setup"], r["length"], r["batch"]) for r in rows}
     for setup in setups:
         for length in lengths:

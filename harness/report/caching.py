@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 from harness.report.frame import FAMILY_NAMES, finite
-from harness.report.plots import _pad_log, _plain_ticks, entry_styles, place_labels, pyplot, short_label
+from harness.report.plots import entry_styles, gen_ppl_axes, place_labels, pyplot, short_label
 from harness.report.tables import fmt, md_table
 
 APPROXIMATE, EXACT, NONE = "approximate cache", "exact KV cache", "no KV cache"
@@ -87,15 +87,8 @@ def plot_caching(agg, path: Path) -> bool:
                 ax.scatter(r[x], r["gen_ppl"], s=80, marker=MARK[r["kind"]], facecolor="none" if hollow else color,
                            edgecolor=color, linewidth=1.8, zorder=3)
                 labels.append(((r[x], r["gen_ppl"]), str(int(r["number"])), color))
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            _plain_ticks(ax)
-            ax.set_xlabel(xlabel, fontsize=11)
-            ax.set_ylabel("generative perplexity (log scale, lower is better)", fontsize=11)
-            ax.set_title(f"gen PPL vs {'time' if x.startswith('seconds') else 'NFE'}, L = {length}", fontsize=12)
-            ax.grid(True, which="both", alpha=0.25)
-            if not dx.empty:
-                _pad_log(ax, dx[x], dx["gen_ppl"])
+            gen_ppl_axes(ax, xlabel, f"gen PPL vs {'time' if x.startswith('seconds') else 'NFE'}, L = {length}",
+                         dx[x], dx["gen_ppl"])
             pending.append((ax, labels))
     handles = [Line2D([], [], color="0.3", marker=MARK[k], linestyle="", markersize=9,
                       markerfacecolor="none" if k == APPROXIMATE else "0.3", label=k) for k in MARK]

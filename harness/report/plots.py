@@ -109,14 +109,7 @@ def plot_pareto(agg, x: str, xlabel: str, title: str, path: Path, numbers: dict 
             frontier_rows += [{**d.loc[i].to_dict(), "number": numbers[i]} for i in front]
             for k in range(len(fx) - 1):  # the step line's pieces, kept clear of labels
                 segments += [((fx[k], fy[k]), (fx[k + 1], fy[k])), ((fx[k + 1], fy[k]), (fx[k + 1], fy[k + 1]))]
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        _plain_ticks(ax)
-        ax.set_xlabel(xlabel, fontsize=11)
-        ax.set_ylabel("generative perplexity (log scale, lower is better)", fontsize=11)
-        ax.set_title(f"{title}, L = {length}", fontsize=12)
-        ax.grid(True, which="both", alpha=0.25)
-        _pad_log(ax, d[x], d["gen_ppl"])
+        gen_ppl_axes(ax, xlabel, f"{title}, L = {length}", d[x], d["gen_ppl"])
         pending.append((ax, labels, segments))
     handles = [Line2D([], [], color=styles[entry][0], marker="o", linestyle="", markersize=8,
                       label=f"{entry} ({FAMILY_NAMES.get(fam, fam)})")
@@ -214,6 +207,20 @@ def _plain_ticks(ax, axes: str = "xy") -> None:
         axis.set_minor_locator(LogLocator(base=10, subs=(2, 3, 5)))
         axis.set_minor_formatter(fmt_tick)
     ax.tick_params(axis="both", which="minor", labelsize=8)
+
+
+def gen_ppl_axes(ax, xlabel: str, title: str, xs, ys) -> None:
+    """The speed-quality plots' axes: log-log, plain tick labels, gen PPL on y, padded
+    around the points xs, ys (none: matplotlib's limits)."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_ticks(ax)
+    ax.set_xlabel(xlabel, fontsize=11)
+    ax.set_ylabel("generative perplexity (log scale, lower is better)", fontsize=11)
+    ax.set_title(title, fontsize=12)
+    ax.grid(True, which="both", alpha=0.25)
+    if len(xs):
+        _pad_log(ax, xs, ys)
 
 
 def _pad_log(ax, xs, ys):
