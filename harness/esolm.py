@@ -41,7 +41,7 @@ from harness.nn import masks
 from harness.memory import cache_row_bytes, row_chunk
 from harness.nn.steps import bucket, static_steps
 from harness.sampling import Drawer
-from harness.schedules import LogLinear, SamplingSchedule, antithetic_times, per_sequence_times, uniform
+from harness.schedules import LogLinear, SamplingSchedule, antithetic_times, per_sequence_times, shared_stream, uniform
 
 IW_CHUNK = 256  # orders whose log-probabilities are held at once by nll_exact_order
 
@@ -274,7 +274,9 @@ class EsoLM(LanguageModel):
         blocks: round(alpha_0·free) diffusion positions in ``blocks`` equal chunks.
         ONE count per step is shared by all rows, as in the papers' code, so every forward has
         a fixed shape; rows keep independent orders and tokens.  One read-back to the host.
+        With a RowNoise the counts come from its shared stream: the same in every batch.
         """
+        generator = shared_stream(generator)
         if schedule.blocks is not None or schedule.diffusion_split() == "fixed":
             n_diff = round(alpha_0 * free)
             if n_diff == 0:
@@ -297,7 +299,7 @@ class EsoLM(LanguageModel):
         r = 0 … S − 1 (shuffled within and between sets with ``shuffle``); the first
         alpha_0·S sets are the diffusion phase, one set per step, the rest follows left to right.
         Returns (order (free,), shared by the batch; reveal counts)."""
-        S = schedule.stride
+        S, generator = schedule.stride, shared_stream(generator)
         if free % S:
             raise ValueError(f"{self.name}: schedule field 'stride': {S} does not divide the {free} generated "
                              "positions; pick a divisor")

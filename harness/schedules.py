@@ -8,6 +8,7 @@ rejects the ones that do not (:meth:`SamplingSchedule.require_only`).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
 import torch
@@ -48,19 +49,57 @@ class LogLinear:
         return self.scale * self.slope / self.mask_prob(t)
 
 
+def row_seed(seed: int, index: int, draw: int = 0) -> int:
+    """The noise seed of one sequence (and draw): a hash, so neighbouring seeds and rows are
+    unrelated streams."""
+    digest = hashlib.blake2b(f"{seed}:{index}:{draw}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 2**63
+
+
 class RowNoise:
     """One random stream per row of a batch, passed where a model takes a ``generator``: a
-    row's Monte-Carlo draws (times, masks, orders) then depend on its own seed only, never on
-    which batch it sits in, so a test perplexity is the same at any batch size."""
+    row's Monte-Carlo draws (times, masks, orders, tokens) then depend on its own seed only,
+    never on which batch it sits in, so a test perplexity or a sample is the same at any batch
+    size.  ``shared`` is the stream of the few draws a whole batch shares by design (Eso-LM's
+    reveal counts, the stride shuffle): seeded apart from the rows, it gives every batch the
+    same draw, so those stay batch-independent too."""
 
-    def __init__(self, seeds: list[int], device=None):
+    def __init__(self, seeds: list[int], device=None, shared_seed: int = 0):
         self.generators = [torch.Generator(device=device or "cpu").manual_seed(int(s)) for s in seeds]
+        self.shared = torch.Generator(device=device or "cpu").manual_seed(int(shared_seed))
 
     def rand(self, shape, dtype=torch.float32, device=None) -> torch.Tensor:
         if shape[0] != len(self.generators):
             raise ValueError(f"RowNoise holds {len(self.generators)} rows, asked for {shape[0]}")
         return torch.stack([torch.rand(tuple(shape[1:]), generator=g, dtype=dtype, device=device)
                             for g in self.generators])
+
+
+def shared_stream(generator):
+    """The generator for a draw the whole batch shares: a RowNoise's shared stream, else the
+    generator itself."""
+    return generator.shared if isinstance(generator, RowNoise) else generator
+
+
+class SampleNoise:
+    """Where a run's sampling noise comes from, batch by batch (``batch(start, n)``: the
+    generator for samples start … start + n − 1).
+
+    row_noise False: one torch generator runs through every batch, the fastest (one call per
+    draw), but a sample's tokens then depend on the batches the run was cut into.
+    row_noise True: sample i draws from its own stream, seeded by (seed, i), so its tokens are
+    the same at any batch size or memory chunking (one generator call per row per draw).
+    """
+
+    def __init__(self, seed: int, row_noise: bool, device=None):
+        self.seed, self.row_noise, self.device = int(seed), row_noise, device
+        self.generator = None if row_noise else torch.Generator(device=device or "cpu").manual_seed(self.seed)
+
+    def batch(self, start: int, n: int):
+        if not self.row_noise:
+            return self.generator
+        return RowNoise([row_seed(self.seed, i) for i in range(start, start + n)], self.device,
+                        shared_seed=row_seed(self.seed, -1))
 
 
 def uniform(shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -96,10 +135,11 @@ def antithetic_times(n: int, eps: float, generator=None, device=None) -> torch.T
 SHORT_NAMES = {"steps": "T", "alpha_0": "a0", "blocks": "blocks", "first_hitting": "fh", "top_p": "p",
                "given_bos": "bos", "split": "split", "stride": "stride", "shuffle": "shuffle",
                "block_length": "B", "cache": "cache", "refresh": "refresh", "threshold": "tau", "factor": "f",
-               "entropy_bound": "eb", "remdm_eta": "eta", "measure_cache_error": "cerr"}
+               "entropy_bound": "eb", "remdm_eta": "eta", "measure_cache_error": "cerr",
+               "row_noise": "rows"}
 # every sampler reads these (a sampler without its own cache probe is measured by the harness's
 # twin run, harness.unmasking.probe)
-COMMON_FIELDS = ["top_p", "given_bos", "measure_cache_error"]
+COMMON_FIELDS = ["top_p", "given_bos", "measure_cache_error", "row_noise"]
 CONFIDENCE_RULES = ("threshold", "factor", "entropy_bound")  # how many positions a step reveals, by confidence
 # Field values every label and point hash meant before the field existed: left out of both, so
 # a config that pins them keeps the keys and hashes of its committed results.
@@ -148,6 +188,10 @@ class SamplingSchedule(BaseModel):
     measure_cache_error: bool = Field(False, description="re-run cached steps without the cache and record max "
                                       "|delta logit|, mean KL(uncached || cached) over the drawn positions and "
                                       "the fraction of drawn tokens the same noise would change")
+    row_noise: bool = Field(False, description="one random stream per sample, seeded by (seed, sample index): a "
+                            "sample's tokens do not depend on the batch it ran in, the batch size or the memory "
+                            "chunking (Eso-LM's reveal counts and stride shuffle: one draw shared by every sample).  "
+                            "Off: one stream through all batches, the fastest at large batches")
 
     def label(self, written: dict | None = None) -> str:
         """'a0=0.25,T=16': the non-default fields; ``written`` shows some values as the config
@@ -187,6 +231,13 @@ class SamplingSchedule(BaseModel):
         if self.remdm_eta is not None and (rule is not None or self.block_length is not None or self.steps is None):
             raise ValueError(f"{model}: schedule field 'remdm_eta' remasks on the ancestral grid: give it with 'steps' "
                              "only (no block_length or confidence rule)")
+
+    def check_length(self, length: int) -> None:
+        """What a schedule asks of the sequence length (a sweep checks it for every point
+        before it runs any)."""
+        if self.block_length is not None and length % self.block_length:
+            raise ValueError(f"schedule field 'block_length' {self.block_length} does not divide the length {length}; "
+                             f"use a block_length that divides it, or a length that is a multiple of {self.block_length}")
 
     # --- Eso-LM's diffusion phase ---------------------------------------------------------
     def diffusion_split(self) -> str:

@@ -260,6 +260,10 @@ BATCH_CASES = [
     ("bd3lm", {"block_size": 4}, S(steps=3)),
     ("bd3lm", {"block_size": 4}, S(first_hitting=True)),
     ("bd3lm", {"block_size": 4}, S(threshold=0.3)),
+    ("esolm-a", {"alpha_0": 0.5}, S(steps=4)),  # the binomial split: its counts from the shared stream
+    ("esolm-b", {"alpha_0": 0.5}, S(steps=4, split="fixed")),
+    ("esolm-b", {"alpha_0": 1.0}, S(blocks=4, top_p=0.9)),
+    ("esolm-b", {"alpha_0": 0.5}, S(stride=4, shuffle=True)),
 ]
 
 

@@ -21,6 +21,7 @@ import yaml
 from harness import sweep as sw
 from harness.sweep import local as runner  # the local runner calls compute_point
 from harness.config import ConfigError
+from harness.results_store import read_samples, sample_path
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_MDLM = (REPO / "baselines" / "mdlm.py").is_file()
@@ -104,6 +105,9 @@ def test_misspelt_key_is_named_first_with_the_close_match(tmp_path, runs):
     (lambda c: c["models"].append({"name": "b", "train": {"model": "bd3lm"}, "schedules": [{"steps": 2,
                                                                                            "first_hitting": True}]}),
      "bd3lm needs exactly one of 'steps'"),
+    (lambda c: c["models"].append({"name": "m", "train": {"model": "mdlm"}, "schedules": [{"block_length": 5,
+                                                                                          "steps": 2}]}),
+     "field 'models.1.schedules': schedule field 'block_length' 5 does not divide the length 16"),
     (lambda c: c.update(lengths=[32]), "length 32 exceeds the model's max_len 16"),
     (lambda c: c["train_defaults"]["train"].update(stpes=3),
      "field 'train_defaults.train.stpes (merged into models.0.train)': unknown key"),
@@ -402,6 +406,25 @@ def test_esolm_rows_carry_alpha_0(tmp_path, runs):
     assert [(r["family"], r["alpha_0"], r["alpha_0_train"]) for r in rows] == [
         ("esolm-b", 1.0, 0.25), ("esolm-b", 0.5, 0.25), ("esolm-b", 0.25, 0.25)]
     assert [r["schedule"] for r in rows] == ["T=4,a0=1", "T=4,a0=0.5", "T=4"]
+
+
+@pytest.mark.skipif(not HAS_MDLM, reason="needs baselines/mdlm.py")
+def test_row_noise_gives_the_same_samples_at_any_batch_size(tmp_path, runs):
+    """With row_noise a point's samples do not depend on the batches it ran in; with one stream
+    through all batches (the default) they do, which is what the option is for."""
+    def samples(batch_size: int, row_noise: bool) -> list[str]:
+        schedule = {"steps": 4, "row_noise": True} if row_noise else {"steps": 4}
+        cfg = base_config(runs, seeds=[0], num_samples=4, batch_size=batch_size, metrics=["entropy"],
+                          models=[{"name": "m", "train": {"model": "mdlm"}, "schedules": [schedule]}])
+        cfg.pop("evaluator")
+        results = tmp_path / f"b{batch_size}{row_noise}"
+        run(write(tmp_path, cfg), results)
+        (row,) = rows_of(results / "t")
+        assert row["schedule"] == ("T=4,rows=True" if row_noise else "T=4")
+        return [r["text"] for r in read_samples(sample_path(results / "t", row["key"]))]
+
+    assert samples(1, True) == samples(4, True)
+    assert samples(1, False) != samples(4, False)
 
 
 def test_random_init_entry_needs_no_training(tmp_path, runs):

@@ -164,11 +164,11 @@ def sample_progress(args, length: int, rows: int):
 def cmd_sample(args) -> None:
     from harness.checkpoints.own_format import load_checkpoint
     from harness.memory import sample_rows
+    from harness.schedules import SampleNoise
 
     loaded = load_checkpoint(args.checkpoint, device=device(args.device))
     model = loaded.model
     length = args.length if args.length is not None else model.backbone_config.max_len
-    generator = torch.Generator(device=model.device).manual_seed(args.seed)
     prefix = None
     if args.prompt is not None:  # the prompt follows BOS, as every training row does
         prefix = torch.tensor(prompt_ids(loaded.tokenizer, args.prompt))
@@ -177,12 +177,14 @@ def cmd_sample(args) -> None:
     schedule = sample_schedule(args, model, length)
     model.check_length(length)
     rows = sample_rows(model, args.n, length, schedule, model.device)
+    noise = SampleNoise(args.seed, schedule.row_noise, model.device)
     forwards = tokens = 0
     per_sample = []  # forwards each sample needed (a forward over a batch runs every row once)
     bar = sample_progress(args, length, rows)
     try:
-        for start in range(0, args.n, rows):  # batches that fit; one generator runs through them all
-            gen = model.sample(min(rows, args.n - start), length, schedule, generator, prefix=prefix)
+        for start in range(0, args.n, rows):  # batches that fit (--row-noise: the same samples at any size)
+            n = min(rows, args.n - start)
+            gen = model.sample(n, length, schedule, noise.batch(start, n), prefix=prefix)
             forwards, tokens = forwards + gen.nfe, tokens + gen.tokens_computed
             per_sample.append(gen.nfe_per_sample.double().cpu() if gen.nfe_per_sample is not None
                               else torch.full((gen.tokens.shape[0],), float(gen.nfe), dtype=torch.float64))

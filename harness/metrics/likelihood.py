@@ -23,14 +23,13 @@ above.  Perplexity's SE follows by the delta method: ppl · SE(nats per token).
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 import sys
 
 import torch
 
-from harness.schedules import RowNoise
+from harness.schedules import RowNoise, row_seed
 
 
 MAX_DRAWS = 10_000  # Monte-Carlo draws (or IW orders) per sequence: each is another forward over every sequence
@@ -42,13 +41,6 @@ def _accepts(fn, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def row_seed(seed: int, index: int, draw: int = 0) -> int:
-    """The noise seed of one sequence (and draw): a hash, so neighbouring seeds and rows are
-    unrelated streams."""
-    digest = hashlib.blake2b(f"{seed}:{index}:{draw}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % 2**63
 
 
 @torch.no_grad()

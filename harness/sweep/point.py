@@ -23,7 +23,7 @@ from harness.models import REGISTRY
 from harness.nn.steps import FALLBACKS, resolve_mode
 from harness.results_row import make_row
 from harness.results_store import POINTS_FILE, append_row, write_samples
-from harness.schedules import SamplingSchedule
+from harness.schedules import SampleNoise, SamplingSchedule
 from harness.unmasking.probe import COLUMNS as CACHE_ERROR_COLUMNS
 from harness.sweep.context import Context, LoadedEntry, git_commit
 from harness.sweep.grid import Point
@@ -128,13 +128,13 @@ def prepare(ctx: Context, point: Point) -> PointSetup:
 def draw_samples(ctx: Context, point: Point, s: PointSetup) -> tuple[torch.Tensor, dict, list[dict]]:
     """The point's samples in batches that fit, from the point's own seed: (tokens, the
     counters per sample, the sampler's own cache-error probes)."""
-    generator = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
+    noise = SampleNoise(point_seed(point.seed, point.key), s.schedule.row_noise, ctx.device)
     rows, nfe_batches, tokens_computed, nfe_rows, extra, key_reads, pairs = [], [], 0, [], {}, 0, 0
     done, probes = 0, []
     while done < s.num_samples:
         n = min(s.rows_at_once, s.num_samples - done)
         with torch.no_grad(), ctx.sampling_autocast():
-            gen = s.sampler.sample(n, point.length, s.schedule, generator)
+            gen = s.sampler.sample(n, point.length, s.schedule, noise.batch(done, n))
         rows.append(gen.tokens.cpu())
         nfe_batches.append(int(gen.nfe))
         tokens_computed += int(gen.tokens_computed)
@@ -211,10 +211,11 @@ def time_point(ctx: Context, point: Point, s: PointSetup) -> dict:
     def one_batch():
         # The samples' own seed: the timed runs take the shapes the sampling pass took, so
         # the CUDA graphs they replay were captured before the clock started.
-        timing_gen = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
+        noise = SampleNoise(point_seed(point.seed, point.key), s.schedule.row_noise, ctx.device)
         with torch.no_grad(), ctx.sampling_autocast():
             for lo in range(0, s.batch, s.rows_at_once):
-                s.sampler.sample(min(s.rows_at_once, s.batch - lo), point.length, untimed_probe, timing_gen)
+                n = min(s.rows_at_once, s.batch - lo)
+                s.sampler.sample(n, point.length, untimed_probe, noise.batch(lo, n))
 
     sp = time_sampling(one_batch, warmup=ctx.cfg.speed.warmup, repeats=ctx.cfg.speed.repeats, device=ctx.device,
                        dtype=ctx.dtype, batch_size=s.batch, length=point.length)
@@ -283,9 +284,9 @@ def cache_error(ctx: Context, sampler, point: Point, schedule: SamplingSchedule,
         return merge(probes)
 
     def run(use_cache: bool):
-        generator = torch.Generator(device=ctx.device).manual_seed(point_seed(point.seed, point.key))
+        noise = SampleNoise(point_seed(point.seed, point.key), schedule.row_noise, ctx.device)
         with torch.no_grad(), ctx.sampling_autocast():
-            sampler.sample(n, point.length, schedule, generator, use_cache=use_cache)
+            sampler.sample(n, point.length, schedule, noise.batch(0, n), use_cache=use_cache)
 
     return twin_run(run, getattr(getattr(sampler, "special", None), "mask", None))
 

@@ -379,6 +379,7 @@ def parse_sweep_config(data: dict, source: str = "sweep config") -> SweepConfig:
             schedule = parse(SamplingSchedule, resolved, f"{source}: models.{i}.schedules ({fields})")
             try:
                 check_schedule(entry.model_name, schedule)
+                schedule.check_length(length)
             except ValueError as err:
                 raise ConfigError(f"{where}: {err}") from err
         for length in entry.lengths or cfg.lengths:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.memory import cache_row_bytes, row_chunk
 from harness.models import Generation
 from harness.nn import masks
 from harness.nn.transformer import KVCache
@@ -54,8 +55,9 @@ class BlockDenoiser:
     """``denoiser(rows)`` of block [lo, hi) for ancestral_denoise / confident_denoise."""
 
     def __init__(self, net, z: torch.Tensor, lo: int, hi: int, *, cache: KVCache | None, mode: str | None,
-                 refresh: int | None, work: Work, probe: CacheProbe | None = None):
+                 refresh: int | None, work: Work, probe: CacheProbe | None = None, chunk: int | None = None):
         self.net, self.z, self.lo, self.hi = net, z, lo, hi
+        self.chunk = chunk or z.shape[0]  # rows per forward call (the memory budget); one forward either way
         self.cache, self.mode, self.refresh, self.work, self.probe = cache, mode, refresh, work, probe
         n, L = z.shape
         self.positions = torch.arange(L, device=z.device)
@@ -84,7 +86,9 @@ class BlockDenoiser:
             if not part:
                 continue
             sel = torch.tensor([index[i] for i in part], device=self.z.device)
-            logits = run(sel, len(part) == n)
+            whole = len(part) == n and self.chunk >= n
+            pieces = [run(sel[i:i + self.chunk], whole) for i in range(0, len(part), self.chunk)]
+            logits = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
             if out is None:
                 out = logits.new_empty((len(index),) + tuple(logits.shape[1:]))
             out[torch.tensor(part, device=self.z.device)] = logits
@@ -151,10 +155,8 @@ def sample_blocks(model, n: int, length: int, schedule, generator, use_cache: bo
     by a confidence rule, with ``schedule.cache`` when ``use_cache`` (use_cache=False runs
     every step in full: the uncached twin).  Counters as in Generation; extra: the rows'
     cache-building forwards and, with ``measure_cache_error``, the probe's columns."""
+    schedule.check_length(length)
     B = schedule.block_length or length
-    if length % B:
-        raise ValueError(f"length {length} is not divisible by schedule field 'block_length' {B}; use a length that "
-                         f"is a multiple of {B}")
     device, mask_id = model.device, model.special.mask
     prefix = model.given_prefix(n, length, schedule, prefix)
     given = 0 if prefix is None else prefix.shape[1]
@@ -163,6 +165,8 @@ def sample_blocks(model, n: int, length: int, schedule, generator, use_cache: bo
         z[:, :given] = prefix
     mode = schedule.cache if use_cache else None
     cache = model.net.new_cache(n, length) if mode else None
+    held = n * cache_row_bytes(model.backbone_config, length, cache.k[0].element_size()) if mode else 0
+    chunk = row_chunk(model, n, length, length, reserved=held)  # rows per forward within the memory budget
     probe = CacheProbe(mask_id, schedule.top_p) if schedule.measure_cache_error and mode else None
     rule, first, nb = schedule.confidence_rule(), given // B, length // B
     plans = None if rule else plan_reveals(n, B, noise=model.noise, steps=schedule.steps, first_hitting=False,
@@ -174,7 +178,7 @@ def sample_blocks(model, n: int, length: int, schedule, generator, use_cache: bo
     for b in range(first, nb):
         lo, hi = b * B, (b + 1) * B
         den = BlockDenoiser(model.net, z, lo, hi, cache=cache, mode=mode, refresh=schedule.refresh, work=work,
-                            probe=probe)
+                            probe=probe, chunk=chunk)
         hooks = dict(on_step=den.on_step, after_draws=den.after_draws if probe else None)
         if rule is None:
             plan = plans[b - first]
