@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.nn.transformer import PRESETS
 
@@ -88,16 +88,6 @@ class DataSpec(Strict):
         if self.protocol == "lm1b" and self.hf_dataset is None:
             raise ValueError("protocol 'lm1b' reads the train and test splits of a data.hf_dataset folder; set one")
         return self
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler):
-        """Fields added after results were committed are left out at their defaults, so the
-        recipes (and point hashes) of every earlier config stay what they were."""
-        out = handler(self)
-        for key in ("hf_dataset", "text_field", "protocol", "valid_docs", "framing"):
-            if key in out and out[key] == type(self).model_fields[key].default:
-                del out[key]
-        return out
 
     @property
     def row_framing(self) -> str:

@@ -141,9 +141,9 @@ SHORT_NAMES = {"steps": "T", "alpha_0": "a0", "blocks": "blocks", "first_hitting
 # twin run, harness.unmasking.probe)
 COMMON_FIELDS = ["top_p", "given_bos", "measure_cache_error", "row_noise"]
 CONFIDENCE_RULES = ("threshold", "factor", "entropy_bound")  # how many positions a step reveals, by confidence
-# Field values every label and point hash meant before the field existed: left out of both, so
-# a config that pins them keeps the keys and hashes of its committed results.
-LEGACY_VALUES = {"split": "fixed"}
+# Field values every label meant before the field existed: left out of labels, so a config that
+# pins them keeps the point keys of its committed results (hashes: harness.sweep.identity).
+UNLABELLED = {"split": "fixed"}
 
 
 class SamplingSchedule(BaseModel):
@@ -198,7 +198,7 @@ class SamplingSchedule(BaseModel):
         spelled them (length expressions: 'T=L/8')."""
         parts = []
         for key, value in self.model_dump(exclude_defaults=True).items():
-            if LEGACY_VALUES.get(key) == value:
+            if UNLABELLED.get(key) == value:
                 continue
             value = (written or {}).get(key, value)
             short = SHORT_NAMES[key]
@@ -263,14 +263,3 @@ class SamplingSchedule(BaseModel):
         if self.stride is not None and alpha_0 is not None and abs(alpha_0 * self.stride - round(alpha_0 * self.stride)) > 1e-9:
             raise ValueError(f"{model}: schedule field 'stride': alpha_0 · stride = {alpha_0 * self.stride:g} sets is "
                              "not a whole number; pick a stride that alpha_0 divides into whole sets")
-
-    def hash_fields(self, reads_split: bool) -> dict:
-        """What a point hash covers: the non-default fields, with the split an Eso-LM sampler
-        runs (``reads_split``) written in unless it is 'fixed', which every point hashed
-        before the field existed ran: those points keep their hashes, and the papers'
-        binomial default gets new ones."""
-        fields = self.model_dump(exclude_defaults=True)
-        fields.pop("split", None)
-        if reads_split and self.diffusion_split() != LEGACY_VALUES["split"]:
-            fields["split"] = self.diffusion_split()
-        return fields

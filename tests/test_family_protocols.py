@@ -202,7 +202,7 @@ def test_both_owt_framings_on_a_local_dataset(tmp_path, monkeypatch):
     text_tokens = {f: int(((r["train"] != 30) & (r["train"] != 31)).sum()) for f, r in rows.items()}
     assert text_tokens == {"bos_eos": 20, "raw": 20}  # the same text, cut differently
     assert DataSpec(protocol="owt").row_framing == "bos_eos"  # the default, as before the field
-    assert "framing" not in DataSpec(protocol="owt").model_dump()  # older recipes keep their hashes
+    assert "framing" not in DataSpec(protocol="owt").model_dump(exclude_defaults=True)  # not in a point's hash
     with pytest.raises(ValueError, match="data.framing: 'raw' applies to protocol 'owt' only"):
         DataSpec(framing="raw")
 
@@ -304,9 +304,9 @@ def test_a_bd3lm_checkpoint_from_before_the_new_defaults_keeps_what_it_was_train
 
 
 def test_points_made_under_an_old_default_are_not_taken_for_the_new_one():
-    """The point hash of a trained BD3-LM entry names the options whose default changed when
-    they take the new value, so a results folder made before the change re-runs those points;
-    entries of models with no changed default keep their hashes."""
+    """The point hash of a BD3-LM entry names the options whose default changed at the values
+    they take, so a results folder made before the change re-runs those points; pinning the old
+    values is the recipe that made them."""
     from harness.sweep.identity import entry_identity
     from harness.sweep.schema import parse_sweep_config
 
@@ -314,10 +314,10 @@ def test_points_made_under_an_old_default_are_not_taken_for_the_new_one():
         cfg = parse_sweep_config({"name": "t", "lengths": [16], "num_samples": 2, "batch_size": 2, "metrics": ["entropy"], "models": [
             {"name": "m", "train": {"model": model, "model_args": model_args, "data": {"seq_len": 16}},
              "schedules": [{"steps": 4}]}]})
-        return entry_identity(cfg, cfg.models[0])["recipe"]["model_args"]
+        return entry_identity(cfg, cfg.models[0])["recipe"].get("model_args", {})
 
     assert identity("bd3lm", {"block_size": 4}) == {"block_size": 4, "ignore_bos": True, "mask_rate": "bd3lms"}
-    # trained under the old values (pinned): the recipe is what the rule wrote before the options existed
+    # trained under the old values (pinned)
     assert identity("bd3lm", {"block_size": 4, "ignore_bos": False, "mask_rate": "mdlm"}) == \
         {"block_size": 4, "ignore_bos": False, "mask_rate": "mdlm"}
     assert identity("mdlm", {}) == {}

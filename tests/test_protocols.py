@@ -109,11 +109,10 @@ def test_bad_sources_are_named(tmp_path):
         parse(TrainConfig, {**bad, "data": {"protocol": "lm1b"}}, "cfg.yaml")
 
 
-def test_new_fields_leave_old_recipes_unchanged():
-    assert DataSpec().model_dump() == {"corpus": "bundled", "tokenizer": "bpe", "bpe_vocab_size": 2048,
-                                       "seq_len": 128, "split_seed": 0}
-    assert DataSpec(protocol="owt", valid_docs=5).model_dump()["protocol"] == "owt"
+def test_data_fields_round_trip_and_only_non_defaults_are_hashed():
     assert DataSpec(**DataSpec(protocol="owt", valid_docs=5).model_dump()).valid_docs == 5
+    assert DataSpec(protocol="documents", framing=None).model_dump(exclude_defaults=True) == {}  # what a hash reads
+    assert DataSpec(protocol="owt", valid_docs=5).model_dump(exclude_defaults=True) == {"protocol": "owt", "valid_docs": 5}
 
 
 def test_offline_training_on_a_saved_dataset_names_its_protocol(tmp_path, monkeypatch):

@@ -19,26 +19,41 @@ def test_split_labels_keep_the_names_results_had_before_the_field():
     assert SamplingSchedule(stride=4, shuffle=True).label() == "stride=4,shuffle=True"
 
 
-def test_hash_fields_change_only_for_the_binomial_draw():
-    # families that read the split: binomial is written in, fixed is left out (old hashes)
-    assert SamplingSchedule(steps=8).hash_fields(True) == {"steps": 8, "split": "binomial"}
-    assert SamplingSchedule(steps=8, split="binomial").hash_fields(True) == {"steps": 8, "split": "binomial"}
-    assert SamplingSchedule(steps=8, split="fixed").hash_fields(True) == {"steps": 8}
-    assert SamplingSchedule(blocks=2).hash_fields(True) == {"blocks": 2}
+def test_the_split_is_hashed_as_the_sampler_runs_it():
+    from harness.sweep.identity import schedule_identity
+
+    # families that read the split: the one they run, given or not
+    assert schedule_identity({"steps": 8}, "esolm-b") == {"steps": 8, "split": "binomial"}
+    assert schedule_identity({"steps": 8, "split": "binomial"}, "esolm-b") == {"steps": 8, "split": "binomial"}
+    assert schedule_identity({"steps": 8, "split": "fixed"}, "esolm-b") == {"steps": 8, "split": "fixed"}
+    assert schedule_identity({"blocks": 2}, "esolm-a") == {"blocks": 2, "split": "fixed"}
     # the others never see it
-    assert SamplingSchedule(steps=8).hash_fields(False) == {"steps": 8}
+    assert schedule_identity({"steps": 8}, "mdlm") == {"steps": 8}
 
 
 @pytest.mark.parametrize("name", ["cpu_quality", "cpu_quality_bos", "cpu_speed", "paper_speed"])
 def test_pinned_configs_resume_their_committed_rows(name):
     """Every point of a config that pins split: fixed has the key and hash of a committed row,
-    so the same command skips it (and reports the committed numbers)."""
+    so the same command skips it (and reports the committed numbers), except a row whose model
+    was built before one of its defaults changed (paper_speed's BD3-LM generated position 0):
+    the config now means the new default, so that point runs again."""
+    from harness.models import resolve_model_class
+
     cfg = sw.load_sweep_config(f"configs/{name}.yaml")
     entries = {m.name: m for m in cfg.models}
     device = torch.device("cuda" if cfg.device == "cuda" else "cpu")  # hashed by type only; no GPU needed
     rows = {(r["key"], r["config_hash"]) for r in sw.read_points(f"results/{name}")}
+    latest = sw.latest_rows(sw.read_points(f"results/{name}"))
     points = sw.expand_points(cfg)
-    assert points and all((p.key, sw.point_hash(cfg, entries[p.entry], p, device)) in rows for p in points)
+
+    def predates_a_default(p):
+        tracked = resolve_model_class(entries[p.entry].model_name).legacy_options
+        return not set(tracked) <= set(latest[p.key]["model_options"])
+
+    old = {p.key for p in points if predates_a_default(p)}
+    assert {k.split("/")[0] for k in old} == ({"bd3lm-4", "bd3lm-16"} if name == "paper_speed" else set())
+    assert points and all(((p.key, sw.point_hash(cfg, entries[p.entry], p, device)) in rows) == (p.key not in old)
+                          for p in points)
     esolm = [p for p in points if entries[p.entry].family.startswith("esolm") and "steps" in p.schedule]
     assert esolm and all(p.schedule.get("split") == "fixed" for p in esolm)
 

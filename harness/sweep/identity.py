@@ -4,6 +4,13 @@ A point's config hash covers everything that decides its numbers (the model entr
 recipe or checkpoint file, schedule, length, seed, sample count, batch size, evaluator,
 metrics and their options, device and precision), never the git commit: change any of
 them and the point is computed again; the newest row of a key wins on read.
+
+The rule, one for every hash here: hash a dict that names ``IDENTITY_VERSION``, in which each
+config section gives only its fields away from their defaults (nested sections alike) and
+unset values are left out, so a field added at its default changes no hash.  Where what a
+default means has changed, the value it resolves to is hashed instead: the diffusion split
+an Eso-LM sampler runs, and a model's ``legacy_options`` at the values its recipe builds.
+A change of the rule bumps the version; scripts/rehash_results.py rewrites committed hashes.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from harness.sweep.schema import EvaluatorRef, ModelEntry, SweepConfig
 if TYPE_CHECKING:
     import torch
 
+IDENTITY_VERSION = 2
+
 
 def stable_hash(obj, n: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
@@ -33,16 +42,15 @@ def point_seed(seed: int, key: str) -> int:
 def entry_identity(cfg: SweepConfig, entry: ModelEntry) -> dict:
     """What decides an entry's weights: its recipe (trained/random) or its checkpoint file."""
     if entry.train is not None:
-        recipe = entry.train.model_dump(exclude={"name", "out_dir"})
-        if not recipe["train"]["compile"]:  # left out so results made before the field keep their hashes
-            del recipe["train"]["compile"]
-        cls = resolve_model_class(entry.train.model)
-        options = cls.recipe_options(entry.train.model_args)
-        if entry.init == "trained" and options != cls.legacy_options:
-            # a changed training default is a new checkpoint: points made from the old one re-run
-            recipe["model_args"] = {**recipe["model_args"], **options}
-        if entry.init == "random":
-            recipe = {k: v for k, v in recipe.items() if k != "train"} | {"seed": entry.train.train.seed}
+        if entry.init == "random":  # random weights: the model and its seed, no training
+            recipe = entry.train.model_dump(exclude_defaults=True, exclude={"name", "out_dir", "train"})
+            recipe |= entry.train.train.model_dump(exclude_defaults=True, include={"seed"})
+        else:
+            recipe = entry.train.model_dump(exclude_defaults=True, exclude={"name", "out_dir"})
+        args = entry.train.model_args  # and the options whose default changed, at the values they build
+        args = {**args, **resolve_model_class(entry.train.model).recipe_options(args)}
+        if args:
+            recipe["model_args"] = args
         return {"init": entry.init, "recipe": recipe}
     path = Path(entry.checkpoint)
     if path.is_dir():
@@ -50,8 +58,9 @@ def entry_identity(cfg: SweepConfig, entry: ModelEntry) -> dict:
 
         path = path / CHECKPOINT_NAME
     stat = path.stat() if path.exists() else None
-    return {"init": "checkpoint", "checkpoint": str(path), "model": entry.model,
-            "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None}
+    ident = {"init": "checkpoint", "checkpoint": str(path), "model": entry.model, "import_args": entry.import_args,
+             "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None}
+    return {k: v for k, v in ident.items() if v is not None}
 
 
 def evaluator_identity(cfg: SweepConfig):
@@ -67,31 +76,44 @@ def reads_split(family: str) -> bool:
     return cls is not None and "split" in (cls.schedule_fields or ())
 
 
-def point_hash(cfg: SweepConfig, entry: ModelEntry, point: Point, device: torch.device) -> str:
+def schedule_identity(fields: dict, family: str) -> dict:
+    """A schedule's non-default fields, with the split an Eso-LM sampler runs."""
+    schedule = SamplingSchedule(**fields)
+    out = schedule.model_dump(exclude_defaults=True)
+    if reads_split(family):
+        out["split"] = schedule.diffusion_split()
+    return out
+
+
+def point_identity(cfg: SweepConfig, entry: ModelEntry, point: Point, device: torch.device) -> dict:
+    """The dict a point's config hash is taken over."""
     metrics = sorted(cfg.metrics)
     spec = {
-        "entry": entry_identity(cfg, entry), "length": point.length, "seed": point.seed,
-        "schedule": SamplingSchedule(**point.schedule).hash_fields(reads_split(entry.family)),
-        "num_samples": cfg.num_samples, "batch_size": cfg.batch_size, "metrics": metrics,
-        "device": device.type, "precision": cfg.precision,
+        "identity_version": IDENTITY_VERSION, "entry": entry_identity(cfg, entry), "length": point.length,
+        "seed": point.seed, "schedule": schedule_identity(point.schedule, entry.family), "metrics": metrics,
+        "device": device.type,
+        **cfg.model_dump(include={"num_samples", "batch_size", "max_memory", "step_mode", "precision"},
+                         exclude_defaults=True),
     }
-    if point.batch_size is not None:  # only when set, so results made before the field keep their hashes
+    if point.batch_size is not None:
         spec["point_batch_size"] = point.batch_size
-    if cfg.max_memory is not None:
-        spec["max_memory"] = cfg.max_memory
-    if cfg.step_mode != "auto":  # "auto" is left out so results made before the field keep their hashes
-        spec["step_mode"] = cfg.step_mode
     if {"gen_ppl", "mauve"} & set(metrics):
         spec["evaluator"] = evaluator_identity(cfg)
-    if "test_ppl" in metrics:
-        spec["test_ppl"] = cfg.test_ppl.model_dump()
-    if "speed" in metrics:
-        spec["speed"] = cfg.speed.model_dump()
-    if "mauve" in metrics:
-        spec["mauve"] = cfg.mauve.model_dump()
-    return stable_hash(spec)
+    for name in ("test_ppl", "speed", "mauve"):
+        if name in metrics:
+            spec[name] = getattr(cfg, name).model_dump(exclude_defaults=True)
+    return spec
+
+
+def point_hash(cfg: SweepConfig, entry: ModelEntry, point: Point, device: torch.device) -> str:
+    return stable_hash(point_identity(cfg, entry, point, device))
 
 
 def ppl_cache_key(cfg: SweepConfig, entry: ModelEntry, length: int, alpha_0: float | None, device) -> str:
-    return stable_hash({"entry": entry_identity(cfg, entry), "length": length, "alpha_0": alpha_0,
-                        "spec": cfg.test_ppl.model_dump(), "device": device.type, "precision": cfg.precision})
+    """The identity of a test perplexity (points of the same entry and length share it)."""
+    spec = {"identity_version": IDENTITY_VERSION, "entry": entry_identity(cfg, entry), "length": length,
+            "test_ppl": cfg.test_ppl.model_dump(exclude_defaults=True), "device": device.type,
+            **cfg.model_dump(include={"precision"}, exclude_defaults=True)}
+    if alpha_0 is not None:
+        spec["alpha_0"] = alpha_0
+    return stable_hash(spec)
