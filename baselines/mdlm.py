@@ -40,8 +40,8 @@ class MDLM(LanguageModel):
     name = "mdlm"
     display_name = "MDLM"
     color = "#1f77b4"
-    schedule_fields = ("steps", "block_length", "cache", "refresh", "threshold", "factor", "entropy_bound",
-                       "remdm_eta")
+    schedule_fields = ("steps", "first_hitting", "block_length", "cache", "refresh", "threshold", "factor",
+                       "entropy_bound", "remdm_eta")
     importable = True
     fixed_steps_count_every_row = True
 
@@ -49,14 +49,20 @@ class MDLM(LanguageModel):
     def check_schedule(cls, schedule: SamplingSchedule, options: dict | None = None) -> None:
         super().check_schedule(schedule, options)
         schedule.check_masked_decoding("mdlm")
-        if schedule.steps is None and schedule.confidence_rule() is None:
-            raise ValueError("mdlm needs 'steps' in every schedule (or a confidence rule: 'threshold', 'factor' or "
-                             "'entropy_bound'), e.g. schedules: [{steps: [8, 32]}]")
+        if schedule.first_hitting:
+            extra = [k for k in ("steps", "block_length", "threshold", "factor", "entropy_bound", "remdm_eta")
+                     if getattr(schedule, k) is not None]
+            if extra:
+                raise ValueError(f"mdlm: schedule field 'first_hitting' reveals one position per step over the whole "
+                                 f"sequence; drop {extra}")
+        elif schedule.steps is None and schedule.confidence_rule() is None:
+            raise ValueError("mdlm needs 'steps' in every schedule (or 'first_hitting', or a confidence rule: "
+                             "'threshold', 'factor' or 'entropy_bound'), e.g. schedules: [{steps: [8, 32]}]")
 
     @classmethod
     def default_schedule(cls, schedule, new_positions, options=None):
         """T = L: one grid step per position, the finest the ancestral sampler takes."""
-        if schedule.steps is not None or schedule.confidence_rule() is not None:
+        if schedule.steps is not None or schedule.first_hitting or schedule.confidence_rule() is not None:
             return schedule
         return schedule.model_copy(update={"steps": new_positions})
 
@@ -110,7 +116,9 @@ class MDLM(LanguageModel):
     def sample(self, n, length, schedule: SamplingSchedule, generator=None, use_cache=True,
                prefix=None) -> Generation:
         """Ancestral sampling from all-[MASK] (but the given prefix) with T = schedule.steps
-        (any T ≥ 1, T > L allowed).
+        (any T ≥ 1, T > L allowed), or first hitting: one uniformly chosen masked position per
+        step, the T → ∞ limit of the ancestral sampler with its empty steps skipped (NFE = the
+        positions to generate).
 
         use_cache=True runs a row only at steps where it reveals a token (time-agnostic reuse);
         use_cache=False runs every row at every step.  Same tokens for the same generator.
@@ -148,13 +156,13 @@ class MDLM(LanguageModel):
             plan = remdm_plan(n, length, noise=self.noise, steps=schedule.steps, eta=schedule.remdm_eta,
                               generator=generator, device=device, given=given)
         else:
-            plan = plan_reveals(n, length, noise=self.noise, steps=schedule.steps, first_hitting=False,
-                                generator=generator, device=device, given=given)[0]
+            plan = plan_reveals(n, length, noise=self.noise, steps=schedule.steps,
+                                first_hitting=schedule.first_hitting, generator=generator, device=device, given=given)[0]
         forwards, rows_run, per_row = ancestral_denoise(
             z, denoiser, plan, mask_id=self.special.mask, generator=generator, top_p=schedule.top_p,
             every_row=not use_cache, all_rows=steps is not None, chunk=chunk,
         )
-        step = torch.where(plan.when < schedule.steps, plan.when, -1)
+        step = torch.where(plan.when < (length if schedule.first_hitting else schedule.steps), plan.when, -1)
         return Generation(z, nfe=forwards, tokens_computed=rows_run * length, nfe_per_sample=per_row,
                           attention_pairs=rows_run * masks.allowed_pairs(length, 0, length),
                           step=step, order=step.argsort(dim=1, stable=True), extra={"row_chunk": chunk})

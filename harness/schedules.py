@@ -152,7 +152,8 @@ class SamplingSchedule(BaseModel):
     steps: int | None = Field(None, ge=1, description="denoising steps T (MDLM; per block for BD3-LM; diffusion phase for Eso-LM)")
     alpha_0: float | None = Field(None, ge=0.0, le=1.0, description="Eso-LM: fraction of positions filled by the diffusion phase")
     blocks: int | None = Field(None, ge=1, description="Eso-LM: reveal the diffusion positions in this many equal chunks")
-    first_hitting: bool = Field(False, description="BD3-LM: reveal exactly one token per step")
+    first_hitting: bool = Field(False, description="BD3-LM, MDLM: reveal exactly one token per step (MDLM: the "
+                                "ancestral sampler's T -> infinity limit, NFE = L)")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (1 = plain sampling)")
     given_bos: bool = Field(False, description="start every sample from BOS at position 0, as AR always does (and "
                             "the BD3-LM reference sampler); otherwise the diffusion samplers generate position 0")

@@ -290,3 +290,51 @@ def test_sampler_keeps_the_float64_tail(monkeypatch, all_threads):
     monkeypatch.setattr(sampling_module, "sample_tokens", sample_tokens_float32)  # what the Drawer calls
     k32 = tail_count()
     assert poisson_cdf(k32, lam) < 5e-3, (k32, lam)
+
+
+def test_first_hitting_is_one_token_per_forward_and_needs_no_cache():
+    """MDLM first hitting: NFE = the positions to generate, exactly (L, or L − 1 from BOS), each
+    forward runs every row over all L positions, and the cached and uncached runs draw the
+    same tokens."""
+    model, L, n = tiny_model("mdlm", max_len=12), 12, 3
+    for given_bos, nfe in [(False, L), (True, L - 1)]:
+        schedule = SamplingSchedule(first_hitting=True, given_bos=given_bos)
+        gen = model.sample(n, L, schedule, torch.Generator().manual_seed(1))
+        assert (gen.tokens != SPECIAL.mask).all()
+        assert gen.nfe == nfe and gen.nfe_per_sample.tolist() == [nfe] * n
+        assert gen.tokens_computed == n * L * nfe
+        drawn = gen.step[gen.step >= 0].view(n, nfe)  # every step reveals exactly one position per row
+        assert all(sorted(row) == list(range(nfe)) for row in drawn.tolist())
+        uncached = model.sample(n, L, schedule, torch.Generator().manual_seed(1), use_cache=False)
+        assert torch.equal(uncached.tokens, gen.tokens)
+    with pytest.raises(ValueError, match="'first_hitting' reveals one position per step.*'steps'"):
+        MDLM.check_schedule(SamplingSchedule(first_hitting=True, steps=8))
+
+
+def test_first_hitting_reveals_positions_as_the_ancestral_sampler_does_as_T_grows():
+    """Which position step k reveals: under first hitting, and under the ancestral sampler at
+    T = 1000 (its order of first reveals; rows with a tie left out), both are uniform over the
+    L = 4 positions at every k (each cell within a chi-square bound of p = 0.001 with 3
+    degrees of freedom, 2,000 rows, fixed seeds), and the two agree with each other by the
+    same bound; the ancestral sampler at T = 1 (all at once) fails it."""
+    model, L, n, bound = tiny_model("mdlm", max_len=4), 4, 2000, 16.27
+
+    def revealed_at(schedule, seed):
+        step = model.sample(n, L, schedule, torch.Generator().manual_seed(seed)).step
+        distinct = torch.tensor([torch.unique(row).numel() == L for row in step])
+        order = step[distinct].argsort(dim=1)  # order[:, k]: the position revealed k-th
+        return torch.stack([torch.bincount(order[:, k], minlength=L) for k in range(L)]).double()
+
+    def chi2(counts, expected):
+        return ((counts - expected) ** 2 / expected).sum(-1)
+
+    first = revealed_at(SamplingSchedule(first_hitting=True), 0)
+    ancestral = revealed_at(SamplingSchedule(steps=1000), 1)
+    assert first.sum(-1).eq(n).all() and ancestral.sum() > 0.98 * n * L
+    for counts in (first, ancestral):
+        assert (chi2(counts, counts.sum(-1, keepdim=True) / L) < bound).all(), counts
+    pooled = (first + ancestral) / (first.sum(-1, keepdim=True) + ancestral.sum(-1, keepdim=True))
+    two_sample = chi2(first, pooled * first.sum(-1, keepdim=True)) + chi2(ancestral, pooled * ancestral.sum(-1, keepdim=True))
+    assert (two_sample < bound).all(), two_sample
+    one_step = model.sample(n, L, SamplingSchedule(steps=1), torch.Generator().manual_seed(2)).step
+    assert (one_step == 0).all()  # no order at all: the test above would see every row tied
