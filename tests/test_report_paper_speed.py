@@ -1,5 +1,6 @@
 """The report's "Against the paper's timings": the join of rows to the Eso-LM paper's timing
-figures (each figure by its own protocol only) and ratios from one run only."""
+figures (each figure by its own protocol only), ratios from one run only, and the section in
+report.md."""
 
 from __future__ import annotations
 
@@ -173,6 +174,21 @@ def latency_rows():
             lat("mdlm-8k", "mdlm", {"first_hitting": True}, 8192, 600.0, run="run-b")]
 
 
+def throughput_rows():
+    a1 = {"alpha_0": 1.0}
+    return [thr("mdlm", "mdlm", {"steps": 128}, 50.0, 128), thr("mdlm", "mdlm", {"steps": 1024}, 300.0, 650,
+                                                                 batch_nfe=1024),
+            thr("mdlm", "mdlm", {"steps": 4096}, 400.0, 900, batch_nfe=4096),
+            thr("mdlm", "mdlm", {"steps": 8}, 4.0, 8),  # no paper counterpart
+            thr("bd3lm-4-t4096", "bd3lm", {"steps": 16}, 50.0, 1180, block=4),
+            thr("bd3lm-16-t4096", "bd3lm", {"steps": 64}, 40.0, 990, block=16),
+            thr("esolm-b", "esolm-b", {**a1, "steps": 16}, 2.0, 16, alpha_0=1.0),
+            thr("esolm-b", "esolm-b", {**a1, "steps": 128}, 4.0, 128, alpha_0=1.0),
+            thr("esolm-b", "esolm-b", {**a1, "steps": 1024}, 20.0, 640, alpha_0=1.0),
+            thr("esolm-b", "esolm-b", {"alpha_0": 0.0625, "steps": 1024}, 25.0, 1020, alpha_0=0.0625),
+            thr("ar", "ar", {}, 30.0, 1023)]  # no paper counterpart
+
+
 def ratios_by_pair(df) -> dict:
     return {(r["num"].protocol, r["num"].length, r["num"].method, r["run_id"]): r["ours"]
             for r in ps.ratio_rows(ps.timed_points(df))}
@@ -197,6 +213,74 @@ def test_our_ratios_come_from_one_run_only(tmp_path):
     # rows without a run id (written before the field) give no ratio
     old = [{k: v for k, v in r.items() if k != "run_id"} for r in latency_rows()]
     assert all(v is None for v in ratios_by_pair(rp.load_frame(write(tmp_path / "old", old))).values())
+
+
+def test_no_section_without_a_match(tmp_path):
+    rows = [r for r in latency_rows() if ps.find_timing(r) is None]
+    md = rp.write_report(write(tmp_path, rows), out_dir=tmp_path / "r").read_text()
+    assert "Against the paper's timings" not in md
+    small = [{**r, "attention_flops_per_pair": 4 * 64 * 2} for r in latency_rows()]  # a tiny trunk: none either
+    md = rp.write_report(write(tmp_path / "tiny", small), out_dir=tmp_path / "tiny" / "r").read_text()
+    assert "Against the paper's timings" not in md
+
+
+def section(md: str) -> list[str]:
+    return md.split("## Against the paper's timings")[1].split("\n## ")[0].splitlines()
+
+
+def test_report_latency_section(tmp_path):
+    md = rp.write_report(write(tmp_path, latency_rows()), out_dir=tmp_path / "r").read_text()
+    lines = section(md)
+    assert any("### Latency (Table 11" in l for l in lines) and not any("### Throughput" in l for l in lines)
+    dev = f"{H100}, bf16"
+    assert f"| 2048 | ar | default | AR | 2,047 | ≈ L | 2.000 | 13.30 | 0.15× | {dev} | run-a |" in lines
+    assert f"| 2048 | mdlm | fh=True | MDLM | 2,048 | ≈ L | 30.000 | 201.30 | 0.149× | {dev} | run-a |" in lines
+    assert (f"| 2048 | esolm-b | T=1000000,a0=1 | Eso-LM (B) | 2,048 | ≈ L | 2.500 | 14.60 | 0.171× | {dev} "
+            "| run-a |") in lines
+    assert f"| 8192 | mdlm-8k | fh=True | MDLM | 8,192 | ≈ L | 600.000 | 5,438.30 | 0.11× | {dev} | run-b |" in lines
+    # points at the protocol's L and batch with no paper counterpart: –
+    assert f"| 2048 | mdlm | T=256 | – | 256 | – | 1.000 | – | – | {dev} | run-a |" in lines
+    assert f"| 2048 | esolm-b | T=128,a0=1 | – | 128 | – | 0.250 | – | – | {dev} | run-a |" in lines
+    # the ratios: the paper's (A6000) beside ours from run a, – across runs
+    assert ("| latency | 2048 | MDLM / Eso-LM (B) | 13.8× (A6000) | 12.0× | mdlm (fh=True) / esolm-b "
+            f"(T=1000000,a0=1) | {dev} | run-a |") in lines
+    assert ("| latency | 2048 | BD3-LM L' = 16 / Eso-LM (B) | 1.46× (A6000) | 1.20× | bd3lm-16 (fh=True) / esolm-b "
+            f"(T=1000000,a0=1) | {dev} | run-a |") in lines
+    assert ("| latency | 2048 | Eso-LM (B) / AR | 1.10× (A6000) | 1.25× | esolm-b (T=1000000,a0=1) / ar (default) "
+            f"| {dev} | run-a |") in lines
+    assert "| latency | 8192 | MDLM / Eso-LM (B) | 66.2× (A6000) | – | – | – | – |" in lines
+    assert ("| latency | 8192 | Eso-LM (B) / AR | 1.52× (A6000) | 1.50× | esolm-b (T=1000000,a0=1) / ar (default) "
+            f"| {dev} | run-a |") in lines
+    assert "A6000" in lines[2] and "H200" in lines[2]  # the intro names both of the paper's GPUs
+
+
+def test_report_throughput_section(tmp_path):
+    md = rp.write_report(write(tmp_path, throughput_rows()), out_dir=tmp_path / "r").read_text()
+    assert "## Throughput" in md  # the existing large-batch section is still there
+    lines = section(md)
+    assert any("### Throughput (Tables 13–15" in l for l in lines) and not any("### Latency" in l for l in lines)
+    dev = f"{H200}, bf16"
+    assert f"| 1024 | mdlm | T=128,p=0.9 | MDLM T = 128 | 128 | 128 | 50.000 | 106.96 | 0.467× | {dev} | run-a |" in lines
+    assert (f"| 1024 | mdlm | T=1024,p=0.9 | MDLM T = 1024 | 650 (1,024 per batch) | 657 | 300.000 | 566.19 | 0.53× "
+            f"| {dev} | run-a |") in lines
+    assert (f"| 1024 | bd3lm-4-t4096 | T=16,p=0.9 | BD3-LM L' = 4, T = 4096 | 1,180 | 1,180 | 50.000 | 60.32 | 0.829× "
+            f"| {dev} | run-a |") in lines
+    assert (f"| 1024 | esolm-b | T=1024,a0=0.0625,p=0.9 | Eso-LM (B) α0 = 0.0625, T = 1024 | 1,020 | 1,022 | 25.000 "
+            f"| 36.99 | 0.676× | {dev} | run-a |") in lines
+    assert f"| 1024 | mdlm | T=8,p=0.9 | – | 8 | – | 4.000 | – | – | {dev} | run-a |" in lines
+    assert f"| 1024 | ar | p=0.9 | – | 1,023 | – | 30.000 | – | – | {dev} | run-a |" in lines
+    rows = [l for l in lines if l.startswith("| throughput |")]
+    assert len(rows) == 5
+    assert ("| throughput | 1024 | MDLM T = 128 / Eso-LM (B) α0 = 1, T = 128 | 16.7× (H200) | 12.5× | mdlm "
+            f"(T=128,p=0.9) / esolm-b (T=128,a0=1,p=0.9) | {dev} | run-a |") in rows
+    assert ("| throughput | 1024 | MDLM T = 1024 / Eso-LM (B) α0 = 1, T = 1024 | 23.4× (H200) | 15.0× | mdlm "
+            f"(T=1024,p=0.9) / esolm-b (T=1024,a0=1,p=0.9) | {dev} | run-a |") in rows
+    assert ("| throughput | 1024 | MDLM T = 4096 / Eso-LM (B) α0 = 0.0625, T = 1024 | 20.3× (H200) | 16.0× | mdlm "
+            f"(T=4096,p=0.9) / esolm-b (T=1024,a0=0.0625,p=0.9) | {dev} | run-a |") in rows
+    assert ("| throughput | 1024 | BD3-LM L' = 4, T = 4096 / Eso-LM (B) α0 = 0.0625, T = 1024 | 1.63× (H200) | 2.00× "
+            f"| bd3lm-4-t4096 (T=16,p=0.9) / esolm-b (T=1024,a0=0.0625,p=0.9) | {dev} | run-a |") in rows
+    assert ("| throughput | 1024 | BD3-LM L' = 16, T = 4096 / Eso-LM (B) α0 = 0.0625, T = 1024 | 1.59× (H200) | "
+            f"1.60× | bd3lm-16-t4096 (T=64,p=0.9) / esolm-b (T=1024,a0=0.0625,p=0.9) | {dev} | run-a |") in rows
 
 
 @pytest.mark.parametrize("value,text", [(13.79, "13.8×"), (1.098, "1.10×"), (0.0822, "0.0822×"), (None, "–")])

@@ -20,7 +20,9 @@ schedule, length) are averaged.  Plots:
 On GPU rows that carry ``weight_bytes`` / ``matmul_parameters`` each point also gets a
 floor (the time one could not beat on this GPU, docs/floors.md) and its measured / floor; with
 Eso-LM (B) and MDLM / BD3-LM rows, a "Speed ratios" table (also ``speed_ratios.csv``)
-next to the paper's figures.
+next to the paper's figures; where points ran under the Eso-LM paper's own timing protocols
+(its latency and throughput tables), "Against the paper's timings" puts its seconds, NFE and
+ratios beside ours (:mod:`~harness.report.paper_speed`).
 
 ``report.md`` embeds them, names the protocol (evaluator, estimator, device, dtype, batch
 size, commit) and quotes a few samples.

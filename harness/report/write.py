@@ -13,6 +13,7 @@ from pathlib import Path
 from harness.report.caching import caching_section
 from harness.report.frame import aggregate, finite, load_frame, within_spread
 from harness.report.paper import paper_section
+from harness.report.paper_speed import paper_speed_section
 from harness.report.plots import (plot_alpha0, plot_pareto, plot_speed_headline, plot_speed_vs_length,
                                   point_numbers, short_label)
 from harness.report.speed import (PAPER_BD3LM, PAPER_MDLM, add_floors, cuda_rows, ratio_tables, speed_ratios,
@@ -167,6 +168,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
         write_ratios_csv(at_floor, out / "speed_ratios_at_floor.csv")
     else:
         (out / "speed_ratios_at_floor.csv").unlink(missing_ok=True)
+    md += paper_speed_section(df)  # only where a point ran under one of the paper's timing protocols
     if plot_speed_vs_length(agg, out / "speed_vs_length.png", measured_on(df)):
         md += ["## Speed vs length", "", "![seconds per sample vs L](speed_vs_length.png)", "",
                "Seconds per sample (median):", "", by_length_table(agg, "seconds_per_sample", lambda v: fmt(float(v), 4)), ""]
