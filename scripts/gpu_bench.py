@@ -15,6 +15,8 @@
    to size configs/paper_quality.yaml to a time budget (``--train-compile``: also compiled).
 ``--only steps``: one step's cost by window width (AR 1, Eso-LM 2, BD3-LM 4/16) at short and
 long cache ranges, graph and compiled, with the top kernels of an eager step (where the time goes).
+``--only profile``: per sampling step of each latency sampler at batch 1, the kernels and their time
+by kernel class under torch.profiler (docs/floors.md §5); ``--device cpu`` runs it on the tiny trunk.
 """
 
 from __future__ import annotations
@@ -164,6 +166,139 @@ def step_costs(length: int, device: str = "cuda") -> list[dict]:
     return rows
 
 
+PROFILE_SAMPLERS = [  # configs/paper_latency.yaml's samplers: (name, model, options, schedule)
+    ("ar", "ar", {}, SamplingSchedule()),
+    ("mdlm", "mdlm", {}, SamplingSchedule(first_hitting=True)),
+    ("bd3lm-4", "bd3lm", {"block_size": 4}, SamplingSchedule(first_hitting=True)),
+    ("bd3lm-16", "bd3lm", {"block_size": 16}, SamplingSchedule(first_hitting=True)),
+    ("esolm-b", "esolm-b", {"alpha_0": 1.0}, SamplingSchedule(alpha_0=1.0, steps=1_000_000)),
+]
+# Kernel (CUDA) or op (CPU: "aten::...") classes by name, lower-cased: the first entry with a matching key wins.
+CLASSES = (
+    ("other", ("::expand",)),  # a view, not exp
+    ("elementwise", ("::maximum", "::minimum")),  # not the ::max / ::min reductions
+    ("attention", ("flash", "fmha", "attention", "attn", "sdpa")),
+    ("matmul", ("gemm", "gemv", "matmul", "nvjet", "cublas", "cutlass", "xmma", "::mm", "::bmm", "::addmm",
+                "::baddbmm", "::linear", "::mv", "::addmv")),
+    ("reduction", ("softmax", "reduce", "layer_norm", "rms_norm", "::sum", "::mean", "::max", "::amax", "::argmax",
+                   "::min", "::argmin", "topk", "sort", "cumsum", "scan", "triton_red", "triton_per")),
+    ("copy", ("copy", "memcpy", "memset", "::cat", "::stack", "index", "gather", "scatter", "embedding", "::to",
+              "clone", "contiguous")),
+    ("elementwise", ("elementwise", "::add", "::mul", "::div", "::sub", "fill", "::where", "::exp", "::log", "::neg",
+                     "sqrt", "::pow", "::reciprocal", "gelu", "silu", "::tanh", "::sigmoid", "::sin", "::cos", "clamp",
+                     "masked", "bitwise", "::eq", "::ne", "::lt", "::le", "::gt", "::ge", "::rand", "uniform",
+                     "::normal", "bernoulli", "::zero", "::ones", "::full", "::arange", "triton_poi")),
+)
+KERNEL_CLASSES = ("matmul", "attention", "elementwise", "reduction", "copy", "other")
+SYNCS = {"cuda": ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaMemcpy"),  # runtime calls that wait
+         "cpu": ("aten::_local_scalar_dense", "aten::nonzero")}  # ops that read a value back (sync on a GPU)
+
+
+def op_class(name: str) -> str:
+    name = name.lower()
+    return next((cls for cls, keys in CLASSES if any(k in name for k in keys)), "other")
+
+
+def profile_summary(events, device: str) -> dict:
+    """Per-step counts and times of a profiled window of steps (``events``: the profiler's
+    ``events()``). CUDA: every kernel, memcpy and memset, timed on the device; CPU: the aten
+    ops the Python code calls (an op's inner ops count inside it), timed on the host."""
+    from torch.autograd import DeviceType
+
+    def outermost(e):
+        parent = e.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            parent = parent.cpu_parent
+        return parent is None
+
+    steps = [e for e in events if e.name.startswith("ProfilerStep") and e.device_type == DeviceType.CPU]
+    n = max(len(steps), 1)
+    ops = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::") and outermost(e)]
+    if device == "cuda":
+        units = [e for e in events if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+                 and not e.name.startswith("ProfilerStep")]
+    else:
+        units = ops
+    count = dict.fromkeys(KERNEL_CLASSES, 0)
+    time_us = dict(count)
+    by_name: dict[str, list] = {}
+    for e in units:
+        cls, us = op_class(e.name), e.time_range.elapsed_us()
+        count[cls] += 1
+        time_us[cls] += us
+        by_name.setdefault(e.name, [0, 0.0])
+        by_name[e.name][0] += 1
+        by_name[e.name][1] += us
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:8]
+    total = sum(time_us.values())
+    wall = sum(e.time_range.elapsed_us() for e in steps) / n
+    return {
+        "steps_profiled": len(steps),
+        "kernels_per_step": len(units) / n,
+        "time_us_per_step": total / n,
+        "kernels_by_class": {c: v / n for c, v in count.items()},
+        "time_us_by_class": {c: v / n for c, v in time_us.items()},
+        "wall_us_per_step": wall,
+        "busy_share": total / n / wall if wall else None,
+        "aten_ops_per_step": len(ops) / n,
+        "host_syncs_per_step": sum(e.name in SYNCS[device] for e in events) / n,
+        "top": [(name[:100], c / n, round(us / n, 2)) for name, (c, us) in top],
+    }
+
+
+def step_profile(length: int, device: str, preset: str, modes: list[str], steps: int = 16) -> list[dict]:
+    """Each latency sampler at batch 1 (random weights; bf16 on CUDA): one unprofiled sample (the
+    warm-up, which counts the forwards), then the same sample again with ``steps`` consecutive
+    steps from its middle under torch.profiler.  A step runs from one network forward's start to
+    the next's: the forward and the sampler's own work after it.  Eager step modes only
+    (dynamic: exact shapes; static: the padded fixed-shape step a CUDA graph would replay);
+    under a graph the profiler would see one launch per step."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    vocab = VOCAB if device == "cuda" else 512
+    special = SpecialTokens(bos=vocab - 2, eos=vocab - 2, mask=vocab - 1)
+    cfg = BackboneConfig.from_preset(preset, vocab_size=vocab, max_len=length)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    if device == "cpu":
+        torch.set_num_threads(1)  # ops this small gain nothing from threads, which wait on each other on a busy machine
+    rows = []
+    for sampler, name, options, sched in PROFILE_SAMPLERS:
+        torch.manual_seed(0)
+        model = build_model(name, cfg, special, **options).to(device).eval()
+        if device == "cuda":
+            model = model.to(torch.bfloat16)
+        for mode in modes:
+            model.step_mode = mode
+            forwards = [0]
+            hook = model.net.embed.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+            with torch.no_grad():
+                model.sample(1, length, sched, torch.Generator(device).manual_seed(0))
+            hook.remove()
+            active = max(1, min(steps, forwards[0] - 3))
+            wait = max(1, (forwards[0] - active) // 2)  # profiler step k starts at forward k
+
+            def mark(*_):
+                if device == "cuda" and prof.step_num == wait + active:
+                    torch.cuda.synchronize()  # the window's kernels finish inside it (not counted as a sync)
+                prof.step()
+
+            with torch.no_grad(), profile(activities=acts,
+                                          schedule=schedule(wait=wait, warmup=1, active=active, repeat=1)) as prof:
+                hook = model.net.embed.register_forward_pre_hook(mark)
+                gen = model.sample(1, length, sched, torch.Generator(device).manual_seed(0))
+                hook.remove()
+            events = prof.events()
+            row = {"sampler": sampler, "model": name, "options": options, "schedule": sched.label(),
+                   "length": length, "batch": 1, "step_mode": mode, "forwards": forwards[0], "nfe": gen.nfe,
+                   "first_step": wait + 1, **profile_summary(events, device)}
+            print(json.dumps({k: v for k, v in row.items() if k != "top"}), flush=True)
+            rows.append(row)
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 def training_steps(batch: int, length: int, compiled: bool = False) -> list[dict]:
     """ms per optimizer step (bf16 autocast), eager and, with ``compiled``, with the trunk
     compiled as ``train.compile: true`` does (its warm-up, compilation included, reported)."""
@@ -203,16 +338,39 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--length", type=int, default=1024)
-    ap.add_argument("--only", choices=["all", "steps", "samplers", "training"], default="all",
+    ap.add_argument("--only", choices=["all", "steps", "samplers", "training", "profile"], default="all",
                     help="steps: only the per-step costs by window width and cache range (L = 8192); "
-                         "samplers: only ceilings and the samplers' step modes; training: only ms per training step")
+                         "samplers: only ceilings and the samplers' step modes; training: only ms per training step; "
+                         "profile: kernels and time by kernel class per sampling step (runs on a CPU too)")
     ap.add_argument("--modes", default="dynamic,graph,compiled",
-                    help="sampler step modes to time (comma-separated; see harness/nn/steps.py)")
+                    help="sampler step modes to time (comma-separated; see harness/nn/steps.py); "
+                         "--only profile takes the eager ones, dynamic and static (default: dynamic)")
     ap.add_argument("--train-compile", action="store_true",
                     help="also time training with the trunk compiled (train.compile: true)")
     ap.add_argument("--samplers", default=None,
                     help="only these models' samplers (comma-separated: ar, esolm-b, bd3lm, mdlm)")
+    ap.add_argument("--device", default="cuda", help="--only profile: cuda or cpu")
+    ap.add_argument("--preset", default=None, help="--only profile: the trunk (default: small on CUDA, tiny on a CPU)")
     args = ap.parse_args()
+    if args.only == "profile":
+        device = args.device
+        if device == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: use --device cpu")
+        preset = args.preset or ("small" if device == "cuda" else "tiny")
+        modes = [m for m in args.modes.split(",") if m in ("dynamic", "static")] or ["dynamic"]
+        result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+                  "preset": preset, "length": args.length, "batch": 1,
+                  "kernels": "CUDA kernels, memcpys and memsets, device time" if device == "cuda"
+                  else "aten ops called from Python (inner ops inside them), host time",
+                  "host_syncs": "cudaStreamSynchronize, cudaEventSynchronize and cudaMemcpy calls" if device == "cuda"
+                  else "ops that read a value back to the host (aten::_local_scalar_dense, aten::nonzero)",
+                  "step": "one network forward and the sampler's work up to the next; eager steps (dynamic: exact "
+                          "shapes, static: the fixed-shape step a CUDA graph replays), since under a CUDA graph the "
+                          "profiler sees one graph launch per step",
+                  "profile": step_profile(args.length, device, preset, modes)}
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        return
     if not torch.cuda.is_available():
         raise SystemExit("gpu_bench needs a CUDA device")
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}

@@ -23,7 +23,14 @@
 #           the exact caches, L = 1024, random weights (resumes)
 #   paper   throughput, then the pending paper_quality runs ($QUALITY_LEASES, ';'-separated entry
 #           lists; each resumes where the last call stopped) in the rest of the budget
-# DRY_RUN=1 runs the throughput, paper and decoders stages on the CPU at tiny sizes (tests/test_gpu_lease.py);
+# The paper's tables in pieces of ~9 minutes (BUDGET_S=540), each resuming from the results committed so far:
+#   L1      the CUDA tests (as check) and the step profile (scripts/gpu_bench.py --only profile: kernels and
+#           time by kernel class per sampling step, docs/floors.md §5) into results/paper_latency/step_profile.json,
+#           both skipped once that file exists; then esolm sweep configs/paper_latency.yaml (Table 11)
+#   L2      esolm ceilings (once) + configs/paper_throughput.yaml's L = 1024 points at batch 512 (Tables 13-15:
+#           entries $L2_ENTRIES with --set lengths=[1024]; entries with lengths of their own keep them)
+#   L3, L4  configs/paper_quality.yaml: the first and the second entry list of $QUALITY_LEASES
+# DRY_RUN=1 runs the throughput, paper, decoders and L1-L4 stages on the CPU at tiny sizes (tests/test_gpu_lease.py);
 # RESULTS (default results) is the results root, PYTHON (default python3) the interpreter.
 # Everything lands in $OUT (results folders as .tgz); a sweep that hits the budget stops
 # between points and the next call resumes it.  Python packages the machine lacks travel as
@@ -42,10 +49,19 @@ PY=${PYTHON:-python3}
 RESULTS=${RESULTS:-results}
 TP_ENTRIES=${TP_ENTRIES:-esolm-b,esolm-b-long,mdlm,mdlm-long,ar,bd3lm-4,bd3lm-16}
 QUALITY_LEASES=${QUALITY_LEASES:-ar,mdlm,esolm-a-a1,esolm-b-a1;bd3lm-4,bd3lm-16,esolm-a,esolm-b}
-tp_dry=() q_dry=() dec_dry=()
-if [[ ${DRY_RUN:-0} == 1 ]]; then  # CPU, tiny trunk, L = 32: checks the plumbing, not the numbers
-  tiny=(--set device=cpu --set precision=fp32 --set lengths=[32] --set train_defaults.backbone.preset=tiny
-        --set train_defaults.data.tokenizer=bpe --set train_defaults.data.bpe_vocab_size=300 --set runs_dir="$OUT/runs")
+L2_ENTRIES=${L2_ENTRIES:-esolm-b,esolm-b-long,mdlm,ar,bd3lm-4,bd3lm-16,bd3lm-4-t4096,bd3lm-16-t4096}
+tp_dry=() q_dry=() dec_dry=() lat_dry=() l2_dry=() prof_dry=()
+# --set models.I.lengths=null for every entry of config $1 with lengths of its own (a dry run runs all at L = 32)
+own_lengths() {
+  $PY -c 'import sys, yaml
+for i, m in enumerate(yaml.safe_load(open(sys.argv[1]))["models"]):
+    if "lengths" in m:
+        print(f"--set\nmodels.{i}.lengths=null")' "$1"
+}
+if [[ ${DRY_RUN:-0} == 1 ]]; then  # CPU, tiny trunk, L = 32, one thread: checks the plumbing, not the numbers
+  tiny=(--set device=cpu --set precision=fp32 --set threads=1 --set lengths=[32]
+        --set train_defaults.backbone.preset=tiny --set train_defaults.data.tokenizer=bpe
+        --set train_defaults.data.bpe_vocab_size=300 --set runs_dir="$OUT/runs")
   tp_dry=("${tiny[@]}" --set batch_sizes=[2])  # entries with lengths of their own are checked, not run
   q_dry=("${tiny[@]}" --set train_defaults.backbone.max_len=32 --set train_defaults.data.seq_len=32
          --set num_samples=2 --set batch_size=2 --set test_ppl.max_sequences=4
@@ -53,7 +69,11 @@ if [[ ${DRY_RUN:-0} == 1 ]]; then  # CPU, tiny trunk, L = 32: checks the plumbin
          --set train_defaults.train.warmup_steps=1 --set train_defaults.train.eval_every=2
          --set train_defaults.train.ckpt_every=2)
   dec_dry=("${tiny[@]}" --set train_defaults.backbone.max_len=32 --set train_defaults.data.seq_len=32)
+  mapfile -t lat_dry < <(own_lengths configs/paper_latency.yaml)
+  mapfile -t l2_dry < <(own_lengths configs/paper_throughput.yaml)
+  lat_dry+=("${tiny[@]}") l2_dry+=("${tp_dry[@]}") prof_dry=(--device cpu --length 32)
   TP_ENTRIES=${DRY_TP_ENTRIES:-esolm-b-long,ar} QUALITY_LEASES=${DRY_QUALITY_LEASES:-ar;mdlm}
+  L2_ENTRIES=${DRY_L2_ENTRIES:-esolm-b-long,mdlm,bd3lm-4-t4096}
 fi
 # sweep NAME SECONDS ARGS...: esolm sweep for at most SECONDS, then pack results/NAME into $OUT/NAME.tgz
 sweep() {
@@ -66,21 +86,33 @@ sweep() {
     $PY -c "import sys; print(sum(1 for _ in open(sys.argv[1])), 'points in', sys.argv[1])" "$RESULTS/$name/points.jsonl"
   fi
 }
-throughput() {
-  local share=${TP_SHARE:-50}
+tp_ceilings() {
   [[ -f $RESULTS/paper_throughput/ceilings.json ]] \
     || timeout "$(left)" $PY -m harness.cli ceilings configs/paper_throughput.yaml --results "$RESULTS" \
        "${tp_dry[@]}" 2>&1 | tee -a "$OUT/paper_throughput.log"
+}
+throughput() {
+  local share=${TP_SHARE:-50}
+  tp_ceilings
   sweep paper_throughput $(($(left) * share / 100)) configs/paper_throughput.yaml --entries "$TP_ENTRIES" "${tp_dry[@]}"
+}
+check() {  # check SECONDS: the GPU's name, driver and torch, then the CUDA tests of tests/test_steps.py
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.csv"
+    $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.csv"
+  fi
+  timeout "$1" $PY -m pytest tests/test_steps.py -k cuda -q -p no:cacheprovider 2>&1 | tail -4 | tee "$OUT/check.txt"
+}
+# the N-th (1, 2) entry list of $QUALITY_LEASES
+quality_half() {
+  local lists
+  IFS=';' read -ra lists <<< "$QUALITY_LEASES"
+  echo "${lists[$1 - 1]}"
 }
 for stage in "$@"; do
   echo "=== $stage ($(left) s left) ==="
   case $stage in
-    check)
-      nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.csv"
-      python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.csv"
-      timeout "$(left)" python3 -m pytest tests/test_steps.py -k cuda -q -p no:cacheprovider 2>&1 | tail -4 | tee "$OUT/check.txt"
-      ;;
+    check) check "$(left)" ;;
     bench)
       timeout "$(left)" python3 scripts/gpu_bench.py --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -20
       ;;
@@ -118,6 +150,25 @@ for stage in "$@"; do
         (($(left) > 30)) || break
         sweep paper_quality $(($(left) - 15)) configs/paper_quality.yaml --entries "$entries" "${q_dry[@]}"
       done
+      ;;
+    L1)
+      if [[ ! -f $RESULTS/paper_latency/step_profile.json ]]; then
+        check $(($(left) / 3))
+        timeout "$(($(left) / 2))" $PY scripts/gpu_bench.py --only profile "${prof_dry[@]}" \
+          --out "$OUT/step_profile.json" 2>&1 | tail -6 | tee "$OUT/step_profile.log"
+        mkdir -p "$RESULTS/paper_latency"
+        [[ -f $OUT/step_profile.json ]] && cp "$OUT/step_profile.json" "$RESULTS/paper_latency/"
+      fi
+      sweep paper_latency $(($(left) - 15)) configs/paper_latency.yaml "${lat_dry[@]}"
+      ;;
+    L2)
+      tp_ceilings
+      sweep paper_throughput $(($(left) - 15)) configs/paper_throughput.yaml --entries "$L2_ENTRIES" \
+        --set 'lengths=[1024]' "${l2_dry[@]}"
+      ;;
+    L3|L4)
+      sweep paper_quality $(($(left) - 15)) configs/paper_quality.yaml --entries "$(quality_half $((${stage#L} - 2)))" \
+        "${q_dry[@]}"
       ;;
     likelihood)
       timeout "$(($(left) - 15))" python3 -m harness.cli bench-likelihood --out results/likelihood_gpu \
