@@ -105,6 +105,9 @@ def run(estimator: str = "exact", model_name: str = "esolm-b", task: str = "cont
                      group_size=group_size, updates=updates, clip=clip, kl_coef=kl_coef, streaming=streaming)
     schedule = schedule_for(model_name, sampler_steps)
     rows, seconds, forwards, tokens = [], 0.0, 0, 0
+    if updates == 1:
+        log("(loss: the clipped surrogate's value, about 0 with one update per batch: the ratio is 1 and a group's "
+            "advantages have mean 0; its gradient is not 0)")
     for step in range(steps):
         stats = grpo_step(model, ref, opt, task_obj, length, schedule, cfg, g, noise_seed=seed * 100_003 + step)
         seconds, forwards, tokens = seconds + stats.cpu_seconds, forwards + stats.forwards, tokens + stats.tokens
