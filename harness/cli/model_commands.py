@@ -179,13 +179,15 @@ def cmd_sample(args) -> None:
     rows = sample_rows(model, args.n, length, schedule, model.device)
     noise = SampleNoise(args.seed, schedule.row_noise, model.device)
     forwards = tokens = 0
-    per_sample = []  # forwards each sample needed (a forward over a batch runs every row once)
+    per_sample, probes = [], []  # forwards each sample needed (a forward over a batch runs every row once)
     bar = sample_progress(args, length, rows)
     try:
         for start in range(0, args.n, rows):  # batches that fit (--row-noise: the same samples at any size)
             n = min(rows, args.n - start)
             gen = model.sample(n, length, schedule, noise.batch(start, n), prefix=prefix)
             forwards, tokens = forwards + gen.nfe, tokens + gen.tokens_computed
+            if "cache_error_draws" in gen.extra:  # the sampler probes its own cached steps
+                probes.append(gen.extra)
             per_sample.append(gen.nfe_per_sample.double().cpu() if gen.nfe_per_sample is not None
                               else torch.full((gen.tokens.shape[0],), float(gen.nfe), dtype=torch.float64))
             for i, row in enumerate(gen.tokens.tolist(), start):
@@ -200,6 +202,25 @@ def cmd_sample(args) -> None:
     batches = f" (run as batches of {rows})" if rows < args.n else ""
     print(f"--- schedule {schedule.label()}; per sample: NFE {nfe:g}, tokens computed {tokens / args.n:g}; "
           f"batch of {args.n} x {length} tokens{batches}: {forwards} forwards, {tokens} tokens computed ---")
+    if schedule.measure_cache_error:
+        first = min(rows, args.n)
+        print(cache_error_line(probes, lambda use_cache: model.sample(
+            first, length, schedule, SampleNoise(args.seed, schedule.row_noise, model.device).batch(0, first),
+            prefix=prefix, use_cache=use_cache), model.special.mask))
+
+
+def cache_error_line(probes: list[dict], sample, mask_id: int) -> str:
+    """--measure-cache-error's summary: the sampler's own probes, else the first batch sampled
+    twice, cached and uncached, with the same seed (as a sweep row measures it)."""
+    from harness.unmasking.probe import COLUMNS, merge, twin_run
+
+    with torch.no_grad():
+        err = merge([{k: p[k] for k in COLUMNS} for p in probes]) if probes else twin_run(sample, mask_id)
+    if not err["cache_error_draws"]:
+        return f"--- cache error: no cached step to probe ({err['cache_error_method']}) ---"
+    return (f"--- cache error over {err['cache_error_draws']} draws ({err['cache_error_method']}): max |delta logit| "
+            f"{err['cache_error_max_logit']:.3g}, mean KL(uncached || cached) {err['cache_error_kl']:.3g}, "
+            f"tokens changed {100 * err['cache_error_flip']:.2f} % ---")
 
 
 def register(sub) -> None:
