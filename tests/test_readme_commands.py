@@ -47,6 +47,7 @@ SKIPPED = {
     "--set paths.gpt2_large=/data/gpt2-large":
         "needs the released checkpoints, OpenWebText and GPT-2 Large (tests/test_sweep_paths.py runs it up to the "
         "list of missing files)",
+    "esolm sweep configs/paper_latency.yaml": "needs a CUDA GPU (the papers' trunk, L up to 8192)",
     "esolm sweep configs/paper_speed.yaml": "needs a CUDA GPU (the papers' trunk, L up to 8192)",
     "esolm sweep configs/paper_throughput.yaml": "needs a CUDA GPU",
     "esolm sweep configs/paper_quality.yaml --entries ar,mdlm": "needs a CUDA GPU (trains the 'medium' trunk)",
