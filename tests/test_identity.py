@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -127,12 +128,17 @@ def as_version_1(folder: Path, edit=None) -> list[str]:
     return lines
 
 
-def test_rehash_verifies_rewrites_and_leaves_the_unverified(tiny_results, tmp_path, capsys):
-    folder = tmp_path / "t"
+def copy_results(source: Path, folder: Path) -> tuple[Path, str]:
+    """A copy of a results folder's config and rows to rewrite: (the folder, its rows' text)."""
     folder.mkdir()
-    (folder / "config.yaml").write_text((tiny_results / "config.yaml").read_text())
-    current = (tiny_results / "points.jsonl").read_text()
+    shutil.copy(source / "config.yaml", folder / "config.yaml")
+    current = (source / "points.jsonl").read_text()
     (folder / "points.jsonl").write_text(current)
+    return folder, current
+
+
+def test_rehash_verifies_rewrites_and_leaves_the_unverified(tiny_results, tmp_path, capsys):
+    folder, current = copy_results(tiny_results, tmp_path / "t")
 
     def predate_the_fields(row):  # as rows made before the split and the BD3-LM options existed
         if row["family"] == "esolm-b":
@@ -163,11 +169,7 @@ def test_rehash_verifies_rewrites_and_leaves_the_unverified(tiny_results, tmp_pa
 
 
 def test_rehash_gives_rows_that_ran_the_config_its_own_hashes(tiny_results, tmp_path, capsys):
-    folder = tmp_path / "t"
-    folder.mkdir()
-    (folder / "config.yaml").write_text((tiny_results / "config.yaml").read_text())
-    current = (tiny_results / "points.jsonl").read_text()
-    (folder / "points.jsonl").write_text(current)
+    folder, current = copy_results(tiny_results, tmp_path / "t")
     (folder / "points.jsonl").write_text("\n".join(as_version_1(folder)) + "\n")
     assert rehash.main([str(folder), "--dry-run"]) == 0
     assert "3 verified, 0 rewritten" in capsys.readouterr().out

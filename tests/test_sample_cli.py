@@ -8,15 +8,7 @@ import pytest
 import harness.memory as memory
 from harness.checkpoints.own_format import load_checkpoint
 from harness.cli import main
-from tests.test_evaluators import make_checkpoint
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    for name in ("mdlm", "esolm-b"):
-        make_checkpoint(root / name, name, max_len=16)
-    return root
+from tests.test_budgets import runs  # noqa: F401  (the same tiny MDLM and Eso-LM (B) checkpoints)
 
 
 def samples(out: str) -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.models import model_class, resolve_model_class
-from harness.schedules import SamplingSchedule
+from harness.schedules import SampleNoise, SamplingSchedule
 from harness.sweep.grid import Point
 from harness.sweep.schema import EvaluatorRef, ModelEntry, SweepConfig
 
@@ -37,6 +37,12 @@ def stable_hash(obj, n: int = 16) -> str:
 
 def point_seed(seed: int, key: str) -> int:
     return int(hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()[:15], 16)
+
+
+def point_noise(point: Point, schedule: SamplingSchedule, device) -> SampleNoise:
+    """A point's sampling noise from its own seed: the samples, their timing and the cache probe
+    all start from it (one stream, or one per sample with ``row_noise``)."""
+    return SampleNoise(point_seed(point.seed, point.key), schedule.row_noise, device)
 
 
 def entry_identity(cfg: SweepConfig, entry: ModelEntry) -> dict:

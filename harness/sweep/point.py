@@ -23,11 +23,11 @@ from harness.models import REGISTRY
 from harness.nn.steps import FALLBACKS, resolve_mode
 from harness.results_row import make_row
 from harness.results_store import POINTS_FILE, append_row, write_samples
-from harness.schedules import SampleNoise, SamplingSchedule
+from harness.schedules import SamplingSchedule
 from harness.unmasking.probe import COLUMNS as CACHE_ERROR_COLUMNS
 from harness.sweep.context import Context, LoadedEntry, git_commit
 from harness.sweep.grid import Point
-from harness.sweep.identity import point_hash, point_seed, ppl_cache_key
+from harness.sweep.identity import point_hash, point_noise, ppl_cache_key
 from harness.sweep.schema import ModelEntry, SweepConfig
 from harness.sweep.step_modes import fastest_mode, trial_modes
 
@@ -128,7 +128,7 @@ def prepare(ctx: Context, point: Point) -> PointSetup:
 def draw_samples(ctx: Context, point: Point, s: PointSetup) -> tuple[torch.Tensor, dict, list[dict]]:
     """The point's samples in batches that fit, from the point's own seed: (tokens, the
     counters per sample, the sampler's own cache-error probes)."""
-    noise = SampleNoise(point_seed(point.seed, point.key), s.schedule.row_noise, ctx.device)
+    noise = point_noise(point, s.schedule, ctx.device)
     rows, nfe_batches, tokens_computed, nfe_rows, extra, key_reads, pairs = [], [], 0, [], {}, 0, 0
     done, probes = 0, []
     while done < s.num_samples:
@@ -211,7 +211,7 @@ def time_point(ctx: Context, point: Point, s: PointSetup) -> dict:
     def one_batch():
         # The samples' own seed: the timed runs take the shapes the sampling pass took, so
         # the CUDA graphs they replay were captured before the clock started.
-        noise = SampleNoise(point_seed(point.seed, point.key), s.schedule.row_noise, ctx.device)
+        noise = point_noise(point, s.schedule, ctx.device)
         with torch.no_grad(), ctx.sampling_autocast():
             for lo in range(0, s.batch, s.rows_at_once):
                 n = min(s.rows_at_once, s.batch - lo)
@@ -284,7 +284,7 @@ def cache_error(ctx: Context, sampler, point: Point, schedule: SamplingSchedule,
         return merge(probes)
 
     def run(use_cache: bool):
-        noise = SampleNoise(point_seed(point.seed, point.key), schedule.row_noise, ctx.device)
+        noise = point_noise(point, schedule, ctx.device)
         with torch.no_grad(), ctx.sampling_autocast():
             sampler.sample(n, point.length, schedule, noise.batch(0, n), use_cache=use_cache)
 

@@ -8,10 +8,10 @@ import os
 import torch
 
 from harness.nn.steps import exact_modes
-from harness.schedules import SampleNoise, SamplingSchedule
+from harness.schedules import SamplingSchedule
 from harness.sweep.context import Context
 from harness.sweep.grid import Point
-from harness.sweep.identity import point_seed
+from harness.sweep.identity import point_noise
 
 
 def trial_modes(step_mode: str, device: torch.device, same_work: bool = True) -> tuple[str, ...]:
@@ -42,12 +42,13 @@ def fastest_mode(ctx: Context, sampler, point: Point, schedule: SamplingSchedule
         sampler.step_mode = mode
         try:
             for _ in range(2):  # the first run captures or compiles; the second is timed
-                noise = SampleNoise(point_seed(point.seed, point.key), schedule.row_noise, ctx.device)
+                noise = point_noise(point, schedule, ctx.device)
                 synchronize(ctx.device)
                 t0 = time.perf_counter()
                 with torch.no_grad(), ctx.sampling_autocast():
                     for lo in range(0, batch, rows):
-                        sampler.sample(min(rows, batch - lo), point.length, schedule, noise.batch(lo, min(rows, batch - lo)))
+                        n = min(rows, batch - lo)
+                        sampler.sample(n, point.length, schedule, noise.batch(lo, n))
                 synchronize(ctx.device)
             trials[mode] = time.perf_counter() - t0
         except Exception as err:  # a mode this machine cannot run (e.g. no compiler): not a candidate
